@@ -1,0 +1,181 @@
+"""Figures for the notebooks. Every function returns its matplotlib Figure (save or show it).
+
+Images come in as uint8 tensors (N, 3, 32, 32), the way the data module keeps them,
+so nothing here needs to undo normalisation.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from .data import random_flip, random_translate
+
+
+def _grid(n, ncols):
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def show_images(images, titles=None, ncols=8, suptitle=None, colors=None):
+    """A grid of uint8 images with an optional title under each."""
+    n = len(images)
+    fig, axes = _grid(max(n, 1), ncols)
+    for i, ax in zip(range(n), axes):
+        ax.imshow(images[i].permute(1, 2, 0).cpu().numpy())  # (3, H, W) -> (H, W, 3)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7, color=colors[i] if colors else "black")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_batch(images, labels, classes, n=32, ncols=8):
+    """Images from a batch with their class names (the original's first plot)."""
+    return show_images(images[:n], [classes[int(y)] for y in labels[:n]], ncols)
+
+
+def class_grid(ds, per_class=8):
+    """`per_class` sample images of every class, one row per class."""
+    rows = []
+    for c in range(len(ds.classes)):
+        idx = (ds.labels == c).nonzero().flatten()[:per_class]
+        rows.append(ds.images[idx])
+    images = torch.cat(rows)
+    titles = [ds.classes[c] if i % per_class == 0 else "" for c in range(len(ds.classes)) for i in range(per_class)]
+    return show_images(images, titles, ncols=per_class)
+
+
+def show_augmentations(ds, translate=4, flip=True, n=8, variants=3, seed=0):
+    """First row: n training images; next rows: the same images as the training loop augments them."""
+    g = torch.Generator().manual_seed(seed)
+    images = ds.images[:n]
+    rows = [images]
+    for _ in range(variants):
+        x = random_translate(images, translate, g)
+        rows.append(random_flip(x, g) if flip else x)
+    titles = ["original"] + [""] * (n - 1) + sum((["augmented"] + [""] * (n - 1) for _ in range(variants)), [])
+    return show_images(torch.cat(rows), titles, ncols=n)
+
+
+def show_examples(examples, title="", n=25, ncols=5):
+    """Classified test images: 'true / predicted (confidence)', red where wrong."""
+    cls = examples["classes"]
+    t, p, c = examples["true"][:n], examples["pred"][:n], examples["confidence"][:n]
+    titles = [f"{cls[int(a)]} / {cls[int(b)]} ({float(q):.0%})" for a, b, q in zip(t, p, c)]
+    colors = ["green" if a == b else "red" for a, b in zip(t, p)]
+    return show_images(examples["images"][:n], titles, ncols, title + "\ntrue / predicted (confidence)", colors)
+
+
+def plot_curves(record):
+    """Accuracy and loss per epoch, train vs test, for one run."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = record.series("epoch")
+    a.plot(epochs, [100 * v for v in record.series("train_acc")], "o-", label="train")
+    a.plot(epochs, [100 * v for v in record.series("test_acc")], "o-", label="test")
+    a.axhline(80, color="gray", ls=":", label="80 % target")
+    a.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{record.name}: accuracy")
+    b.plot(epochs, record.series("train_loss"), "o-", label="train")
+    b.plot(epochs, record.series("test_loss"), "o-", label="test")
+    b.set(xlabel="epoch", ylabel="loss", title=f"{record.name}: loss")
+    for ax in (a, b):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def summary_plot_for_runs(records, metric="acc"):
+    """Train and test `metric` ("acc" or "loss") per epoch for several runs, side by side."""
+    if metric not in ("acc", "loss"):
+        raise ValueError(f"metric must be 'acc' or 'loss', got {metric!r}")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    scale = 100 if metric == "acc" else 1
+    for split, ax in zip(("train", "test"), axes):
+        for r in records:
+            ax.plot(r.series("epoch"), [scale * v for v in r.series(f"{split}_{metric}")], "o-", ms=3, label=r.name)
+        ax.set(xlabel="epoch", title=f"{split} {'accuracy (%)' if metric == 'acc' else 'loss'}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(pred, true, num_classes):
+    """(num_classes, num_classes) counts, rows = true class, columns = predicted."""
+    return torch.bincount(true * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def plot_confusion(cm, classes):
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    frac = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_accuracy(cm, classes):
+    acc = (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.bar(classes, [100 * a for a in acc])
+    ax.set(ylabel="accuracy (%)", title="per-class test accuracy", ylim=(0, 100))
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def grad_cam(model, x, layer):
+    """Grad-CAM heat maps (N, H, W) in [0, 1] for the predicted class of each input.
+
+    Weights `layer`'s activations by the spatial mean of their gradients, keeps the
+    positive part and upsamples to the input size.
+    """
+    acts, grads = {}, {}
+    h1 = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    h2 = layer.register_full_backward_hook(lambda m, gi, go: grads.__setitem__("g", go[0]))
+    try:
+        model.eval()
+        x = x.clone().requires_grad_(True)
+        out = model(x)
+        out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+    finally:
+        h1.remove()
+        h2.remove()
+    w = grads["g"].mean(dim=(2, 3), keepdim=True)                    # (N, C, 1, 1)
+    cam = torch.relu((w * acts["a"]).sum(1, keepdim=True))            # (N, 1, h, w)
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = cam / cam.flatten(1).max(1).values.clamp(min=1e-8)[:, None, None]
+    return cam.detach()
+
+
+def show_grad_cam(images, cams, titles, ncols=6):
+    """Images with their Grad-CAM heat map laid over them."""
+    fig, axes = _grid(len(images), ncols)
+    for img, cam, t, ax in zip(images, cams, titles, axes):
+        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.imshow(cam.numpy(), cmap="jet", alpha=0.45)
+        ax.set_title(t, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path):
+    """Save a figure (creating its folder) at a fixed size, so reruns give comparable files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    return path

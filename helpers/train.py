@@ -1,0 +1,415 @@
+"""Training loop: train_one_epoch / evaluate, a Trainer with checkpoints, Trial and Record.
+
+    python -m helpers.train --model seed --data folder --data-dir DIR --epochs 20 --out runs/seed
+
+or from Python (returns the Record, so notebooks and tests can use the numbers):
+
+    record = train(recipe="seed", data="synthetic", epochs=1)
+
+Checkpoints are written atomically at the end of every epoch, so an interrupted run
+loses at most the epoch in progress; `resume=True` continues it and, with the same
+seed, ends with the same history as a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import SOURCES, Loader, channel_stats, load_splits
+from .model import build_model, count_params, list_models
+from .recipes import RECIPES, Recipe, get_recipe
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- small pieces
+
+def pick_device(device: str = "auto", verbose: bool = True) -> torch.device:
+    """"auto" -> CUDA when present, else CPU; says which it picked."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible; use device='auto' or 'cpu'")
+    dev = torch.device(device)
+    if verbose:
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        print(f"device: {dev} ({name})")
+    return dev
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CPU (AVX-512 bf16) or CUDA; fp32 is a no-op context."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loss_fn(log_probs, target, label_smoothing: float = 0.0):
+    """nll_loss on log-softmax outputs, optionally label-smoothed (mix in the uniform target)."""
+    nll = F.nll_loss(log_probs, target)
+    if label_smoothing:
+        return (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1).mean()
+    return nll
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _progress(iterable, enabled, **kw):
+    from tqdm import tqdm
+    return tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kw)
+
+
+def progress_default() -> bool:
+    """Progress bars on a terminal or in a notebook, never in CI logs."""
+    if os.environ.get("CI"):
+        return False
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def make_optimizer(model, recipe: Recipe):
+    # no weight decay on BatchNorm parameters and biases: decaying them only adds noise
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([dict(params=decay, weight_decay=recipe.weight_decay),
+                            dict(params=no_decay, weight_decay=0.0)],
+                           lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe.lr, epochs=recipe.epochs, steps_per_epoch=steps_per_epoch,
+        pct_start=recipe.pct_start, div_factor=10, final_div_factor=100)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False):
+    """One pass over `loader`. Returns {"train_loss", "train_acc", "lr", "train_seconds"}."""
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = _progress(loader, progress, desc=f"epoch {epoch}", total=len(loader))
+    for step, (x, y) in enumerate(bar):
+        with autocast(device, recipe.precision):
+            out = model(x)
+        loss = loss_fn(out.float(), y, recipe.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if step % 20 == 0 or step == len(loader) - 1:
+            value = loss.item()  # one sync every 20 steps: cheap, and catches divergence early
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss became {value} at epoch {epoch}, step {step}")
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+    return dict(train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen,
+                lr=scheduler.get_last_lr()[0], train_seconds=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def predict(model, loader, precision="fp32", tta=False):
+    """Log-probabilities for every image of `loader` (in order) and the labels."""
+    model.eval()
+    outs, labels = [], []
+    for x, y in loader:
+        with autocast(x.device, precision):
+            out = model(x).float()
+            if tta:  # average the probabilities of the image and its mirror
+                out = torch.logsumexp(torch.stack([out, model(x.flip(-1)).float()]), 0) - math.log(2)
+        outs.append(out)
+        labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def evaluate(model, loader, precision="fp32", tta=False):
+    """{"test_loss", "test_acc"} over the whole loader."""
+    log_probs, y = predict(model, loader, precision, tta)
+    return dict(test_loss=F.nll_loss(log_probs, y).item(), test_acc=(log_probs.argmax(1) == y).float().mean().item())
+
+
+# --------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Runs epochs, records history, writes a checkpoint after each epoch, resumes."""
+
+    def __init__(self, model, recipe: Recipe, train_loader, test_loader, device, out_dir=None,
+                 seed=0, progress=None, run_info=None, log=print):
+        self.model, self.recipe, self.device, self.seed = model, recipe, device, seed
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.progress = progress_default() if progress is None else progress
+        self.run_info = run_info or {}
+        self.log = log
+        self.optimizer = make_optimizer(model, recipe)
+        self.scheduler = make_scheduler(self.optimizer, recipe, len(train_loader))
+        self.history: list[dict] = []
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    # ---- checkpoints
+    def checkpoint(self) -> dict:
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), epoch=self.epoch, history=self.history,
+                    config=dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info))
+
+    def save(self):
+        if not self.out_dir:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(self.checkpoint(), f))
+        _atomic_write(self.out_dir / HISTORY, lambda f: f.write(json.dumps(
+            dict(config=self.checkpoint()["config"], history=self.history), indent=1).encode()))
+
+    def load(self, path):
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        if ckpt["config"]["recipe"] != self.recipe.to_dict() or ckpt["config"]["seed"] != self.seed:
+            raise ValueError(f"{path} was written by a different recipe or seed; "
+                             "resume with the same settings, or pick a new output folder")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.history = list(ckpt["history"])
+        self.log(f"resumed from {path} at epoch {self.epoch}")
+
+    # ---- the loop
+    def fit(self, resume=False, stop_after=None) -> list[dict]:
+        """Train until recipe.epochs (or `stop_after` more epochs); returns the history."""
+        ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
+        if ckpt and ckpt.exists():
+            if not resume:
+                raise FileExistsError(f"{ckpt} already exists; pass resume=True (--resume) to continue "
+                                      "that run, or choose another output folder")
+            self.load(ckpt)
+        last = self.recipe.epochs if stop_after is None else min(self.recipe.epochs, self.epoch + stop_after)
+        for epoch in range(self.epoch + 1, last + 1):
+            # per-epoch seeds: dropout and batch order depend only on (seed, epoch), so resuming is exact
+            torch.manual_seed(self.seed * 100_003 + epoch)
+            self.train_loader.set_epoch(epoch, self.seed)
+            try:
+                stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler,
+                                        self.recipe, self.device, epoch, self.progress)
+            except NonFiniteLossError as e:
+                kept = f"the last good checkpoint ({ckpt}, epoch {self.epoch}) is kept" if ckpt and ckpt.exists() \
+                    else "no checkpoint was written"
+                raise NonFiniteLossError(f"{e}: training stopped; {kept}. Try a lower lr or fp32 precision.") from None
+            t0 = time.perf_counter()
+            stats |= evaluate(self.model, self.test_loader, self.recipe.precision, self.recipe.tta)
+            stats |= dict(epoch=epoch, eval_seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
+            self.history.append(stats)
+            self.save()
+            self.log(f"epoch {epoch:>3}/{self.recipe.epochs}  train loss {stats['train_loss']:.4f} "
+                     f"acc {stats['train_acc']:.2%}  test loss {stats['test_loss']:.4f} acc {stats['test_acc']:.2%}"
+                     f"  lr {stats['lr']:.4f}  {stats['train_seconds']:.0f}s")
+        return self.history
+
+    # ---- examples for plots
+    def examples(self, correct: bool, n: int = 25):
+        """Up to n test images the model got right (correct=True) or wrong, most confident first.
+
+        Returns dict(images uint8 (n, 3, 32, 32), true, pred, confidence, classes).
+        """
+        return select_examples(self.model, self.test_loader, correct, n, self.recipe.precision)
+
+
+def select_examples(model, loader, correct: bool, n: int = 25, precision="fp32"):
+    log_probs, y = predict(model, loader, precision)
+    conf, pred = log_probs.exp().max(1)
+    idx = ((pred == y) == correct).nonzero().flatten()
+    idx = idx[conf[idx].argsort(descending=True)][:n]
+    return dict(images=loader.images[idx].cpu(), true=y[idx].cpu(), pred=pred[idx].cpu(),
+                confidence=conf[idx].cpu(), classes=loader.classes)
+
+
+def _atomic_write(path: Path, write):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous file intact
+
+
+# --------------------------------------------------------------------------- trial / record
+
+@dataclass
+class Record:
+    """A named run: its config and per-epoch history. Several records compare in plots."""
+    name: str
+    config: dict
+    history: list = field(default_factory=list)
+
+    def series(self, key: str) -> list:
+        return [h[key] for h in self.history]
+
+    @property
+    def final_acc(self) -> float:
+        return self.history[-1]["test_acc"] if self.history else float("nan")
+
+    @property
+    def best_acc(self) -> float:
+        return max(self.series("test_acc"), default=float("nan"))
+
+    def first_epoch_reaching(self, acc: float):
+        return next((h["epoch"] for h in self.history if h["test_acc"] >= acc), None)
+
+    @classmethod
+    def load(cls, path, name=None) -> "Record":
+        """From a run folder (or its history.json)."""
+        path = Path(path)
+        path = path / HISTORY if path.is_dir() else path
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: train first (notebook 03 or python -m helpers.train)")
+        d = json.loads(path.read_text())
+        return cls(name or path.parent.name, d["config"], d["history"])
+
+
+class Trial:
+    """One named run: builds data, model and Trainer from a recipe, runs it, returns a Record."""
+
+    def __init__(self, name="run", recipe="seed", data="synthetic", data_dir=None, limit=None,
+                 device="auto", seed=0, out_dir=None, progress=None, threads=None, **overrides):
+        if data not in SOURCES:
+            raise ValueError(f"unknown data source {data!r}; choose one of {', '.join(SOURCES)}")
+        if data == "folder" and not data_dir:
+            raise ValueError("data='folder' needs data_dir (a folder holding train/ and test/)")
+        if limit is not None and limit <= 0:
+            raise ValueError(f"limit must be a positive number of images per split, or None; got {limit}")
+        self.name = name
+        self.recipe = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
+        self.recipe = self.recipe.override(**overrides).validate()
+        self.data, self.data_dir, self.limit = data, data_dir, limit
+        self.device_name, self.seed, self.out_dir, self.progress = device, seed, out_dir, progress
+        self.threads = threads
+        self.trainer: Trainer | None = None
+
+    def setup(self) -> Trainer:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        device = pick_device(self.device_name)
+        train_set, test_set = load_splits(self.data, self.data_dir, self.limit)
+        mean, std = channel_stats(train_set.images)
+        r = self.recipe
+        common = dict(mean=mean, std=std, device=device, channels_last=r.channels_last)
+        train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip, **common)
+        test_loader = Loader(test_set, 500, False, **common)
+        torch.manual_seed(self.seed)  # model init depends on the seed only
+        model = build_model(r.model, **r.model_kwargs).to(device)
+        if r.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        info = dict(name=self.name, data=self.data, data_dir=str(self.data_dir) if self.data_dir else None,
+                    limit=self.limit, mean=mean, std=std, classes=train_set.classes,
+                    params=count_params(model), device=str(device), torch=str(torch.__version__))
+        self.trainer = Trainer(model, r, train_loader, test_loader, device, self.out_dir, self.seed,
+                               self.progress, info)
+        return self.trainer
+
+    def run(self, resume=False, stop_after=None) -> Record:
+        trainer = self.trainer or self.setup()
+        trainer.fit(resume=resume, stop_after=stop_after)
+        return Record(self.name, trainer.checkpoint()["config"], list(trainer.history))
+
+
+def train(recipe="seed", data="synthetic", resume=False, name=None, **kwargs) -> Record:
+    """Train one run and return its Record (see Trial for the arguments)."""
+    return Trial(name or (recipe if isinstance(recipe, str) else "run"), recipe, data, **kwargs).run(resume=resume)
+
+
+def load_run(out_dir, device="cpu"):
+    """(model, config, history) from a run folder's checkpoint, for analysis."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: run notebook 03 or python -m helpers.train first")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    recipe = Recipe.from_dict(ckpt["config"]["recipe"])
+    model = build_model(recipe.model, **recipe.model_kwargs).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt["config"], ckpt["history"]
+
+
+def test_loader_for(config: dict, device="cpu", batch_size=500) -> Loader:
+    """The test split a run was evaluated on, rebuilt from its checkpoint config."""
+    from .data import load_split
+
+    test_set = load_split(config["data"], "test", config["data_dir"], config["limit"])
+    return Loader(test_set, batch_size, False, config["mean"], config["std"], device)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def positive_int(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def get_args_parser(add_help=True) -> argparse.ArgumentParser:
+    """Shared by the training CLI and the benchmark."""
+    p = argparse.ArgumentParser(description="Train a CIFAR-10 CNN under the assignment's constraints.",
+                                add_help=add_help)
+    p.add_argument("--recipe", default="seed", choices=sorted(RECIPES),
+                   help="named hyperparameter set (helpers/recipes.py); other flags override it")
+    p.add_argument("--model", choices=list_models(), help="model name (default: the recipe's)")
+    p.add_argument("--data", default="folder", choices=SOURCES,
+                   help="cifar10: download via torchvision; folder: ImageFolder root with train/ and test/; "
+                        "synthetic: generated images for smoke runs")
+    p.add_argument("--data-dir", help="folder with train/ and test/ (needed for --data folder)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="autocast precision (default: the recipe's)")
+    p.add_argument("--limit", type=positive_int, help="use at most this many images per split (class-balanced)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, or cuda[:N]")
+    p.add_argument("--seed", type=int, default=0, help="random seed for init, batch order, augmentation, dropout")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    return p
+
+
+def main(argv=None):
+    p = get_args_parser()
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt and history.json are written here")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    args = p.parse_args(argv)
+    if args.data == "folder" and not args.data_dir:
+        p.error("--data folder needs --data-dir DIR (a folder holding train/ and test/)")
+    if args.lr is not None and not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
+    try:
+        trial = Trial(Path(args.out).name, args.recipe, args.data, args.data_dir, args.limit, args.device,
+                      args.seed, args.out, threads=args.threads, model=args.model, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, precision=args.precision)
+        record = trial.run(resume=args.resume)
+    except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    reached = record.first_epoch_reaching(0.80)
+    print(f"final test accuracy {record.final_acc:.2%} (best {record.best_acc:.2%}); "
+          f"80% first reached at epoch {reached}; outputs in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The checker must pass the real models and reject models built to break each rule."""
+import pytest
+import torch.nn as nn
+import torch.nn.functional as F
+
+from helpers import constraints, model as M
+from helpers.constraints import check, receptive_field, trace
+
+
+def net(*stages, head=None):
+    return M.Net(**{f"s{i}": s for i, s in enumerate(stages)}, head=head or M.Head(32))
+
+
+def good_stages():
+    return [
+        M.ConvReLUBN(3, 32),
+        M.ConvBlock([32, 32], dilation=2), M.TransitionBlock(32),
+        M.ConvBlock([32, 32], conv=M.DepthwiseSeparableConv), M.TransitionBlock(32),
+        M.ConvBlock([32, 32]), M.TransitionBlock(32),
+    ]
+
+
+def failed(report):
+    return {r.name for r in report.rules if not r.passed}
+
+
+def test_reference_model_passes():
+    assert check(net(*good_stages())).passed
+
+
+def test_too_many_parameters():
+    s = good_stages()
+    s[-2] = M.ConvBlock([32, 512, 512, 32])  # ~2.4 M weights
+    assert failed(check(net(*s))) == {"parameters < 1,000,000"}
+
+
+def test_four_max_pools():
+    s = good_stages() + [M.ConvBlock([32, 32]), M.TransitionBlock(32)]
+    assert failed(check(net(*s))) == {"exactly 3 max-pools"}
+
+
+def test_two_max_pools():
+    s = good_stages()[:-2]
+    assert failed(check(net(*s))) == {"exactly 3 max-pools"}
+
+
+class MaxHead(nn.Module):
+    """A global max-pool head: a fourth max-pool in disguise."""
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Conv2d(32, 10, 1)
+
+    def forward(self, x):
+        return F.log_softmax(self.fc(self.pool(x)).flatten(1), 1)
+
+
+def test_global_max_pool_head_counts():
+    report = check(net(*good_stages(), head=MaxHead()))
+    assert "exactly 3 max-pools" in failed(report)
+
+
+class SneakyBlock(M.ConvBlock):
+    """A functional max-pool hidden inside a ConvBlock's forward."""
+    def forward(self, x):
+        return F.max_pool2d(super().forward(x), 2)
+
+
+def test_functional_max_pool_counts_and_is_outside_a_transition():
+    s = good_stages()
+    s[-2] = SneakyBlock([32, 32])
+    assert failed(check(net(*s))) == {"exactly 3 max-pools", "ConvBlock -> TransitionBlock structure"}
+
+
+def test_registered_but_unused_pool_does_not_count():
+    head = M.Head(32)
+    head.spare = nn.MaxPool2d(2)  # registered, never called by Head.forward
+    assert check(net(*good_stages(), head=head)).passed
+
+
+def test_no_depthwise_separable():
+    s = good_stages()
+    s[3] = M.ConvBlock([32, 32])
+    assert failed(check(net(*s))) == {"depthwise-separable conv"}
+
+
+def test_grouped_conv_without_pointwise_is_not_separable():
+    s = good_stages()
+    s[3] = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU())
+    s[3].__class__ = type("GroupedOnly", (M.ConvBlock,), {"forward": nn.Sequential.forward})
+    assert "depthwise-separable conv" in failed(check(net(*s)))
+
+
+def test_no_dilation():
+    s = good_stages()
+    s[1] = M.ConvBlock([32, 32])
+    assert failed(check(net(*s))) == {"dilated conv"}
+
+
+def test_pool_outside_transition_block():
+    s = good_stages()
+    s[-1] = M.ConvBlock([32, 32])
+    s.append(nn.MaxPool2d(2))
+    assert "ConvBlock -> TransitionBlock structure" in failed(check(net(*s)))
+
+
+def test_transition_without_conv_block_before_it():
+    s = good_stages()
+    s[1], s[2] = s[2], s[1]  # Transition comes straight after the prep conv
+    assert "ConvBlock -> TransitionBlock structure" in failed(check(net(*s)))
+
+
+def test_receptive_field_arithmetic():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=2, dilation=2))
+    rows = receptive_field(trace(model))
+    assert [r[3] for r in rows] == [3, 5, 6, 14]   # 1+2, +2, +1, +(5-1)*2
+    assert [r[4] for r in rows] == [1, 1, 2, 2]
+
+
+def test_seed_final_receptive_field():
+    assert check(M.build_model("seed")).final_receptive_field >= 32
+
+
+def test_cli_exit_codes(monkeypatch, capsys):
+    assert constraints.main(["seed"]) == 0
+    assert "final receptive field" in capsys.readouterr().out
+    monkeypatch.setitem(M.MODELS, "broken", lambda: net(*good_stages()[:-2]))
+    monkeypatch.setattr(constraints, "list_models", M.list_models)
+    assert constraints.main(["broken"]) == 1
+    assert "[FAIL] exactly 3 max-pools" in capsys.readouterr().out

@@ -1,0 +1,161 @@
+import pytest
+import torch
+from PIL import Image
+
+from helpers import data as D
+from helpers.data import DataError, Loader, load_split, load_splits
+
+
+def make_folder(root, classes=("cat", "dog"), n=4, splits=("train", "test")):
+    for split in splits:
+        for i, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                Image.new("RGB", (32, 32), (40 * i, 10 * k, 100)).save(d / f"{k}.png")
+    return root
+
+
+def test_synthetic_shapes_and_balance():
+    train, test = load_splits("synthetic")
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (3, 32, 32)
+    assert len(train) > len(test) > 0
+    assert len(set(train.counts().values())) == 1
+
+
+def test_folder_source_reads_images_and_labels(tmp_path):
+    root = make_folder(tmp_path / "ds")
+    train, test = load_splits("folder", root)
+    assert train.classes == ["cat", "dog"] and len(train) == 8
+    assert train.images.shape == (8, 3, 32, 32) and train.labels.tolist() == [0] * 4 + [1] * 4
+    assert train.images[4, 0, 0, 0] == 40  # red channel of the first dog image
+
+
+def test_non_rgb_converted_and_corrupt_skipped_and_counted(tmp_path):
+    root = make_folder(tmp_path / "ds")
+    Image.new("L", (32, 32), 7).save(root / "train" / "cat" / "gray.png")
+    Image.new("RGB", (64, 48)).save(root / "train" / "cat" / "big.png")
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    train = load_split("folder", "train", root)
+    assert len(train) == 10
+    assert train.problems["converted to RGB"] == 1
+    assert train.problems["resized to 32x32"] == 1
+    assert train.problems["skipped (unreadable)"] == 1
+    assert train.problems["unreadable files"][0].endswith("broken.jpg")
+
+
+def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "ds")
+    first = load_split("folder", "train", root)
+    calls = []
+    monkeypatch.setattr(D, "_folder", lambda *a: calls.append(a) or first)
+    again = load_split("folder", "train", root)
+    assert calls == [] and torch.equal(again.images, first.images)
+    Image.new("RGB", (32, 32)).save(root / "train" / "cat" / "new.png")
+    load_split("folder", "train", root)
+    assert len(calls) == 1  # a changed listing is decoded anew
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("no_root", "does not exist"),
+    ("no_test", "test is missing"),
+    ("class_mismatch", "class folders differ"),
+    ("empty_class", "holds no images"),
+])
+def test_folder_errors_name_the_path(tmp_path, breakage, message):
+    root = tmp_path / "ds"
+    if breakage != "no_root":
+        make_folder(root, splits=("train",) if breakage == "no_test" else ("train", "test"))
+    if breakage == "class_mismatch":
+        (root / "test" / "bird").mkdir()
+        Image.new("RGB", (32, 32)).save(root / "test" / "bird" / "0.png")
+    if breakage == "empty_class":
+        (root / "train" / "bird").mkdir()
+        (root / "test" / "bird").mkdir()
+    with pytest.raises(DataError, match=message) as e:
+        load_splits("folder", root)
+    assert str(root) in str(e.value)
+
+
+def test_folder_without_dir_and_unknown_source():
+    with pytest.raises(DataError, match="needs data_dir"):
+        load_split("folder", "train")
+    with pytest.raises(DataError, match="cifar10, folder, synthetic"):
+        load_split("imagenet", "train")
+
+
+def test_cifar10_offline_error_says_how_to_fix(monkeypatch):
+    import torchvision
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise RuntimeError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    with pytest.raises(DataError, match="cifar-10-batches-py.*data='folder'"):
+        load_split("cifar10", "train")
+
+
+def test_cifar10_reads_a_local_copy(monkeypatch):
+    import numpy as np
+    import torchvision
+
+    class Local:  # what torchvision gives for an already-extracted copy
+        def __init__(self, root, train, download):
+            n = 6 if train else 2
+            self.data = np.full((n, 32, 32, 3), 9, np.uint8)
+            self.targets = list(range(n))
+            self.classes = D.CIFAR10_CLASSES
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Local)
+    train, test = load_splits("cifar10")
+    assert train.images.shape == (6, 3, 32, 32) and len(test) == 2 and train.classes[0] == "airplane"
+
+
+def test_limit_is_class_balanced():
+    train = load_split("synthetic", "train", limit=25)
+    assert len(train) == 25
+    assert sorted(train.counts().values()) == [2] * 5 + [3] * 5
+    with pytest.raises(DataError, match="limit"):
+        load_split("synthetic", "train", limit=-1)
+
+
+def test_loader_yields_normalized_batches():
+    train = load_split("synthetic", "train", limit=100)
+    mean, std = D.channel_stats(train.images)
+    loader = Loader(train, 32, train=False, mean=mean, std=std)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 4 and batches[-1][0].shape == (4, 3, 32, 32)
+    x = torch.cat([b[0] for b in batches])
+    assert x.dtype == torch.float32
+    assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=1e-3)
+    assert torch.allclose(x.std((0, 2, 3)), torch.ones(3), atol=1e-2)
+    assert torch.equal(torch.cat([b[1] for b in batches]), train.labels)
+
+
+def test_augmentation_ops():
+    img = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).view(2, 3, 32, 32).to(torch.uint8)
+    assert torch.equal(D.random_translate(img, 0), img)
+    moved = D.random_translate(img, 2, torch.Generator().manual_seed(0))
+    assert moved.shape == img.shape and moved.dtype == torch.uint8
+    # a shifted image keeps its interior: some 28x28 window of the original appears in it
+    inner = moved[0, :, 2:30, 2:30]
+    assert any(torch.equal(inner, img[0, :, y:y + 28, x:x + 28]) for y in range(5) for x in range(5))
+    flipped = D.random_flip(img, torch.Generator().manual_seed(0))
+    for a, b in zip(flipped, img):
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+
+
+def test_training_loader_shuffles_and_augments_repeatably():
+    train = load_split("synthetic", "train", limit=100)
+    make = lambda: Loader(train, 32, train=True, mean=[0.5] * 3, std=[0.25] * 3, translate=2, flip=True)  # noqa: E731
+    a, b = make(), make()
+    a.set_epoch(3), b.set_epoch(3)
+    assert len(a) == 3  # drop_last for training
+    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))
+
+
+def test_jpeg_dev_slice(jpeg_dev_slice):
+    train, test = load_splits("folder", jpeg_dev_slice)
+    assert train.classes == D.CIFAR10_CLASSES
+    assert len(train) == len(test) == 100 and train.problems == {}
+    mean, _ = D.channel_stats(train.images)
+    assert all(0.3 < m < 0.6 for m in mean)

@@ -1,0 +1,135 @@
+import json
+import math
+
+import pytest
+import torch
+
+from helpers import train as T
+from helpers.data import Loader, channel_stats, load_split
+from helpers.model import build_model
+from helpers.recipes import get_recipe
+
+SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2)
+
+
+def test_loss_goes_down_on_synthetic_data():
+    torch.manual_seed(0)
+    ds = load_split("synthetic", "train", limit=200)
+    mean, std = channel_stats(ds.images)
+    x, y = next(iter(Loader(ds, 200, train=False, mean=mean, std=std)))
+    model = build_model("seed", dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(15):
+        loss = T.loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_label_smoothing_matches_torch():
+    logits = torch.randn(8, 10)
+    y = torch.randint(0, 10, (8,))
+    ours = T.loss_fn(logits.log_softmax(1), y, 0.1)
+    assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+def test_train_returns_record_with_history(tmp_path):
+    record = T.train(out_dir=tmp_path / "run", **SMALL)
+    assert [h["epoch"] for h in record.history] == [1, 2]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "train_seconds", "peak_rss_mb"):
+        assert all(math.isfinite(h[key]) for h in record.history), key
+    saved = json.loads((tmp_path / "run" / T.HISTORY).read_text())
+    assert saved["history"] == record.history and saved["config"]["recipe"]["epochs"] == 2
+    model, config, history = T.load_run(tmp_path / "run")
+    assert history == record.history and config["classes"][0] == "class0"
+    assert T.Record.load(tmp_path / "run").final_acc == record.final_acc
+
+
+def test_same_seed_same_history():
+    a = T.train(**SMALL).history
+    b = T.train(**SMALL).history
+    strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k and k != "peak_rss_mb"} for e in h]  # noqa: E731
+    assert strip(a) == strip(b)
+    c = T.train(seed=1, **SMALL).history
+    assert strip(a) != strip(c)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k and k != "peak_rss_mb"} for e in h]  # noqa: E731
+    full = T.train(out_dir=tmp_path / "full", **SMALL)
+    first = T.Trial(out_dir=tmp_path / "split", **SMALL).run(stop_after=1)  # "interrupted" after epoch 1
+    assert len(first.history) == 1
+    resumed = T.Trial(out_dir=tmp_path / "split", **SMALL).run(resume=True)
+    assert strip(resumed.history) == strip(full.history)
+    a = torch.load(tmp_path / "full" / T.CHECKPOINT, weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / T.CHECKPOINT, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume_and_same_settings(tmp_path):
+    T.train(out_dir=tmp_path / "run", **SMALL)
+    with pytest.raises(FileExistsError, match="resume"):
+        T.train(out_dir=tmp_path / "run", **SMALL)
+    with pytest.raises(ValueError, match="different recipe"):
+        T.train(out_dir=tmp_path / "run", resume=True, **{**SMALL, "epochs": 3})
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    trial = T.Trial(out_dir=tmp_path / "run", **SMALL)
+    trial.run(stop_after=1)
+    before = (tmp_path / "run" / T.CHECKPOINT).read_bytes()
+    monkeypatch.setattr(T, "loss_fn", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(T.NonFiniteLossError, match="epoch 2.*last good checkpoint.*epoch 1"):
+        T.Trial(out_dir=tmp_path / "run", **SMALL).run(resume=True)
+    assert (tmp_path / "run" / T.CHECKPOINT).read_bytes() == before
+
+
+def test_examples_split_correct_and_wrong():
+    trial = T.Trial(**SMALL)
+    trial.run()
+    right, wrong = trial.trainer.examples(True, 200), trial.trainer.examples(False, 200)
+    assert len(right["true"]) + len(wrong["true"]) == 120
+    assert torch.equal(right["true"], right["pred"]) and not (wrong["true"] == wrong["pred"]).any()
+    assert right["images"].dtype == torch.uint8 and (right["confidence"].diff() <= 0).all()
+
+
+def test_bf16_autocast_trains():
+    record = T.train(precision="bf16", **SMALL)
+    assert math.isfinite(record.history[-1]["train_loss"])
+
+
+def test_bad_settings_raise_clear_errors():
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        get_recipe("seed", epochs=0)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("turbo")
+    with pytest.raises(ValueError, match="unknown model"):
+        get_recipe("seed", model="vgg")
+    with pytest.raises(ValueError, match="needs data_dir"):
+        T.Trial(data="folder")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            T.pick_device("cuda")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "positive integer"),
+    (["--data", "folder"], "--data-dir"),
+    (["--lr", "-1", "--data", "synthetic"], "--lr must be > 0"),
+    (["--model", "nope"], "invalid choice"),
+])
+def test_cli_rejects_bad_flags_before_work(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        T.main(argv + ["--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_runs_and_resumes(tmp_path, capsys):
+    args = ["--data", "synthetic", "--limit", "80", "--epochs", "1", "--batch-size", "40", "--out", str(tmp_path / "r")]
+    assert T.main(args) == 0
+    assert T.main(args) == 2 and "--resume" in capsys.readouterr().err
+    assert T.main(args + ["--resume"]) == 0
