@@ -1,15 +1,30 @@
 """Small constrained CNN for CIFAR-10: model, constraints checker, data, training, plots.
 
-Notebooks use one import line: `import helpers as H`.
+Notebooks use one import line: `import helpers as H`, then H.build_model, H.check, H.Trial ...
+Names resolve lazily, so `python -m helpers.train` does not import itself twice.
 """
-from . import plots
-from .constraints import check
-from .data import Loader, channel_stats, load_split, load_splits
-from .model import build_model, count_params, list_models, params_per_block
-from .notebook import check_params, drive_folder, in_colab, summary, warn_if_no_gpu
-from .recipes import RECIPES, Recipe, get_recipe
-from .train import Record, Trainer, Trial, evaluate, load_run, pick_device, predict, select_examples, test_loader_for, train
+import importlib
 
 # The GitHub repository the Colab badges and setup cells point at (owner/name).
-# Change it here, then run `python -m helpers.pipeline --set-repo` to rewrite the notebooks.
+# Change it here, then run `python -m helpers.pipeline --set-repo OWNER/NAME` to rewrite the notebooks.
 REPO = "small-cnn-team/cifar10-small-cnn"
+
+_EXPORTS = {
+    "constraints": ["check"],
+    "data": ["Loader", "channel_stats", "load_split", "load_splits"],
+    "model": ["build_model", "count_params", "list_models", "params_per_block"],
+    "notebook": ["check_params", "drive_folder", "in_colab", "summary", "warn_if_no_gpu"],
+    "recipes": ["RECIPES", "Recipe", "get_recipe"],
+    "train": ["Record", "Trainer", "Trial", "evaluate", "load_run", "pick_device", "predict",
+              "select_examples", "test_loader_for", "train"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE) + ["plots", "REPO"]
+
+
+def __getattr__(name):
+    if name == "plots":
+        return importlib.import_module(".plots", __name__)
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'helpers' has no attribute {name!r}")

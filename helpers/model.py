@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -37,29 +38,60 @@ def _same_padding(kernel_size: int, dilation: int) -> int:
 
 
 class ConvReLUBN(nn.Sequential):
-    """conv -> ReLU -> BatchNorm -> Dropout: the original solution's unit (in its order)."""
+    """conv -> ReLU -> BatchNorm -> Dropout: the original solution's unit, in its order.
+
+    "Same" padding for any odd kernel and dilation; `conv` is the conv class to use
+    (nn.Conv2d or DepthwiseSeparableConv); dropout 0 becomes nn.Identity.
+    """
+    order = ("conv", "act", "bn", "drop")
 
     def __init__(self, in_channels, out_channels, kernel_size=3, dilation=1, dropout=0.0,
                  conv=nn.Conv2d):
+        parts = dict(
+            conv=conv(in_channels, out_channels, kernel_size, padding=_same_padding(kernel_size, dilation),
+                      dilation=dilation, bias=False),
+            act=nn.ReLU(inplace=True),
+            bn=nn.BatchNorm2d(out_channels),
+            drop=nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+        )
+        super().__init__(OrderedDict((name, parts[name]) for name in self.order))
+
+
+class ConvBNReLU(ConvReLUBN):
+    """conv -> BatchNorm -> ReLU -> Dropout: the usual order, used by the fast models."""
+    order = ("conv", "bn", "act", "drop")
+
+
+class PatchWhitening(nn.Module):
+    """A 2x2 conv whose filters whiten image patches (set from data by `init_whitening`).
+
+    Filters are the eigenvectors of the 2x2x3 patch covariance scaled by 1/sqrt(eigenvalue),
+    each used with both signs (so the ReLU after it keeps all the information). Frozen:
+    it costs no training, and decorrelated inputs let the next layers learn much faster.
+    Output is 31x31 (no padding).
+    """
+
+    def __init__(self, in_channels=3, kernel_size=2):
         super().__init__()
-        self.conv = conv(in_channels, out_channels, kernel_size,
-                         padding=_same_padding(kernel_size, dilation), dilation=dilation, bias=False)
+        dims = in_channels * kernel_size ** 2
+        self.conv = nn.Conv2d(in_channels, 2 * dims, kernel_size, bias=True)
+        self.conv.weight.requires_grad_(False)
         self.act = nn.ReLU(inplace=True)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_channels = 2 * dims
 
+    @torch.no_grad()
+    def init_whitening(self, images, eps=5e-4):
+        """images: normalized float (N, 3, H, W); a few thousand are enough."""
+        k = self.conv.kernel_size[0]
+        patches = images.unfold(2, k, 1).unfold(3, k, 1)                   # (N, C, H', W', k, k)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, patches.shape[1] * k * k).double()
+        patches = patches - patches.mean(0)
+        eigval, eigvec = torch.linalg.eigh(patches.T @ patches / len(patches))
+        w = (eigvec.T / (eigval + eps).sqrt()[:, None]).view(-1, *self.conv.weight.shape[1:])
+        self.conv.weight.copy_(torch.cat([w, -w]).float())                 # both signs: 2 * dims filters
 
-class ConvBNReLU(nn.Sequential):
-    """conv -> BatchNorm -> ReLU: the usual order, used by the fast models."""
-
-    def __init__(self, in_channels, out_channels, kernel_size=3, dilation=1, dropout=0.0,
-                 conv=nn.Conv2d):
-        super().__init__()
-        self.conv = conv(in_channels, out_channels, kernel_size,
-                         padding=_same_padding(kernel_size, dilation), dilation=dilation, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.ReLU(inplace=True)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+    def forward(self, x):
+        return self.act(self.conv(x))
 
 
 # --------------------------------------------------------------------------- stages
@@ -147,8 +179,32 @@ def seed_net(num_classes=10, dropout=0.05):
     )
 
 
+def fast_net(num_classes=10, widths=(32, 64, 128), dilated_at=3):
+    """Few-epoch CPU model in the airbench mould, inside the assignment's rules.
+
+    Frozen patch-whitening input (31x31), then one conv per stage at full resolution
+    before each pool, conv-BN-ReLU units, a residual pair per stage after stage 1, and
+    logits scaled up. The rule-required layers go where they cost least: the dilated conv
+    and the depthwise-separable convs work at 7x7 and 3x3, where a 3x3 conv is cheap anyway.
+    """
+    w1, w2, w3 = widths
+    unit = dict(unit=ConvBNReLU)
+    return Net(
+        prep=PatchWhitening(),                                                  # 31x31, 24 ch
+        block1=ConvBlock([24, w1], **unit),                                     # 31x31
+        trans1=TransitionBlock(w1),                                             # 15x15
+        block2=ConvBlock([w1, w2], **unit),                                     # 15x15
+        trans2=TransitionBlock(w2),                                             # 7x7
+        block3=ConvBlock([w2, w3], dilation=2 if dilated_at == 3 else 1, **unit),  # 7x7, dilated
+        trans3=TransitionBlock(w3),                                             # 3x3
+        block4=ConvBlock([w3, w3, w3], conv=DepthwiseSeparableConv, residual=True, **unit),  # 3x3
+        head=Head(w3, num_classes, scale=1 / 8),
+    )
+
+
 MODELS = {
     "seed": seed_net,
+    "fast": fast_net,
 }
 
 

@@ -12,7 +12,7 @@ from .model import list_models
 from .recipes import RECIPES
 
 
-def check_params(data, data_dir=None, model=None, epochs=1, limit=None, recipe=None, **_ignored):
+def check_params(data, data_dir=None, model=None, epochs=1, limit=None, recipe=None, precision=None, **_ignored):
     """Fail early, in the notebook's first cell, with one message naming every bad parameter."""
     problems = []
     if data not in SOURCES:
@@ -25,6 +25,8 @@ def check_params(data, data_dir=None, model=None, epochs=1, limit=None, recipe=N
         problems.append(f"model={model!r}: known models are {', '.join(list_models())}")
     if recipe is not None and recipe not in RECIPES:
         problems.append(f"recipe={recipe!r}: known recipes are {', '.join(sorted(RECIPES))}")
+    if precision not in (None, "fp32", "bf16"):
+        problems.append(f"precision={precision!r}: use None (the recipe's), 'fp32' or 'bf16'")
     if not isinstance(epochs, int) or epochs < 1:
         problems.append(f"epochs={epochs!r}: must be a positive integer")
     if limit is not None and (not isinstance(limit, int) or limit < 1):

@@ -120,6 +120,7 @@ def get_parser():
     p.add_argument("--model", help="model name (default: the recipe's)", choices=list_models())
     p.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
     p.add_argument("--limit", type=int, help="images per split (default: all)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="autocast precision (default: the recipe's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/pipeline", help="executed notebooks go to OUT/notebooks")
@@ -138,8 +139,8 @@ def main(argv=None):
     out = Path(args.out)
     recipe = RECIPES[args.recipe]
     params = dict(data=args.data, data_dir=args.data_dir, model=args.model or recipe.model, recipe=args.recipe,
-                  epochs=args.epochs or recipe.epochs, limit=args.limit, device=args.device, seed=args.seed,
-                  out_dir=args.run_dir or str(out / "run"),
+                  epochs=args.epochs or recipe.epochs, precision=args.precision, limit=args.limit,
+                  device=args.device, seed=args.seed, out_dir=args.run_dir or str(out / "run"),
                   images_dir=args.images_dir or (str(out / "images") if args.smoke else "images"))
     if args.smoke:
         params |= {k: v for k, v in SMOKE.items() if not (k == "epochs" and args.epochs)}

@@ -96,7 +96,7 @@ def make_optimizer(model, recipe: Recipe):
 def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe.lr, epochs=recipe.epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=recipe.pct_start, div_factor=10, final_div_factor=100)
+        pct_start=recipe.pct_start, anneal_strategy=recipe.anneal, div_factor=10, final_div_factor=100)
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -115,6 +115,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
         loss = loss_fn(out.float(), y, recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used (reported per epoch)
         optimizer.step()
         scheduler.step()
         loss_sum += loss.detach() * len(y)
@@ -124,9 +125,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
             value = loss.item()  # one sync every 20 steps: cheap, and catches divergence early
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss became {value} at epoch {epoch}, step {step}")
-            bar.set_postfix(loss=f"{value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.4f}")
     return dict(train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen,
-                lr=scheduler.get_last_lr()[0], train_seconds=time.perf_counter() - t0)
+                lr=lr, train_seconds=time.perf_counter() - t0)
 
 
 @torch.no_grad()
@@ -187,7 +188,8 @@ class Trainer:
 
     def load(self, path):
         ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        if ckpt["config"]["recipe"] != self.recipe.to_dict() or ckpt["config"]["seed"] != self.seed:
+        # from_dict fills fields added since the checkpoint was written with their defaults
+        if Recipe.from_dict(ckpt["config"]["recipe"]) != self.recipe or ckpt["config"]["seed"] != self.seed:
             raise ValueError(f"{path} was written by a different recipe or seed; "
                              "resume with the same settings, or pick a new output folder")
         self.model.load_state_dict(ckpt["model"])
@@ -317,6 +319,9 @@ class Trial:
         test_loader = Loader(test_set, 500, False, **common)
         torch.manual_seed(self.seed)  # model init depends on the seed only
         model = build_model(r.model, **r.model_kwargs).to(device)
+        for m in model.modules():  # data-dependent init (PatchWhitening) from 5,000 training images
+            if hasattr(m, "init_whitening"):
+                m.init_whitening(train_loader.normalize(train_set.images[:5000].to(device)).contiguous())
         if r.channels_last:
             model = model.to(memory_format=torch.channels_last)
         info = dict(name=self.name, data=self.data, data_dir=str(self.data_dir) if self.data_dir else None,

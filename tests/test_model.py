@@ -37,3 +37,18 @@ def test_depthwise_separable_conv_parts():
     assert conv(torch.randn(1, 16, 8, 8)).shape == (1, 32, 8, 8)
     # far fewer weights than the full conv it replaces
     assert count_params(conv) == 16 * 9 + 16 * 32 < 16 * 32 * 9
+
+
+def test_patch_whitening_decorrelates_patches():
+    from helpers.model import PatchWhitening
+    torch.manual_seed(0)
+    base = torch.randn(256, 1, 16, 16)
+    images = torch.cat([base, 0.9 * base + 0.1 * torch.randn_like(base), torch.randn_like(base)], 1)
+    w = PatchWhitening()
+    w.init_whitening(images)
+    out = w.conv(images)[:, :12]  # the positive-sign half: whitened 2x2x3 patches
+    cov = torch.cov(out.permute(1, 0, 2, 3).reshape(12, -1))
+    off_diagonal = cov - torch.diag(cov.diag())
+    assert off_diagonal.abs().max() < 0.02
+    assert (cov.diag() > 0.8).all() and (cov.diag() < 1.05).all()  # eps damps the tiniest direction a bit
+    assert not w.conv.weight.requires_grad

@@ -123,3 +123,15 @@ def test_clean_strips_papermill_and_labels(smoke_run):
     text = json.dumps(nb)
     assert '"papermill"' not in text and "injected-parameters" not in text
     assert source(nb["cells"][0]).endswith("> run on X")
+
+
+def test_set_repo_rewrites_badges_and_setup(tmp_path, monkeypatch):
+    for p in NOTEBOOKS:
+        shutil.copy(p, tmp_path / p.name)
+    monkeypatch.setattr(pipeline, "NOTEBOOKS", tmp_path)
+    pipeline.set_repo("someone/elsewhere")
+    for p in pipeline.notebook_paths():
+        nb = load(p)
+        assert "github/someone/elsewhere/blob/main/notebooks/" + p.name in source(nb["cells"][0])
+        assert any('REPO = "someone/elsewhere"' in source(c) for c in nb["cells"])
+        assert helpers.REPO not in p.read_text()

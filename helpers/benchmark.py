@@ -1,0 +1,77 @@
+"""Time-to-accuracy benchmark: train a recipe, print one JSON line per seed.
+
+    python -m helpers.benchmark --data-dir ../shared/data/cifar10-jpeg-dev --recipe fast --seeds 3
+
+Trains on DIR/train, evaluates on DIR/test. `train_seconds` is training wall time only
+(dataset decoding, model setup and the per-epoch evaluation are excluded); `test_acc` is
+the final accuracy with the recipe's test-time augmentation.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from .recipes import get_recipe
+from .train import Trial, get_args_parser, peak_rss_mb
+
+
+def get_parser():
+    p = get_args_parser()
+    p.prog = "python -m helpers.benchmark"
+    p.description = __doc__.split("\n\n")[0]
+    p.set_defaults(recipe="fast")
+    p.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1 (one JSON line each)")
+    return p
+
+
+def bench_one(args, seed: int) -> dict:
+    trial = Trial(f"bench-{args.recipe}-{seed}", args.recipe, args.data, args.data_dir, args.limit, args.device,
+                  seed, out_dir=None, progress=False, threads=args.threads, model=args.model, epochs=args.epochs,
+                  batch_size=args.batch_size, lr=args.lr, precision=args.precision)
+    trainer = trial.setup()
+    record = trial.run()
+    n_train = len(trainer.train_loader) * trainer.train_loader.batch_size  # images actually trained on per epoch
+    train_seconds = sum(h["train_seconds"] for h in record.history)
+    return dict(recipe=args.recipe, model=trial.recipe.model, params=record.config["params"],
+                epochs=len(record.history), seed=seed, train_seconds=round(train_seconds, 2),
+                test_acc=round(record.final_acc, 4), img_per_s=round(n_train * len(record.history) / train_seconds, 1),
+                peak_rss_mb=round(peak_rss_mb(), 1), device=_device_name(trainer.device),
+                threads=torch.get_num_threads(), torch=str(torch.__version__), precision=trial.recipe.precision,
+                data=args.data if args.data != "folder" else f"folder:{Path(args.data_dir).name}",
+                first_epoch_80=record.first_epoch_reaching(0.80),
+                acc_per_epoch=[round(h["test_acc"], 4) for h in record.history])
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()})"
+
+
+def main(argv=None) -> int:
+    p = get_parser()
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.data == "folder":
+        if not args.data_dir:
+            p.error("--data-dir DIR is required (a folder holding train/ and test/), or use --data synthetic")
+        if not Path(args.data_dir).is_dir():
+            p.error(f"--data-dir {args.data_dir} does not exist")
+    try:
+        get_recipe(args.recipe, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                   lr=args.lr, precision=args.precision)
+        for seed in range(args.seed, args.seed + args.seeds):
+            print(json.dumps(bench_one(args, seed)), flush=True)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from helpers import benchmark
+from helpers.constraints import check
+from helpers.model import build_model
+from helpers.recipes import RECIPES
+
+KEYS = {"recipe", "model", "params", "epochs", "seed", "train_seconds", "test_acc", "img_per_s",
+        "peak_rss_mb", "device", "threads", "torch"}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_model_passes_the_constraints(name):
+    recipe = RECIPES[name].validate()
+    assert check(build_model(recipe.model, **recipe.model_kwargs)).passed
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys):
+    assert benchmark.main(["--data", "synthetic", "--limit", "100", "--recipe", recipe,
+                           "--epochs", "1", "--batch-size", "50", "--seeds", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [r["seed"] for r in rows] == [0, 1]
+    for r in rows:
+        assert KEYS <= set(r) and r["recipe"] == recipe and r["epochs"] == 1
+        assert r["train_seconds"] > 0 and 0 <= r["test_acc"] <= 1 and r["params"] < 1_000_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--data-dir DIR is required"),
+    (["--data-dir", "/no/such/folder"], "does not exist"),
+    (["--data", "synthetic", "--seeds", "0"], "--seeds must be >= 1"),
+    (["--data", "synthetic", "--recipe", "warp"], "invalid choice"),
+])
+def test_benchmark_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
