@@ -271,7 +271,7 @@ class Loader:
 
     def __init__(self, ds: ImageSet, batch_size: int, train: bool, mean, std, device="cpu",
                  translate: int = 0, flip: bool = False, drop_last: bool | None = None,
-                 channels_last: bool = False, seed: int = 0):
+                 channels_last: bool = False, seed: int = 0, alternate_flip: bool = False):
         if batch_size <= 0:
             raise DataError(f"batch_size must be positive, got {batch_size}")
         self.images = ds.images.to(device)
@@ -285,10 +285,18 @@ class Loader:
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
+        # alternating flip: each image gets a random side once, then the other side every
+        # other epoch, so two consecutive epochs always show both views (instead of a coin toss)
+        self.alternate_flip = alternate_flip
+        self.flip_base = None
 
     def set_epoch(self, epoch: int, seed: int = 0):
         """Reseed shuffling/augmentation per epoch, so a resumed run sees the same batches."""
+        self.epoch = epoch
         self.generator.manual_seed(seed * 100_003 + epoch)
+        if self.alternate_flip:
+            g = torch.Generator().manual_seed(seed)
+            self.flip_base = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
 
     def __len__(self):
         n = len(self.labels)
@@ -306,6 +314,9 @@ class Loader:
             x = self.images[idx]
             if self.translate:
                 x = random_translate(x, self.translate, self.generator)
-            if self.flip:
+            if self.flip and self.flip_base is not None:
+                mask = self.flip_base[idx] ^ bool(self.epoch % 2)
+                x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+            elif self.flip:
                 x = random_flip(x, self.generator)
             yield self.normalize(x), self.labels[idx]

@@ -315,7 +315,8 @@ class Trial:
         mean, std = channel_stats(train_set.images)
         r = self.recipe
         common = dict(mean=mean, std=std, device=device, channels_last=r.channels_last)
-        train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip, **common)
+        train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
+                              alternate_flip=r.alternate_flip, seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
         torch.manual_seed(self.seed)  # model init depends on the seed only
         model = build_model(r.model, **r.model_kwargs).to(device)

@@ -159,3 +159,18 @@ def test_jpeg_dev_slice(jpeg_dev_slice):
     assert len(train) == len(test) == 100 and train.problems == {}
     mean, _ = D.channel_stats(train.images)
     assert all(0.3 < m < 0.6 for m in mean)
+
+
+def test_alternating_flip_shows_each_image_both_ways_over_two_epochs():
+    train = load_split("synthetic", "train", limit=64)
+    loader = Loader(train, 64, train=True, mean=[0.5] * 3, std=[0.25] * 3, flip=True, alternate_flip=True)
+    views = []
+    for epoch in (1, 2, 3):
+        loader.set_epoch(epoch)
+        x, y = next(iter(loader))
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))  # the loader's shuffle
+        views.append(x[order.argsort()])  # back to dataset order
+    plain = loader.normalize(train.images)
+    for i in range(64):
+        a, b, c = (torch.equal(v[i], plain[i]) for v in views)
+        assert a != b and a == c  # flipped in exactly one of two consecutive epochs
