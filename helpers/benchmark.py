@@ -8,6 +8,7 @@ the final accuracy with the recipe's test-time augmentation.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -25,18 +26,32 @@ def get_parser():
     p.description = __doc__.split("\n\n")[0]
     p.set_defaults(recipe="fast")
     p.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1 (one JSON line each)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=_field_value,
+                   help="override any recipe field, VALUE as JSON: --set alternate_flip=false "
+                        "--set 'model_kwargs={\"bn_after_pool\": false}' (repeatable; for ablations)")
     return p
+
+
+def _field_value(text: str):
+    import argparse
+
+    field, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value  # a bare string such as precision=bf16
 
 
 def bench_one(args, seed: int) -> dict:
     trial = Trial(f"bench-{args.recipe}-{seed}", args.recipe, args.data, args.data_dir, args.limit, args.device,
-                  seed, out_dir=None, progress=False, threads=args.threads, model=args.model, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, precision=args.precision)
+                  seed, out_dir=None, progress=False, threads=args.threads, **_overrides(args))
     trainer = trial.setup()
     record = trial.run()
     n_train = len(trainer.train_loader) * trainer.train_loader.batch_size  # images actually trained on per epoch
     train_seconds = sum(h["train_seconds"] for h in record.history)
-    return dict(recipe=args.recipe, model=trial.recipe.model, params=record.config["params"],
+    return dict(recipe=args.recipe, overrides=dict(args.set), model=trial.recipe.model, params=record.config["params"],
                 epochs=len(record.history), seed=seed, train_seconds=round(train_seconds, 2),
                 test_acc=round(record.final_acc, 4), img_per_s=round(n_train * len(record.history) / train_seconds, 1),
                 peak_rss_mb=round(peak_rss_mb(), 1), device=_device_name(trainer.device),
@@ -44,6 +59,11 @@ def bench_one(args, seed: int) -> dict:
                 data=args.data if args.data != "folder" else f"folder:{Path(args.data_dir).name}",
                 first_epoch_80=record.first_epoch_reaching(0.80),
                 acc_per_epoch=[round(h["test_acc"], 4) for h in record.history])
+
+
+def _overrides(args) -> dict:
+    return dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                precision=args.precision) | dict(args.set)
 
 
 def _device_name(device) -> str:
@@ -63,10 +83,11 @@ def main(argv=None) -> int:
         if not Path(args.data_dir).is_dir():
             p.error(f"--data-dir {args.data_dir} does not exist")
     try:
-        get_recipe(args.recipe, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                   lr=args.lr, precision=args.precision)
+        get_recipe(args.recipe, **_overrides(args))  # bad values fail here, before any data is read
         for seed in range(args.seed, args.seed + args.seeds):
-            print(json.dumps(bench_one(args, seed)), flush=True)
+            with contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr: stdout is JSON only
+                row = bench_one(args, seed)
+            print(json.dumps(row), flush=True)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -193,7 +193,7 @@ def seed_net(num_classes=10, dropout=0.05):
     )
 
 
-def fast_net(num_classes=10, widths=(32, 64, 128), dilated_at=3):
+def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True):
     """Few-epoch CPU model in the airbench mould, inside the assignment's rules.
 
     Frozen patch-whitening input (31x31), then one conv per stage at full resolution whose
@@ -203,14 +203,17 @@ def fast_net(num_classes=10, widths=(32, 64, 128), dilated_at=3):
     least: the dilated conv works at 15x15 -> 7x7 and the separable convs at 3x3.
     """
     w1, w2, w3 = widths
+    # bn_after_pool=False: the plain conv-BN-ReLU then pool order (kept to measure the difference)
+    unit = Conv if bn_after_pool else ConvBNReLU
+    post = BNReLU if bn_after_pool else (lambda channels: None)
     return Net(
         prep=PatchWhitening(),                                                  # 31x31, 24 ch
-        block1=ConvBlock([24, w1], unit=Conv),                                  # 31x31
-        trans1=TransitionBlock(w1, post=BNReLU(w1)),                            # 15x15
-        block2=ConvBlock([w1, w2], unit=Conv),                                  # 15x15
-        trans2=TransitionBlock(w2, post=BNReLU(w2)),                            # 7x7
-        block3=ConvBlock([w2, w3], unit=Conv, dilation=2 if dilated_at == 3 else 1),  # 7x7, dilated
-        trans3=TransitionBlock(w3, post=BNReLU(w3)),                            # 3x3
+        block1=ConvBlock([24, w1], unit=unit),                                  # 31x31
+        trans1=TransitionBlock(w1, post=post(w1)),                              # 15x15
+        block2=ConvBlock([w1, w2], unit=unit),                                  # 15x15
+        trans2=TransitionBlock(w2, post=post(w2)),                              # 7x7
+        block3=ConvBlock([w2, w3], unit=unit, dilation=2),                      # 7x7, dilated
+        trans3=TransitionBlock(w3, post=post(w3)),                              # 3x3
         block4=ConvBlock([w3, w3, w3], unit=ConvBNReLU, conv=DepthwiseSeparableConv, residual=True),  # 3x3
         head=Head(w3, num_classes, scale=1 / 8),
     )

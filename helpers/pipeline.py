@@ -41,9 +41,11 @@ def run(params: dict, out: Path, log=print) -> list[Path]:
     done = []
     for nb in notebook_paths():
         target = executed_dir / nb.name
+        declared = pm.inspect_notebook(str(nb))  # pass each notebook only the parameters it declares
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(ROOT), kernel_name="python3",
+            pm.execute_notebook(str(nb), str(target), parameters={k: v for k, v in params.items() if k in declared},
+                                cwd=str(ROOT), kernel_name="python3",
                                 progress_bar=False, log_output=False)
         except pm.PapermillExecutionError as e:
             raise PipelineError(f"{nb.name} failed in cell {e.exec_count or e.cell_index}: {e.ename}: "
@@ -125,6 +127,8 @@ def get_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/pipeline", help="executed notebooks go to OUT/notebooks")
     p.add_argument("--run-dir", help="run folder for checkpoint/history (default: OUT/run)")
+    p.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR",
+                   help="more run folders for notebook 04's side-by-side curves")
     p.add_argument("--images-dir", help="figures (default: images/, or OUT/images with --smoke)")
     p.add_argument("--publish", action="store_true", help="copy the cleaned executed notebooks into notebooks/")
     p.add_argument("--set-repo", metavar="OWNER/NAME", help="rewrite the Colab badges and setup cells, then exit")
@@ -141,7 +145,8 @@ def main(argv=None):
     params = dict(data=args.data, data_dir=args.data_dir, model=args.model or recipe.model, recipe=args.recipe,
                   epochs=args.epochs or recipe.epochs, precision=args.precision, limit=args.limit,
                   device=args.device, seed=args.seed, out_dir=args.run_dir or str(out / "run"),
-                  images_dir=args.images_dir or (str(out / "images") if args.smoke else "images"))
+                  images_dir=args.images_dir or (str(out / "images") if args.smoke else "images"),
+                  compare=args.compare)
     if args.smoke:
         params |= {k: v for k, v in SMOKE.items() if not (k == "epochs" and args.epochs)}
     try:

@@ -22,7 +22,7 @@ def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys):
     assert benchmark.main(["--data", "synthetic", "--limit", "100", "--recipe", recipe,
                            "--epochs", "1", "--batch-size", "50", "--seeds", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    rows = [json.loads(line) for line in lines]  # stdout holds nothing but the JSON lines
     assert [r["seed"] for r in rows] == [0, 1]
     for r in rows:
         assert KEYS <= set(r) and r["recipe"] == recipe and r["epochs"] == 1
@@ -34,8 +34,18 @@ def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys):
     (["--data-dir", "/no/such/folder"], "does not exist"),
     (["--data", "synthetic", "--seeds", "0"], "--seeds must be >= 1"),
     (["--data", "synthetic", "--recipe", "warp"], "invalid choice"),
+    (["--data", "synthetic", "--set", "epochs"], "expected FIELD=VALUE"),
 ])
 def test_benchmark_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         benchmark.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_benchmark_set_overrides_recipe_fields(capsys):
+    assert benchmark.main(["--data", "synthetic", "--limit", "60", "--epochs", "1", "--batch-size", "30",
+                           "--set", "alternate_flip=false", "--set", 'model_kwargs={"bn_after_pool": false}']) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["overrides"] == {"alternate_flip": False, "model_kwargs": {"bn_after_pool": False}}
+    assert benchmark.main(["--data", "synthetic", "--set", "colour=1"]) == 2
+    assert "unknown recipe field" in capsys.readouterr().err
