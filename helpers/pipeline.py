@@ -125,7 +125,8 @@ def get_parser():
     p.add_argument("--precision", choices=["fp32", "bf16"], help="autocast precision (default: the recipe's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/pipeline", help="executed notebooks go to OUT/notebooks")
+    p.add_argument("--out", help="executed notebooks go to OUT/notebooks (default: runs/pipeline, "
+                                 "or runs/smoke with --smoke)")
     p.add_argument("--run-dir", help="run folder for checkpoint/history (default: OUT/run)")
     p.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR",
                    help="more run folders for notebook 04's side-by-side curves")
@@ -140,7 +141,7 @@ def main(argv=None):
     if args.set_repo:
         set_repo(args.set_repo)
         return 0
-    out = Path(args.out)
+    out = Path(args.out or ("runs/smoke" if args.smoke else "runs/pipeline"))
     recipe = RECIPES[args.recipe]
     params = dict(data=args.data, data_dir=args.data_dir, model=args.model or recipe.model, recipe=args.recipe,
                   epochs=args.epochs or recipe.epochs, precision=args.precision, limit=args.limit,
