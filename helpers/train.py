@@ -238,8 +238,9 @@ class Trainer:
         return select_examples(self.model, self.test_loader, correct, n, self.recipe.precision)
 
 
-def select_examples(model, loader, correct: bool, n: int = 25, precision="fp32"):
-    log_probs, y = predict(model, loader, precision)
+def select_examples(model, loader, correct: bool, n: int = 25, precision="fp32", predictions=None):
+    """`predictions`: (log_probs, labels) from `predict`, to reuse one pass over the test set."""
+    log_probs, y = predictions if predictions is not None else predict(model, loader, precision)
     conf, pred = log_probs.exp().max(1)
     idx = ((pred == y) == correct).nonzero().flatten()
     idx = idx[conf[idx].argsort(descending=True)][:n]
