@@ -116,8 +116,9 @@ class ConvBlock(nn.Sequential):
     lets deeper fast models train in few epochs without changing what the checker sees.
     """
 
-    def __init__(self, channels, unit=ConvReLUBN, residual=False, **unit_kwargs):
-        super().__init__(*[unit(cin, cout, **unit_kwargs) for cin, cout in zip(channels, channels[1:])])
+    def __init__(self, channels, unit=ConvReLUBN, residual=False, lead=(), **unit_kwargs):
+        # `lead`: ready-made units to run first (e.g. a plain conv before a dilated one)
+        super().__init__(*lead, *[unit(cin, cout, **unit_kwargs) for cin, cout in zip(channels, channels[1:])])
         self.residual = residual and channels[0] == channels[-1]
 
     def forward(self, x):
@@ -193,7 +194,7 @@ def seed_net(num_classes=10, dropout=0.05):
     )
 
 
-def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True):
+def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_conv=False):
     """Few-epoch CPU model in the airbench mould, inside the assignment's rules.
 
     Frozen patch-whitening input (31x31), then one conv per stage at full resolution whose
@@ -203,6 +204,10 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True):
     least: the dilated conv works at 15x15 -> 7x7 and the separable convs at 3x3.
     """
     w1, w2, w3 = widths
+    # extra_conv: a second conv (width-preserving) opens stages 2 and 3, as in airbench's blocks;
+    # more capacity for longer runs (model_kwargs={"widths": [64, 160, 256], "extra_conv": true})
+    lead2 = [ConvBNReLU(w1, w1)] if extra_conv else []
+    lead3 = [ConvBNReLU(w2, w2)] if extra_conv else []
     # bn_after_pool=False: the plain conv-BN-ReLU then pool order (kept to measure the difference)
     unit = Conv if bn_after_pool else ConvBNReLU
     post = BNReLU if bn_after_pool else (lambda channels: None)
@@ -210,9 +215,9 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True):
         prep=PatchWhitening(),                                                  # 31x31, 24 ch
         block1=ConvBlock([24, w1], unit=unit),                                  # 31x31
         trans1=TransitionBlock(w1, post=post(w1)),                              # 15x15
-        block2=ConvBlock([w1, w2], unit=unit),                                  # 15x15
+        block2=ConvBlock([w1, w2], unit=unit, lead=lead2),                      # 15x15
         trans2=TransitionBlock(w2, post=post(w2)),                              # 7x7
-        block3=ConvBlock([w2, w3], unit=unit, dilation=2),                      # 7x7, dilated
+        block3=ConvBlock([w2, w3], unit=unit, dilation=2, lead=lead3),          # 7x7, dilated
         trans3=TransitionBlock(w3, post=post(w3)),                              # 3x3
         block4=ConvBlock([w3, w3, w3], unit=ConvBNReLU, conv=DepthwiseSeparableConv, residual=True),  # 3x3
         head=Head(w3, num_classes, scale=1 / 8),
