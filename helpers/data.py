@@ -287,16 +287,15 @@ class Loader:
         self.epoch = 0
         # alternating flip: each image gets a random side once, then the other side every
         # other epoch, so two consecutive epochs always show both views (instead of a coin toss)
-        self.alternate_flip = alternate_flip
         self.flip_base = None
+        if alternate_flip:  # drawn once per run: which side each image shows on even epochs
+            g = torch.Generator().manual_seed(seed)
+            self.flip_base = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
 
     def set_epoch(self, epoch: int, seed: int = 0):
         """Reseed shuffling/augmentation per epoch, so a resumed run sees the same batches."""
         self.epoch = epoch
         self.generator.manual_seed(seed * 100_003 + epoch)
-        if self.alternate_flip:
-            g = torch.Generator().manual_seed(seed)
-            self.flip_base = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
 
     def __len__(self):
         n = len(self.labels)
