@@ -29,6 +29,7 @@ def get_parser():
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=_field_value,
                    help="override any recipe field, VALUE as JSON: --set alternate_flip=false "
                         "--set 'model_kwargs={\"bn_after_pool\": false}' (repeatable; for ablations)")
+    p.add_argument("--out", help="also keep each seed's run (checkpoint.pt, history.json) in OUT/seed-N")
     return p
 
 
@@ -45,8 +46,9 @@ def _field_value(text: str):
 
 
 def bench_one(args, seed: int) -> dict:
+    out_dir = Path(args.out) / f"seed-{seed}" if args.out else None
     trial = Trial(f"bench-{args.recipe}-{seed}", args.recipe, args.data, args.data_dir, args.limit, args.device,
-                  seed, out_dir=None, progress=False, threads=args.threads, **_overrides(args))
+                  seed, out_dir=out_dir, progress=False, threads=args.threads, **_overrides(args))
     trainer = trial.setup()
     record = trial.run()
     n_train = len(trainer.train_loader) * trainer.train_loader.batch_size  # images actually trained on per epoch
@@ -77,14 +79,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    seeds = range(args.seed, args.seed + args.seeds)
     if args.data == "folder":
         if not args.data_dir:
             p.error("--data-dir DIR is required (a folder holding train/ and test/), or use --data synthetic")
         if not Path(args.data_dir).is_dir():
             p.error(f"--data-dir {args.data_dir} does not exist")
+    if args.out:
+        taken = [str(Path(args.out) / f"seed-{s}") for s in seeds if (Path(args.out) / f"seed-{s}").exists()]
+        if taken:
+            p.error(f"--out {args.out} already holds runs for {', '.join(sorted(taken))}; choose another --out")
     try:
         get_recipe(args.recipe, **_overrides(args))  # bad values fail here, before any data is read
-        for seed in range(args.seed, args.seed + args.seeds):
+        for seed in seeds:
             with contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr: stdout is JSON only
                 row = bench_one(args, seed)
             print(json.dumps(row), flush=True)

@@ -237,7 +237,7 @@ def random_translate(images: torch.Tensor, pad: int, generator=None) -> torch.Te
     if pad <= 0:
         return images
     n, _, h, w = images.shape
-    padded = _reflect_pad(images, pad)                                                 # (N, C, H+2p, W+2p)
+    padded = reflect_pad(images, pad)                                                  # (N, C, H+2p, W+2p)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]   # (N, 1, H, 1)
@@ -247,7 +247,7 @@ def random_translate(images: torch.Tensor, pad: int, generator=None) -> torch.Te
     return padded[batch, chan, rows, cols]                                            # (N, C, H, W)
 
 
-def _reflect_pad(images, pad):
+def reflect_pad(images, pad):
     # F.pad's reflect mode rejects uint8, so index with reflected coordinates (any dtype)
     h, w = images.shape[-2:]
     def reflect(n):
@@ -262,6 +262,24 @@ def random_flip(images: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], images.flip(-1), images)
 
 
+def random_cutout(images: torch.Tensor, size: int, generator=None) -> torch.Tensor:
+    """Zero a random size x size square (inside the image) of each image, as one masked fill.
+
+    Applied after normalization, so zero means "the dataset's mean colour".
+    """
+    if size <= 0:
+        return images
+    n, _, h, w = images.shape
+    if size > min(h, w):
+        raise DataError(f"cutout size {size} is larger than the {h}x{w} images")
+    top = torch.randint(0, h - size + 1, (n,), generator=generator).to(images.device)
+    left = torch.randint(0, w - size + 1, (n,), generator=generator).to(images.device)
+    rows = torch.arange(h, device=images.device)[None, :] - top[:, None]     # (N, H)
+    cols = torch.arange(w, device=images.device)[None, :] - left[:, None]    # (N, W)
+    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]  # (N, H, W)
+    return images.masked_fill(inside[:, None], 0)
+
+
 class Loader:
     """Batches of normalized float images on `device`, with optional batch augmentation.
 
@@ -271,14 +289,14 @@ class Loader:
 
     def __init__(self, ds: ImageSet, batch_size: int, train: bool, mean, std, device="cpu",
                  translate: int = 0, flip: bool = False, drop_last: bool | None = None,
-                 channels_last: bool = False, seed: int = 0, alternate_flip: bool = False):
+                 channels_last: bool = False, seed: int = 0, alternate_flip: bool = False, cutout: int = 0):
         if batch_size <= 0:
             raise DataError(f"batch_size must be positive, got {batch_size}")
         self.images = ds.images.to(device)
         self.labels = ds.labels.to(device)
         self.classes = ds.classes
         self.batch_size, self.train, self.device = batch_size, train, torch.device(device)
-        self.translate, self.flip = (translate, flip) if train else (0, False)
+        self.translate, self.flip, self.cutout = (translate, flip, cutout) if train else (0, False, 0)
         self.drop_last = train if drop_last is None else drop_last
         self.channels_last = channels_last
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
@@ -318,4 +336,7 @@ class Loader:
                 x = torch.where(mask[:, None, None, None], x.flip(-1), x)
             elif self.flip:
                 x = random_flip(x, self.generator)
-            yield self.normalize(x), self.labels[idx]
+            x = self.normalize(x)
+            if self.cutout:
+                x = random_cutout(x, self.cutout, self.generator)
+            yield x, self.labels[idx]

@@ -84,8 +84,11 @@ class PatchWhitening(nn.Module):
     Output is 31x31 (no padding).
     """
 
-    def __init__(self, in_channels=3, kernel_size=2):
+    def __init__(self, in_channels=3, kernel_size=2, eps=5e-4):
         super().__init__()
+        # eps caps the gain of the weakest directions (gain <= 1/sqrt(eps)); JPEG leaves some
+        # directions with almost no signal, and whitening would amplify their noise
+        self.eps = eps
         dims = in_channels * kernel_size ** 2
         self.conv = nn.Conv2d(in_channels, 2 * dims, kernel_size, bias=True)
         self.conv.weight.requires_grad_(False)
@@ -93,8 +96,9 @@ class PatchWhitening(nn.Module):
         self.out_channels = 2 * dims
 
     @torch.no_grad()
-    def init_whitening(self, images, eps=5e-4):
+    def init_whitening(self, images, eps=None):
         """images: normalized float (N, 3, H, W); a few thousand are enough."""
+        eps = self.eps if eps is None else eps
         k = self.conv.kernel_size[0]
         patches = images.unfold(2, k, 1).unfold(3, k, 1)                   # (N, C, H', W', k, k)
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, patches.shape[1] * k * k).double()
@@ -194,7 +198,26 @@ def seed_net(num_classes=10, dropout=0.05):
     )
 
 
-def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_conv=False):
+def dirac_init_(net: nn.Module) -> nn.Module:
+    """Start every full 3x3 conv as (part) identity: its first in_channels filters pass their
+    input channel through, so a deep stack begins close to a shallow one."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (3, 3) and m.out_channels >= m.in_channels:
+            nn.init.dirac_(m.weight.data[: m.in_channels])
+    return net
+
+
+def freeze_bn_scale_(net: nn.Module) -> nn.Module:
+    """Fix BatchNorm's scale at 1 and learn only its shift, as airbench does: the conv before
+    it can set the scale itself."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.requires_grad_(False)
+    return net
+
+
+def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_conv=False,
+             dirac=False, bn_scale=True, dilated="block3", whiten_eps=5e-4):
     """Few-epoch CPU model in the airbench mould, inside the assignment's rules.
 
     Frozen patch-whitening input (31x31), then one conv per stage at full resolution whose
@@ -205,28 +228,44 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_con
     """
     w1, w2, w3 = widths
     # extra_conv: a second conv (width-preserving) opens stages 2 and 3, as in airbench's blocks;
-    # more capacity for longer runs (model_kwargs={"widths": [64, 160, 256], "extra_conv": true})
-    lead2 = [ConvBNReLU(w1, w1)] if extra_conv else []
+    # more capacity for longer runs (the `wide` model below)
+    # dilated: which conv is dilated: "block3" (the main conv at 7x7) or "lead2" (the extra conv
+    # at 15x15, needs extra_conv); "none" breaks the rules and exists only to measure the cost
+    if dilated not in ("block3", "lead2", "none") or (dilated == "lead2" and not extra_conv):
+        raise ValueError(f"dilated must be 'block3', 'lead2' (with extra_conv) or 'none', got {dilated!r}")
+    lead2 = [ConvBNReLU(w1, w1, dilation=2 if dilated == "lead2" else 1)] if extra_conv else []
     lead3 = [ConvBNReLU(w2, w2)] if extra_conv else []
     # bn_after_pool=False: the plain conv-BN-ReLU then pool order (kept to measure the difference)
     unit = Conv if bn_after_pool else ConvBNReLU
     post = BNReLU if bn_after_pool else (lambda channels: None)
-    return Net(
-        prep=PatchWhitening(),                                                  # 31x31, 24 ch
+    net = Net(
+        prep=PatchWhitening(eps=whiten_eps),                                    # 31x31, 24 ch
         block1=ConvBlock([24, w1], unit=unit),                                  # 31x31
         trans1=TransitionBlock(w1, post=post(w1)),                              # 15x15
         block2=ConvBlock([w1, w2], unit=unit, lead=lead2),                      # 15x15
         trans2=TransitionBlock(w2, post=post(w2)),                              # 7x7
-        block3=ConvBlock([w2, w3], unit=unit, dilation=2, lead=lead3),          # 7x7, dilated
+        block3=ConvBlock([w2, w3], unit=unit, dilation=2 if dilated == "block3" else 1, lead=lead3),  # 7x7
         trans3=TransitionBlock(w3, post=post(w3)),                              # 3x3
         block4=ConvBlock([w3, w3, w3], unit=ConvBNReLU, conv=DepthwiseSeparableConv, residual=True),  # 3x3
         head=Head(w3, num_classes, scale=1 / 8),
     )
+    if dirac:
+        dirac_init_(net)
+    if not bn_scale:
+        freeze_bn_scale_(net)
+    return net
+
+
+def wide_net(num_classes=10, **fast_kwargs):
+    """`fast_net` sized for long runs: widths 64/160/256 and a second (plain) conv opening
+    stages 2 and 3, as airbench's blocks have; 882,872 parameters."""
+    return fast_net(num_classes, **{"widths": (64, 160, 256), "extra_conv": True, **fast_kwargs})
 
 
 MODELS = {
     "seed": seed_net,
     "fast": fast_net,
+    "wide": wide_net,
 }
 
 

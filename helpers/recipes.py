@@ -20,6 +20,7 @@ class Recipe:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    bias_lr_scale: float = 1.0    # lr multiplier for the 1-d parameters (BatchNorm shifts/scales, biases)
     pct_start: float = 0.3
     anneal: str = "cos"           # OneCycleLR's shape: "cos", or "linear" (warmup then linear decay)
     label_smoothing: float = 0.0
@@ -27,7 +28,11 @@ class Recipe:
     translate: int = 4
     flip: bool = True
     alternate_flip: bool = False  # mirror each image on alternate epochs instead of at random
-    tta: bool = False             # average predictions over the image and its mirror at test time
+    cutout: int = 0               # blank a random square of this size in each image (0: off)
+    tta: int = 0                  # test-time augmentation: 0 off, 1 + mirror, 2 + mirror and 1 px shifts
+    # weight averaging: per-step decay of an exponential moving average of the weights and
+    # BatchNorm statistics (0: off); evaluation, checkpoints' analysis and plots use the average
+    ema: float = 0.0
     precision: str = "fp32"       # "fp32" | "bf16" (autocast: CPU with AVX-512 bf16, or CUDA)
     channels_last: bool = True    # NHWC: about 1.3x faster convs on CPU, same math
 
@@ -59,10 +64,18 @@ class Recipe:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if not self.bias_lr_scale > 0:
+            problems.append(f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.translate < 0:
             problems.append(f"translate must be >= 0 pixels, got {self.translate}")
+        if not 0 <= self.cutout <= 32:
+            problems.append(f"cutout must be a square size in 0..32 pixels, got {self.cutout}")
+        if self.tta not in (0, 1, 2):
+            problems.append(f"tta must be 0 (off), 1 (mirror) or 2 (mirror + shifts), got {self.tta!r}")
+        if not 0 <= self.ema < 1:
+            problems.append(f"ema must be a per-step decay in [0, 1) (0: off), got {self.ema}")
         if self.anneal not in ("cos", "linear"):
             problems.append(f"anneal must be 'cos' or 'linear', got {self.anneal!r}")
         if self.precision not in ("fp32", "bf16"):
@@ -78,9 +91,13 @@ RECIPES = {
     # few epochs on a CPU: small whitened net, big batches, short warmup then linear decay,
     # label smoothing, alternating flip, mirror test-time augmentation, bf16 autocast
     # (measured on the JPEG CIFAR-10 dev split: see README, python -m helpers.benchmark)
-    "fast": Recipe(model="fast", epochs=5, batch_size=256, lr=0.4, nesterov=True, weight_decay=5e-4,
+    "fast": Recipe(model="fast", epochs=4, batch_size=256, lr=0.4, nesterov=True, weight_decay=5e-4,
                    pct_start=0.2, anneal="linear", label_smoothing=0.2, translate=2, alternate_flip=True,
-                   tta=True, precision="bf16"),
+                   tta=1, precision="bf16"),
+    # the fast recipe for 40 epochs on the wider net, with mirror + shift test-time augmentation
+    "long": Recipe(model="wide", epochs=40, batch_size=256, lr=0.4, nesterov=True, weight_decay=5e-4,
+                   pct_start=0.2, anneal="linear", label_smoothing=0.2, translate=2, alternate_flip=True,
+                   tta=2, precision="bf16"),
 }
 
 

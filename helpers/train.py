@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import SOURCES, Loader, channel_stats, load_splits
+from .data import SOURCES, Loader, channel_stats, load_splits, reflect_pad
 from .model import build_model, count_params, list_models
 from .recipes import RECIPES, Recipe, get_recipe
 
@@ -85,24 +85,40 @@ def progress_default() -> bool:
 
 
 def make_optimizer(model, recipe: Recipe):
-    # no weight decay on BatchNorm parameters and biases: decaying them only adds noise
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    # no weight decay on BatchNorm parameters and biases: decaying them only adds noise;
+    # their lr can be scaled up (bias_lr_scale; airbench uses 64 for BatchNorm shifts)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     return torch.optim.SGD([dict(params=decay, weight_decay=recipe.weight_decay),
-                            dict(params=no_decay, weight_decay=0.0)],
+                            dict(params=no_decay, weight_decay=0.0, lr=recipe.lr * recipe.bias_lr_scale)],
                            lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
 def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=recipe.lr, epochs=recipe.epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=recipe.pct_start, anneal_strategy=recipe.anneal, div_factor=10, final_div_factor=100)
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=recipe.epochs,
+        steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start, anneal_strategy=recipe.anneal,
+        div_factor=10, final_div_factor=100)
 
 
 # --------------------------------------------------------------------------- one epoch
 
-def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False):
-    """One pass over `loader`. Returns {"train_loss", "train_acc", "lr", "train_seconds"}."""
+def make_ema(model, recipe: Recipe):
+    """An exponential moving average of `model` (weights and BatchNorm buffers), or None."""
+    if not recipe.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False,
+                    ema=None):
+    """One pass over `loader`, updating `ema` (if given) after each step.
+
+    Returns {"train_loss", "train_acc", "lr", "train_seconds"}.
+    """
     model.train()
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
@@ -118,6 +134,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used (reported per epoch)
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
@@ -130,22 +148,39 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
                 lr=lr, train_seconds=time.perf_counter() - t0)
 
 
+def tta_views(x: torch.Tensor, level: int) -> list[tuple[float, torch.Tensor]]:
+    """(weight, batch) views of a normalized batch that test-time augmentation averages over.
+
+    level 0: the image; 1: + its mirror; 2: + both of them shifted 1 px up-left and down-right
+    (reflect padding), the shifted views sharing half the weight.
+    """
+    views = [(1.0, x)] if level == 0 else [(0.5, x), (0.5, x.flip(-1))]
+    if level >= 2:
+        h, w = x.shape[-2:]
+        padded = reflect_pad(x, 1)                                  # (N, C, H+2, W+2)
+        shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]         # each (N, C, H, W)
+        views = [(wt / 2, v) for wt, v in views] + [(0.125, v) for s in shifted for v in (s, s.flip(-1))]
+    return views
+
+
 @torch.no_grad()
-def predict(model, loader, precision="fp32", tta=False):
-    """Log-probabilities for every image of `loader` (in order) and the labels."""
+def predict(model, loader, precision="fp32", tta=0):
+    """Log-probabilities for every image of `loader` (in order) and the labels.
+
+    tta: test-time augmentation level (see tta_views); the views' probabilities are averaged.
+    """
     model.eval()
     outs, labels = [], []
     for x, y in loader:
         with autocast(x.device, precision):
-            out = model(x).float()
-            if tta:  # average the probabilities of the image and its mirror
-                out = torch.logsumexp(torch.stack([out, model(x.flip(-1)).float()]), 0) - math.log(2)
-        outs.append(out)
+            views = tta_views(x, int(tta))
+            logs = torch.stack([model(v).float() + math.log(wt) for wt, v in views])  # (V, N, classes)
+        outs.append(torch.logsumexp(logs, 0))
         labels.append(y)
     return torch.cat(outs), torch.cat(labels)
 
 
-def evaluate(model, loader, precision="fp32", tta=False):
+def evaluate(model, loader, precision="fp32", tta=0):
     """{"test_loss", "test_acc"} over the whole loader."""
     log_probs, y = predict(model, loader, precision, tta)
     return dict(test_loss=F.nll_loss(log_probs, y).item(), test_acc=(log_probs.argmax(1) == y).float().mean().item())
@@ -166,7 +201,13 @@ class Trainer:
         self.log = log
         self.optimizer = make_optimizer(model, recipe)
         self.scheduler = make_scheduler(self.optimizer, recipe, len(train_loader))
+        self.ema = make_ema(model, recipe)
         self.history: list[dict] = []
+
+    @property
+    def eval_model(self):
+        """The weights that are evaluated: the moving average when the recipe keeps one."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def epoch(self) -> int:
@@ -176,6 +217,7 @@ class Trainer:
     def checkpoint(self) -> dict:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), epoch=self.epoch, history=self.history,
+                    ema=self.ema.module.state_dict() if self.ema is not None else None,
                     config=dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info))
 
     def save(self):
@@ -195,6 +237,9 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.fill_(1)  # > 0: the next update averages instead of copying
         self.history = list(ckpt["history"])
         self.log(f"resumed from {path} at epoch {self.epoch}")
 
@@ -214,13 +259,13 @@ class Trainer:
             self.train_loader.set_epoch(epoch, self.seed)
             try:
                 stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler,
-                                        self.recipe, self.device, epoch, self.progress)
+                                        self.recipe, self.device, epoch, self.progress, self.ema)
             except NonFiniteLossError as e:
                 kept = f"the last good checkpoint ({ckpt}, epoch {self.epoch}) is kept" if ckpt and ckpt.exists() \
                     else "no checkpoint was written"
                 raise NonFiniteLossError(f"{e}: training stopped; {kept}. Try a lower lr or fp32 precision.") from None
             t0 = time.perf_counter()
-            stats |= evaluate(self.model, self.test_loader, self.recipe.precision, self.recipe.tta)
+            stats |= evaluate(self.eval_model, self.test_loader, self.recipe.precision, self.recipe.tta)
             stats |= dict(epoch=epoch, eval_seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
             self.history.append(stats)
             self.save()
@@ -235,7 +280,7 @@ class Trainer:
 
         Returns dict(images uint8 (n, 3, 32, 32), true, pred, confidence, classes).
         """
-        return select_examples(self.model, self.test_loader, correct, n, self.recipe.precision)
+        return select_examples(self.eval_model, self.test_loader, correct, n, self.recipe.precision)
 
 
 def select_examples(model, loader, correct: bool, n: int = 25, precision="fp32", predictions=None):
@@ -317,7 +362,7 @@ class Trial:
         r = self.recipe
         common = dict(mean=mean, std=std, device=device, channels_last=r.channels_last)
         train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
-                              alternate_flip=r.alternate_flip, seed=self.seed, **common)
+                              alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
         torch.manual_seed(self.seed)  # model init depends on the seed only
         model = build_model(r.model, **r.model_kwargs).to(device)
@@ -352,7 +397,8 @@ def load_run(out_dir, device="cpu"):
     ckpt = torch.load(path, map_location=device, weights_only=True)
     recipe = Recipe.from_dict(ckpt["config"]["recipe"])
     model = build_model(recipe.model, **recipe.model_kwargs).to(device)
-    model.load_state_dict(ckpt["model"])
+    # the moving average, when the run kept one, is the model that was evaluated
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
     return model.eval(), ckpt["config"], ckpt["history"]
 
 

@@ -42,6 +42,16 @@ def test_benchmark_rejects_bad_arguments(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_benchmark_keeps_runs_with_out_and_never_overwrites(tmp_path, capsys):
+    argv = ["--data", "synthetic", "--limit", "60", "--epochs", "1", "--batch-size", "30", "--out", str(tmp_path)]
+    assert benchmark.main(argv) == 0
+    assert (tmp_path / "seed-0" / "checkpoint.pt").exists() and (tmp_path / "seed-0" / "history.json").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(argv)
+    assert e.value.code == 2 and "already holds runs" in capsys.readouterr().err
+
+
 def test_benchmark_set_overrides_recipe_fields(capsys):
     assert benchmark.main(["--data", "synthetic", "--limit", "60", "--epochs", "1", "--batch-size", "30",
                            "--set", "alternate_flip=false", "--set", 'model_kwargs={"bn_after_pool": false}']) == 0

@@ -144,6 +144,18 @@ def test_augmentation_ops():
         assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
 
 
+def test_cutout_blanks_one_square_inside_each_image():
+    x = torch.ones(16, 3, 32, 32)
+    assert torch.equal(D.random_cutout(x, 0), x)
+    out = D.random_cutout(x, 8, torch.Generator().manual_seed(0))
+    blank = out[:, 0] == 0                                               # (N, H, W)
+    assert (blank.sum((1, 2)) == 64).all() and torch.equal(blank, (out == 0).all(1))
+    rows, cols = blank.any(2), blank.any(1)                              # one 8-row, 8-column band each
+    assert (rows.sum(1) == 8).all() and (cols.sum(1) == 8).all()
+    with pytest.raises(DataError, match="larger than"):
+        D.random_cutout(x, 33)
+
+
 def test_training_loader_shuffles_and_augments_repeatably():
     train = load_split("synthetic", "train", limit=100)
     make = lambda: Loader(train, 32, train=True, mean=[0.5] * 3, std=[0.25] * 3, translate=2, flip=True)  # noqa: E731

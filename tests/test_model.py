@@ -52,3 +52,43 @@ def test_patch_whitening_decorrelates_patches():
     assert off_diagonal.abs().max() < 0.02
     assert (cov.diag() > 0.8).all() and (cov.diag() < 1.05).all()  # eps damps the tiniest direction a bit
     assert not w.conv.weight.requires_grad
+
+
+def test_dirac_init_starts_3x3_convs_as_identity():
+    from helpers.model import dirac_init_
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    dirac_init_(conv)
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.equal(conv(x)[:, :4], x)            # first in_channels filters pass the input through
+    narrowing = torch.nn.Conv2d(8, 4, 3, padding=1, bias=False)
+    before = narrowing.weight.clone()
+    dirac_init_(narrowing)                           # fewer outputs than inputs: left alone
+    assert torch.equal(narrowing.weight, before)
+
+
+def test_frozen_bn_scale_is_left_out_of_training():
+    from helpers.recipes import get_recipe
+    from helpers.train import make_optimizer
+    model = build_model("fast", bn_scale=False)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.weight.requires_grad for m in bns) and all(m.bias.requires_grad for m in bns)
+    trained = {id(p) for g in make_optimizer(model, get_recipe("fast")).param_groups for p in g["params"]}
+    assert not any(id(m.weight) in trained for m in bns)
+
+
+def test_whitening_eps_caps_the_gain():
+    from helpers.model import PatchWhitening
+    images = torch.randn(64, 3, 8, 8)
+    images[:, 2] = images[:, 1]                      # one direction with no signal at all
+    w = PatchWhitening(eps=0.01)
+    w.init_whitening(images)
+    gains = w.conv.weight.flatten(1).norm(dim=1)     # each filter: eigenvector / sqrt(eigval + eps)
+    assert gains.max() <= 10.0 + 1e-4
+
+
+@pytest.mark.parametrize("dilated, passes", [("block3", True), ("lead2", True), ("none", False)])
+def test_wide_model_dilation_placement(dilated, passes):
+    report = check(build_model("wide", dilated=dilated))
+    assert report.passed == passes and report.params == 882_872
+    with pytest.raises(ValueError, match="dilated must be"):
+        build_model("fast", dilated="lead2")         # needs the extra conv

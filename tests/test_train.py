@@ -57,16 +57,63 @@ def test_same_seed_same_history():
     assert strip(a) != strip(c)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_equals_uninterrupted(tmp_path, ema):
     strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k and k != "peak_rss_mb"} for e in h]  # noqa: E731
-    full = T.train(out_dir=tmp_path / "full", **SMALL)
-    first = T.Trial(out_dir=tmp_path / "split", **SMALL).run(stop_after=1)  # "interrupted" after epoch 1
+    small = dict(SMALL, ema=ema)
+    full = T.train(out_dir=tmp_path / "full", **small)
+    first = T.Trial(out_dir=tmp_path / "split", **small).run(stop_after=1)  # "interrupted" after epoch 1
     assert len(first.history) == 1
-    resumed = T.Trial(out_dir=tmp_path / "split", **SMALL).run(resume=True)
+    resumed = T.Trial(out_dir=tmp_path / "split", **small).run(resume=True)
     assert strip(resumed.history) == strip(full.history)
-    a = torch.load(tmp_path / "full" / T.CHECKPOINT, weights_only=True)["model"]
-    b = torch.load(tmp_path / "split" / T.CHECKPOINT, weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(tmp_path / "full" / T.CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "split" / T.CHECKPOINT, weights_only=True)
+    for key in ("model", "ema") if ema else ("model",):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
+def test_ema_is_what_gets_evaluated_and_loaded(tmp_path):
+    trial = T.Trial(out_dir=tmp_path / "run", **dict(SMALL, ema=0.9))
+    record = trial.run()
+    trainer = trial.trainer
+    ema, raw = trainer.eval_model.state_dict(), trainer.model.state_dict()
+    assert trainer.eval_model is not trainer.model and not torch.equal(ema["head.fc.weight"], raw["head.fc.weight"])
+    acc = T.evaluate(trainer.eval_model, trainer.test_loader)["test_acc"]
+    assert acc == pytest.approx(record.final_acc)
+    model, _, _ = T.load_run(tmp_path / "run")
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+
+
+def test_bias_lr_scale_follows_the_schedule():
+    model = build_model("fast")
+    recipe = get_recipe("fast", bias_lr_scale=8.0)
+    opt = T.make_optimizer(model, recipe)
+    sched = T.make_scheduler(opt, recipe, steps_per_epoch=10)
+    decay, no_decay = opt.param_groups
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    for _ in range(7):
+        assert no_decay["lr"] == pytest.approx(8 * decay["lr"])
+        opt.step()
+        sched.step()
+
+
+def test_tta_views_weights_and_shifts():
+    x = torch.randn(2, 3, 8, 8)
+    for level, count in ((0, 1), (1, 2), (2, 6)):
+        views = T.tta_views(x, level)
+        assert len(views) == count and sum(w for w, _ in views) == pytest.approx(1.0)
+        assert all(v.shape == x.shape for _, v in views)
+    shifted = [v for _, v in T.tta_views(x, 2)[2:]]
+    assert torch.equal(shifted[0][..., 1:, 1:], x[..., :-1, :-1])   # moved down-right by one pixel
+    assert torch.equal(shifted[2][..., :-1, :-1], x[..., 1:, 1:])   # moved up-left by one pixel
+    assert torch.equal(shifted[1], shifted[0].flip(-1))
+    # a model that ignores its input gives the same answer at every level
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10, bias=True), torch.nn.LogSoftmax(1))
+    torch.nn.init.zeros_(model[1].weight)
+    loader = [(x, torch.tensor([0, 1]))]
+    outs = [T.predict(model, loader, tta=level)[0] for level in (0, 1, 2)]
+    assert torch.allclose(outs[0], outs[1], atol=1e-6) and torch.allclose(outs[0], outs[2], atol=1e-6)
 
 
 def test_existing_run_needs_resume_and_same_settings(tmp_path):
@@ -108,6 +155,12 @@ def test_bad_settings_raise_clear_errors():
         get_recipe("turbo")
     with pytest.raises(ValueError, match="unknown model"):
         get_recipe("seed", model="vgg")
+    with pytest.raises(ValueError, match="tta must be"):
+        get_recipe("seed", tta=3)
+    with pytest.raises(ValueError, match="ema must be"):
+        get_recipe("seed", ema=1.0)
+    with pytest.raises(ValueError, match="cutout must be"):
+        get_recipe("seed", cutout=-1)
     with pytest.raises(ValueError, match="needs data_dir"):
         T.Trial(data="folder")
     if not torch.cuda.is_available():
