@@ -6,6 +6,7 @@ assignment asks for, then whole networks, then the registry (`build_model`).
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -32,6 +33,14 @@ class DepthwiseSeparableConv(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
+def _act(act_layer):
+    # ReLU in place saves a copy of every activation map; GELU has no in-place form
+    return act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
 def _same_padding(kernel_size: int, dilation: int) -> int:
     # keeps H x W unchanged at stride 1 for odd kernels, dilated or not
     return dilation * (kernel_size - 1) // 2
@@ -41,16 +50,17 @@ class ConvReLUBN(nn.Sequential):
     """conv -> ReLU -> BatchNorm -> Dropout: the original solution's unit, in its order.
 
     "Same" padding for any odd kernel and dilation; `conv` is the conv class to use
-    (nn.Conv2d or DepthwiseSeparableConv); dropout 0 becomes nn.Identity.
+    (nn.Conv2d or DepthwiseSeparableConv), `act_layer` the activation class (nn.ReLU,
+    nn.GELU); dropout 0 becomes nn.Identity.
     """
     order = ("conv", "act", "bn", "drop")
 
     def __init__(self, in_channels, out_channels, kernel_size=3, dilation=1, dropout=0.0,
-                 conv=nn.Conv2d):
+                 conv=nn.Conv2d, act_layer=nn.ReLU):
         parts = dict(
             conv=conv(in_channels, out_channels, kernel_size, padding=_same_padding(kernel_size, dilation),
                       dilation=dilation, bias=False),
-            act=nn.ReLU(inplace=True),
+            act=_act(act_layer),
             bn=nn.BatchNorm2d(out_channels),
             drop=nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
         )
@@ -69,10 +79,11 @@ class Conv(ConvReLUBN):
 
 class BNReLU(nn.Sequential):
     """BatchNorm -> ReLU after a pool: max-pool commutes with the (monotonic) ReLU, so
-    normalising after the pool does the same job on 4x fewer pixels."""
+    normalising after the pool does the same job on 4x fewer pixels. With GELU (not
+    monotonic) the order is a different but equally trainable layer, airbench's."""
 
-    def __init__(self, channels):
-        super().__init__(OrderedDict(bn=nn.BatchNorm2d(channels), act=nn.ReLU(inplace=True)))
+    def __init__(self, channels, act_layer=nn.ReLU):
+        super().__init__(OrderedDict(bn=nn.BatchNorm2d(channels), act=_act(act_layer)))
 
 
 class PatchWhitening(nn.Module):
@@ -84,7 +95,7 @@ class PatchWhitening(nn.Module):
     Output is 31x31 (no padding).
     """
 
-    def __init__(self, in_channels=3, kernel_size=2, eps=5e-4):
+    def __init__(self, in_channels=3, kernel_size=2, eps=5e-4, act_layer=nn.ReLU):
         super().__init__()
         # eps caps the gain of the weakest directions (gain <= 1/sqrt(eps)); JPEG leaves some
         # directions with almost no signal, and whitening would amplify their noise
@@ -92,7 +103,7 @@ class PatchWhitening(nn.Module):
         dims = in_channels * kernel_size ** 2
         self.conv = nn.Conv2d(in_channels, 2 * dims, kernel_size, bias=True)
         self.conv.weight.requires_grad_(False)
-        self.act = nn.ReLU(inplace=True)
+        self.act = _act(act_layer)
         self.out_channels = 2 * dims
 
     @torch.no_grad()
@@ -217,7 +228,7 @@ def freeze_bn_scale_(net: nn.Module) -> nn.Module:
 
 
 def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_conv=False,
-             dirac=False, bn_scale=True, dilated="block3", whiten_eps=5e-4):
+             dirac=False, bn_scale=True, dilated="block3", whiten_eps=5e-4, act="relu", res_pairs=0):
     """Few-epoch CPU model in the airbench mould, inside the assignment's rules.
 
     Frozen patch-whitening input (31x31), then one conv per stage at full resolution whose
@@ -225,6 +236,7 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_con
     most of the time, so this is ~1.3x faster), a residual depthwise-separable pair at 3x3,
     and logits scaled down for a calm start. The rule-required layers go where they cost
     least: the dilated conv works at 15x15 -> 7x7 and the separable convs at 3x3.
+    `act` ("relu" | "gelu") is the activation everywhere; GELU pays off in very short runs.
     """
     w1, w2, w3 = widths
     # extra_conv: a second conv (width-preserving) opens stages 2 and 3, as in airbench's blocks;
@@ -233,20 +245,27 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_con
     # at 15x15, needs extra_conv); "none" breaks the rules and exists only to measure the cost
     if dilated not in ("block3", "lead2", "none") or (dilated == "lead2" and not extra_conv):
         raise ValueError(f"dilated must be 'block3', 'lead2' (with extra_conv) or 'none', got {dilated!r}")
-    lead2 = [ConvBNReLU(w1, w1, dilation=2 if dilated == "lead2" else 1)] if extra_conv else []
-    lead3 = [ConvBNReLU(w2, w2)] if extra_conv else []
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    if not (isinstance(res_pairs, int) and res_pairs >= 0):
+        raise ValueError(f"res_pairs must be an int >= 0, got {res_pairs!r}")
+    a = dict(act_layer=ACTIVATIONS[act])
+    lead2 = [ConvBNReLU(w1, w1, dilation=2 if dilated == "lead2" else 1, **a)] if extra_conv else []
+    # res_pairs: residual pairs of w1-wide convs deepen stage 2 at 15x15, where a conv is cheap
+    lead2 += [ConvBlock([w1, w1, w1], unit=ConvBNReLU, residual=True, **a) for _ in range(res_pairs)]
+    lead3 = [ConvBNReLU(w2, w2, **a)] if extra_conv else []
     # bn_after_pool=False: the plain conv-BN-ReLU then pool order (kept to measure the difference)
-    unit = Conv if bn_after_pool else ConvBNReLU
-    post = BNReLU if bn_after_pool else (lambda channels: None)
+    unit = Conv if bn_after_pool else partial(ConvBNReLU, **a)
+    post = partial(BNReLU, **a) if bn_after_pool else (lambda channels: None)
     net = Net(
-        prep=PatchWhitening(eps=whiten_eps),                                    # 31x31, 24 ch
+        prep=PatchWhitening(eps=whiten_eps, **a),                               # 31x31, 24 ch
         block1=ConvBlock([24, w1], unit=unit),                                  # 31x31
         trans1=TransitionBlock(w1, post=post(w1)),                              # 15x15
         block2=ConvBlock([w1, w2], unit=unit, lead=lead2),                      # 15x15
         trans2=TransitionBlock(w2, post=post(w2)),                              # 7x7
         block3=ConvBlock([w2, w3], unit=unit, dilation=2 if dilated == "block3" else 1, lead=lead3),  # 7x7
         trans3=TransitionBlock(w3, post=post(w3)),                              # 3x3
-        block4=ConvBlock([w3, w3, w3], unit=ConvBNReLU, conv=DepthwiseSeparableConv, residual=True),  # 3x3
+        block4=ConvBlock([w3, w3, w3], unit=ConvBNReLU, conv=DepthwiseSeparableConv, residual=True, **a),  # 3x3
         head=Head(w3, num_classes, scale=1 / 8),
     )
     if dirac:

@@ -15,9 +15,12 @@ class Recipe:
     epochs: int = 20
     batch_size: int = 128
     # SGD + OneCycleLR, as the original. The original's lr values are not recorded:
-    # max_lr 0.05 (peak at 30 % of training) with momentum 0.9 is our choice.
+    # max_lr 0.05 (peak at 30 % of training) is our choice.
     lr: float = 0.05
-    momentum: float = 0.9
+    # OneCycleLR moves momentum against the lr: momentum_max at the start and the end,
+    # momentum at the lr peak (PyTorch's defaults, 0.85 / 0.95); equal values keep it constant
+    momentum: float = 0.85
+    momentum_max: float = 0.95
     nesterov: bool = False
     weight_decay: float = 5e-4
     bias_lr_scale: float = 1.0    # lr multiplier for the 1-d parameters (BatchNorm shifts/scales, biases)
@@ -42,6 +45,10 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         known = {f.name for f in fields(cls)}
+        if "momentum_max" not in d:
+            # written before momentum_max existed, when the scheduler ignored `momentum` and
+            # always cycled 0.85 <-> 0.95: record what those runs really used
+            d = {**d, "momentum": 0.85}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def override(self, **changes) -> "Recipe":
@@ -64,6 +71,9 @@ class Recipe:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum <= self.momentum_max < 1:
+            problems.append(f"momentum must satisfy 0 <= momentum <= momentum_max < 1, "
+                            f"got {self.momentum} and {self.momentum_max}")
         if not self.bias_lr_scale > 0:
             problems.append(f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
         if not 0 <= self.label_smoothing < 1:
@@ -85,19 +95,22 @@ class Recipe:
         return self
 
 
-# few epochs on a CPU: small whitened net, big batches, short warmup then linear decay,
+# few epochs on a CPU: small whitened GELU net, big batches, short warmup then linear decay,
 # label smoothing, alternating flip, mirror test-time augmentation, bf16 autocast
-# (measured on the JPEG CIFAR-10 dev split: see README, python -m helpers.benchmark)
-FAST = Recipe(model="fast", epochs=4, batch_size=256, lr=0.4, nesterov=True, weight_decay=5e-4,
-              pct_start=0.2, anneal="linear", label_smoothing=0.2, translate=2, alternate_flip=True,
-              tta=1, precision="bf16")
+# (measured on the JPEG CIFAR-10 dev split: see README, python -m helpers.benchmark).
+# GELU instead of ReLU costs ~10 % per epoch here but is worth ~0.7 points at 3 epochs,
+# which is what lets 3 epochs instead of 4 pass 80 %
+FAST = Recipe(model="fast", model_kwargs={"act": "gelu"}, epochs=3, batch_size=256, lr=0.4, nesterov=True,
+              weight_decay=5e-4, pct_start=0.2, anneal="linear", label_smoothing=0.2, translate=2,
+              alternate_flip=True, tta=1, precision="bf16")
 
 RECIPES = {
     # the original solution: seed model, nll_loss, SGD + OneCycleLR, 20 epochs, batch 128
     "seed": Recipe(),
     "fast": FAST,
-    # the fast recipe for 40 epochs on the wider net, with mirror + shift test-time augmentation
-    "long": FAST.override(model="wide", epochs=40, tta=2),
+    # the fast recipe for 40 epochs on the wider net, with mirror + shift test-time augmentation;
+    # ReLU: GELU's early lead is gone by epoch 40 (90.48 against 90.60 %) and ReLU is faster here
+    "long": FAST.override(model="wide", model_kwargs={}, epochs=40, tta=2),
 }
 
 

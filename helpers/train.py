@@ -92,14 +92,14 @@ def make_optimizer(model, recipe: Recipe):
     no_decay = [p for p in params if p.ndim <= 1]
     return torch.optim.SGD([dict(params=decay, weight_decay=recipe.weight_decay),
                             dict(params=no_decay, weight_decay=0.0, lr=recipe.lr * recipe.bias_lr_scale)],
-                           lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+                           lr=recipe.lr, momentum=recipe.momentum_max, nesterov=recipe.nesterov)
 
 
 def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=recipe.epochs,
         steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start, anneal_strategy=recipe.anneal,
-        div_factor=10, final_div_factor=100)
+        base_momentum=recipe.momentum, max_momentum=recipe.momentum_max, div_factor=10, final_div_factor=100)
 
 
 # --------------------------------------------------------------------------- one epoch

@@ -92,3 +92,18 @@ def test_wide_model_dilation_placement(dilated, passes):
     assert report.passed == passes and report.params == 882_872
     with pytest.raises(ValueError, match="dilated must be"):
         build_model("fast", dilated="lead2")         # needs the extra conv
+
+
+def test_wide_model_activation_and_residual_depth():
+    gelu = build_model("wide", act="gelu")
+    assert any(isinstance(m, torch.nn.GELU) for m in gelu.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in gelu.modules())
+    deeper = build_model("wide", res_pairs=1)
+    report = check(deeper)
+    # one residual pair of 64-channel 3x3 convs (+ BatchNorm) at 15x15
+    assert report.passed and report.params == 882_872 + 2 * (64 * 64 * 9 + 2 * 64)
+    assert deeper(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="act must be"):
+        build_model("wide", act="swish")
+    with pytest.raises(ValueError, match="res_pairs must be"):
+        build_model("wide", res_pairs=-1)

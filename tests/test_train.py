@@ -7,7 +7,7 @@ import torch
 from helpers import train as T
 from helpers.data import Loader, channel_stats, load_split
 from helpers.model import build_model
-from helpers.recipes import get_recipe
+from helpers.recipes import Recipe, get_recipe
 
 SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2)
 
@@ -98,6 +98,28 @@ def test_bias_lr_scale_follows_the_schedule():
         sched.step()
 
 
+@pytest.mark.parametrize("momentum, momentum_max", [(0.85, 0.95), (0.9, 0.9)])
+def test_momentum_follows_the_recipe(momentum, momentum_max):
+    recipe = get_recipe("fast", momentum=momentum, momentum_max=momentum_max)
+    opt = T.make_optimizer(build_model("fast"), recipe)
+    sched = T.make_scheduler(opt, recipe, steps_per_epoch=10)
+    seen = []
+    for _ in range(recipe.epochs * 10):
+        seen.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    # highest at the start, lowest at the lr peak, back up at the end
+    assert seen[0] == pytest.approx(momentum_max) and min(seen) == pytest.approx(momentum)
+    assert seen[-1] == pytest.approx(momentum_max, abs=0.01)
+
+
+def test_old_checkpoint_config_records_the_momentum_it_used():
+    # before momentum_max existed the scheduler ignored `momentum` and cycled 0.85 <-> 0.95
+    old = {**get_recipe("fast").to_dict(), "momentum": 0.9}
+    del old["momentum_max"]
+    assert Recipe.from_dict(old) == get_recipe("fast")
+
+
 def test_tta_views_weights_and_shifts():
     x = torch.randn(2, 3, 8, 8)
     for level, count in ((0, 1), (1, 2), (2, 6)):
@@ -161,6 +183,8 @@ def test_bad_settings_raise_clear_errors():
         get_recipe("seed", ema=1.0)
     with pytest.raises(ValueError, match="cutout must be"):
         get_recipe("seed", cutout=-1)
+    with pytest.raises(ValueError, match="momentum must satisfy"):
+        get_recipe("seed", momentum=0.95, momentum_max=0.9)
     with pytest.raises(ValueError, match="needs data_dir"):
         T.Trial(data="folder")
     if not torch.cuda.is_available():
