@@ -45,8 +45,13 @@ def _field_value(text: str):
         return field, value  # a bare string such as precision=bf16
 
 
+def seed_dir(out, seed: int) -> Path:
+    """Where `--out OUT` keeps one seed's run."""
+    return Path(out) / f"seed-{seed}"
+
+
 def bench_one(args, seed: int) -> dict:
-    out_dir = Path(args.out) / f"seed-{seed}" if args.out else None
+    out_dir = seed_dir(args.out, seed) if args.out else None
     trial = Trial(f"bench-{args.recipe}-{seed}", args.recipe, args.data, args.data_dir, args.limit, args.device,
                   seed, out_dir=out_dir, progress=False, threads=args.threads, **_overrides(args))
     trainer = trial.setup()
@@ -86,9 +91,9 @@ def main(argv=None) -> int:
         if not Path(args.data_dir).is_dir():
             p.error(f"--data-dir {args.data_dir} does not exist")
     if args.out:
-        taken = [str(Path(args.out) / f"seed-{s}") for s in seeds if (Path(args.out) / f"seed-{s}").exists()]
+        taken = sorted(str(d) for d in (seed_dir(args.out, s) for s in seeds) if d.exists())
         if taken:
-            p.error(f"--out {args.out} already holds runs for {', '.join(sorted(taken))}; choose another --out")
+            p.error(f"--out {args.out} already holds runs for {', '.join(taken)}; choose another --out")
     try:
         get_recipe(args.recipe, **_overrides(args))  # bad values fail here, before any data is read
         for seed in seeds:
