@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+# "auto" resolves per device at the start of each run (helpers.device.resolve_precision);
+# the others force autocast to that dtype ("fp16" adds a GradScaler)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -88,8 +92,8 @@ class Recipe:
             problems.append(f"ema must be a per-step decay in [0, 1) (0: off), got {self.ema}")
         if self.anneal not in ("cos", "linear"):
             problems.append(f"anneal must be 'cos' or 'linear', got {self.anneal!r}")
-        if self.precision not in ("fp32", "bf16"):
-            problems.append(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if problems:
             raise ValueError("invalid recipe: " + "; ".join(problems))
         return self

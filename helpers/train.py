@@ -244,8 +244,12 @@ class Trainer:
         self.log(f"resumed from {path} at epoch {self.epoch}")
 
     # ---- the loop
-    def fit(self, resume=False, stop_after=None) -> list[dict]:
-        """Train until recipe.epochs (or `stop_after` more epochs); returns the history."""
+    def fit(self, resume=False, stop_after=None, on_epoch=None) -> list[dict]:
+        """Train until recipe.epochs (or `stop_after` more epochs); returns the history.
+
+        `on_epoch(stats)` runs after each epoch's checkpoint is written (e.g. to report to a
+        sweep's pruner); an exception it raises stops the run with that epoch kept.
+        """
         ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
         if ckpt and ckpt.exists():
             if not resume:
@@ -272,6 +276,8 @@ class Trainer:
             self.log(f"epoch {epoch:>3}/{self.recipe.epochs}  train loss {stats['train_loss']:.4f} "
                      f"acc {stats['train_acc']:.2%}  test loss {stats['test_loss']:.4f} acc {stats['test_acc']:.2%}"
                      f"  lr {stats['lr']:.4f}  {stats['train_seconds']:.0f}s")
+            if on_epoch is not None:
+                on_epoch(stats)
         return self.history
 
     # ---- examples for plots
@@ -378,9 +384,9 @@ class Trial:
                                self.progress, info)
         return self.trainer
 
-    def run(self, resume=False, stop_after=None) -> Record:
+    def run(self, resume=False, stop_after=None, on_epoch=None) -> Record:
         trainer = self.trainer or self.setup()
-        trainer.fit(resume=resume, stop_after=stop_after)
+        trainer.fit(resume=resume, stop_after=stop_after, on_epoch=on_epoch)
         return Record(self.name, trainer.checkpoint()["config"], list(trainer.history))
 
 
