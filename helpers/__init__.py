@@ -19,12 +19,15 @@ _EXPORTS = {
               "select_examples", "test_loader_for", "train"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+# whole modules reachable as attributes: H.plots.curves(...), H.sweep.load_study(...)
+_SUBMODULES = ("benchmark", "constraints", "data", "device", "diagram", "model", "plots", "recipes", "sweep",
+               "train")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
 
 def __getattr__(name):
-    if name == "plots":
-        return importlib.import_module(".plots", __name__)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _WHERE:
         return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module 'helpers' has no attribute {name!r}")
