@@ -1,0 +1,77 @@
+"""The architecture diagram must show every layer the rule checker saw, and its CLI must behave."""
+import matplotlib
+
+matplotlib.use("Agg")  # headless, as in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from helpers import diagram, model as M  # noqa: E402
+from helpers.constraints import check, trace  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def texts(fig, gid=None):
+    return [t.get_text() for t in fig.findobj(Text) if gid is None or t.get_gid() == gid]
+
+
+def counts(ops):
+    """What the tracer saw, counted here independently of the diagram code."""
+    convs = [o for o in ops if o.kind == "conv"]
+    separable = sum(1 for a, b in zip(convs, convs[1:])
+                    if a.groups == a.in_channels > 1 and b.kernel == 1 and b.in_channels == a.out_channels)
+    return dict(maxpool=sum(o.kind == "maxpool" for o in ops),
+                dilated=sum(o.dilation > 1 and o.kernel > 1 for o in convs),
+                separable=separable, rows=len(ops) - separable)
+
+
+@pytest.mark.parametrize("name", M.list_models())
+def test_diagram_shows_every_traced_layer(name):
+    net = M.build_model(name)
+    ops = trace(net)
+    fig = diagram.draw_architecture(net, title=name)
+    assert isinstance(fig, Figure)
+
+    layers, want = texts(fig, "layer"), counts(ops)
+    assert len(layers) == want["rows"] + 1  # + the input image row
+    assert sum("max-pool" in t for t in layers) == want["maxpool"] == 3
+    assert sum("dilation" in t for t in layers) == want["dilated"] >= 1
+    assert sum("depthwise" in t and "pointwise" in t for t in layers) == want["separable"] >= 1
+
+    every = " ".join(texts(fig))
+    for stage in {o.module.split(".")[0] for o in ops}:
+        assert stage in every
+    assert "ConvBlock" in every and "TransitionBlock" in every
+    assert name in every and f"{M.count_params(net):,}" in every
+    # rows are in execution order: the last RF is the network's, the last shape its output
+    assert int(texts(fig, "rf")[-1]) == check(net).final_receptive_field
+    assert texts(fig, "shape")[-1] == "×".join(map(str, ops[-1].out_shape))
+
+
+def test_diagram_says_which_rule_fails():
+    s = [M.ConvReLUBN(3, 16), M.ConvBlock([16, 16], dilation=2), M.TransitionBlock(16),
+         M.ConvBlock([16, 16], conv=M.DepthwiseSeparableConv), M.TransitionBlock(16)]
+    net = M.Net(**{f"s{i}": m for i, m in enumerate(s)}, head=M.Head(16))  # two max-pools only
+    every = " ".join(texts(diagram.draw_architecture(net)))
+    assert "FAILS" in every and "exactly 3 max-pools" in every
+
+
+def test_cli_writes_png(tmp_path):
+    out = tmp_path / "sub" / "arch.png"
+    assert diagram.main(["fast", "--out", str(out), "--dpi", "40"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plt.get_fignums() == []  # the CLI closes what it saved
+
+
+def test_cli_rejects_unknown_model(tmp_path, capsys):
+    assert diagram.main(["resnet9000", "--out", str(tmp_path / "x.png")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resnet9000" in err and "seed" in err
+    assert not (tmp_path / "x.png").exists()
