@@ -11,11 +11,12 @@ REPO = "small-cnn-team/cifar10-small-cnn"
 
 _EXPORTS = {
     "constraints": ["check"],
+    "device": ["pick_device", "resolve_precision"],
     "data": ["Loader", "channel_stats", "load_split", "load_splits"],
     "model": ["build_model", "count_params", "list_models", "params_per_block"],
     "notebook": ["check_params", "drive_folder", "in_colab", "summary", "warn_if_no_gpu"],
     "recipes": ["RECIPES", "Recipe", "get_recipe"],
-    "train": ["Record", "Trainer", "Trial", "evaluate", "load_run", "pick_device", "predict",
+    "train": ["Record", "Trainer", "Trial", "evaluate", "load_run", "predict",
               "select_examples", "test_loader_for", "train"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 # "auto" resolves per device at the start of each run (helpers.device.resolve_precision);
 # the others force autocast to that dtype ("fp16" adds a GradScaler)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# torch.compile: "auto" compiles on CUDA only (helpers.device.resolve_compile), "off" never,
+# a mode name always
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,10 @@ class Recipe:
     # weight averaging: per-step decay of an exponential moving average of the weights and
     # BatchNorm statistics (0: off); evaluation, checkpoints' analysis and plots use the average
     ema: float = 0.0
-    precision: str = "fp32"       # "fp32" | "bf16" (autocast: CPU with AVX-512 bf16, or CUDA)
+    # "auto": bf16 on Ampere+ GPUs and CPUs with native bf16, fp16 + GradScaler on older GPUs
+    # (T4), fp32 elsewhere (helpers/device.py); resolved once per run and stored resolved
+    precision: str = "auto"
+    compile: str = "auto"         # torch.compile mode (COMPILE_MODES); resolved once per run
     channels_last: bool = True    # NHWC: about 1.3x faster convs on CPU, same math
 
     def to_dict(self) -> dict:
@@ -53,6 +59,8 @@ class Recipe:
             # written before momentum_max existed, when the scheduler ignored `momentum` and
             # always cycled 0.85 <-> 0.95: record what those runs really used
             d = {**d, "momentum": 0.85}
+        if "compile" not in d:
+            d = {**d, "compile": "off"}  # written before torch.compile was an option: never compiled
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def override(self, **changes) -> "Recipe":
@@ -94,19 +102,21 @@ class Recipe:
             problems.append(f"anneal must be 'cos' or 'linear', got {self.anneal!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            problems.append(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if problems:
             raise ValueError("invalid recipe: " + "; ".join(problems))
         return self
 
 
 # few epochs on a CPU: small whitened GELU net, big batches, short warmup then linear decay,
-# label smoothing, alternating flip, mirror test-time augmentation, bf16 autocast
+# label smoothing, alternating flip, mirror test-time augmentation
 # (measured on the JPEG CIFAR-10 dev split: see README, python -m helpers.benchmark).
 # GELU instead of ReLU costs ~10 % per epoch here but is worth ~0.6 points at 3 epochs (3 seeds),
 # which is what lets 3 epochs instead of 4 pass 80 %
 FAST = Recipe(model="fast", model_kwargs={"act": "gelu"}, epochs=3, batch_size=256, lr=0.4, nesterov=True,
               weight_decay=5e-4, pct_start=0.2, anneal="linear", label_smoothing=0.2, translate=2,
-              alternate_flip=True, tta=1, precision="bf16")
+              alternate_flip=True, tta=1)
 
 RECIPES = {
     # the original solution: seed model, nll_loss, SGD + OneCycleLR, 20 epochs, batch 128
