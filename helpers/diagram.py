@@ -214,9 +214,10 @@ def draw_architecture(model, title=None, input_size=(1, 3, 32, 32)):
 
 # --------------------------------------------------------------------------- command line
 
-def default_out(name: str) -> str:
-    """images/model_architecture.png for seed (the original solution), _NAME.png for the others."""
-    return "images/model_architecture.png" if name == "seed" else f"images/model_architecture_{name}.png"
+def default_out(name: str, images_dir="images") -> str:
+    """Where a model's picture goes: model_architecture.png for seed (the original solution),
+    model_architecture_NAME.png for the others, so one model's picture never overwrites another's."""
+    return f"{images_dir}/model_architecture{'' if name == 'seed' else '_' + name}.png"
 
 
 def main(argv=None) -> int:

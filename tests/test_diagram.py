@@ -75,3 +75,8 @@ def test_cli_rejects_unknown_model(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "resnet9000" in err and "seed" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_default_out_keeps_models_apart():
+    assert diagram.default_out("seed") == "images/model_architecture.png"  # the README's picture
+    assert diagram.default_out("wide", "out") == "out/model_architecture_wide.png"
