@@ -8,16 +8,17 @@ the final accuracy with the recipe's test-time augmentation.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
-import platform
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from .recipes import get_recipe
-from .train import Trial, get_args_parser, peak_rss_mb
+from .recipes import Recipe, get_recipe
+from .train import NonFiniteLossError, Trial, get_args_parser, peak_rss_mb, positive_int
 
 
 def get_parser():
@@ -25,7 +26,8 @@ def get_parser():
     p.prog = "python -m helpers.benchmark"
     p.description = __doc__.split("\n\n")[0]
     p.set_defaults(recipe="fast")
-    p.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1 (one JSON line each)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="run N seeds, --seed .. --seed+N-1 (one JSON line each; default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=_field_value,
                    help="override any recipe field, VALUE as JSON: --set alternate_flip=false "
                         "--set 'model_kwargs={\"bn_after_pool\": false}' (repeatable; for ablations)")
@@ -34,15 +36,34 @@ def get_parser():
 
 
 def _field_value(text: str):
-    import argparse
+    """FIELD=VALUE -> (field, value), VALUE parsed as JSON and checked against the field's type.
 
+    A bare word is a string (precision=bf16) only for string fields: lr=abc, epochs=1.5 or
+    model_kwargs={"act": gelu} (unquoted string, invalid JSON) are refused here, in one line,
+    instead of failing deep inside training. Unknown fields are left to Recipe.override's message.
+    """
     field, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    kind = {f.name: type(getattr(Recipe(), f.name)) for f in fields(Recipe)}.get(field)
     try:
-        return field, json.loads(value)
+        parsed = json.loads(value)
     except json.JSONDecodeError:
-        return field, value  # a bare string such as precision=bf16
+        if kind not in (None, str):
+            quotes = ", and strings inside need double quotes" if kind is dict else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not valid JSON; "
+                                             f"{field} needs {_KIND_WORDS[kind]}{quotes}") from None
+        parsed = value  # a bare string such as precision=bf16
+    is_number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+    ok = (kind is None or (kind is float and is_number) or (kind is int and is_number and parsed == int(parsed))
+          or (kind not in (int, float) and isinstance(parsed, kind)))
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r}: {field} needs {_KIND_WORDS[kind]}, got {parsed!r}")
+    return field, (int(parsed) if kind is int else float(parsed) if kind is float else parsed)
+
+
+_KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+               dict: 'a JSON object such as {"act": "gelu"}'}
 
 
 def seed_dir(out, seed: int) -> Path:
@@ -63,6 +84,7 @@ def bench_one(args, seed: int) -> dict:
                 test_acc=round(record.final_acc, 4), img_per_s=round(n_train * len(record.history) / train_seconds, 1),
                 peak_rss_mb=round(peak_rss_mb(), 1), device=_device_name(trainer.device),
                 threads=torch.get_num_threads(), torch=str(torch.__version__), precision=trial.recipe.precision,
+                compile=trial.recipe.compile, compile_seconds=record.config.get("compile_seconds", 0.0),
                 data=args.data if args.data != "folder" else f"folder:{Path(args.data_dir).name}",
                 first_epoch_80=record.first_epoch_reaching(0.80),
                 acc_per_epoch=[round(h["test_acc"], 4) for h in record.history])
@@ -70,20 +92,18 @@ def bench_one(args, seed: int) -> dict:
 
 def _overrides(args) -> dict:
     return dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                precision=args.precision) | dict(args.set)
+                precision=args.precision, compile=args.compile) | dict(args.set)
 
 
 def _device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()})"
+    from .device import describe
+
+    return describe(device)
 
 
 def main(argv=None) -> int:
     p = get_parser()
     args = p.parse_args(argv)
-    if args.seeds < 1:
-        p.error(f"--seeds must be >= 1, got {args.seeds}")
     seeds = range(args.seed, args.seed + args.seeds)
     if args.data == "folder":
         if not args.data_dir:
@@ -100,7 +120,7 @@ def main(argv=None) -> int:
             with contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr: stdout is JSON only
                 row = bench_one(args, seed)
             print(json.dumps(row), flush=True)
-    except ValueError as e:
+    except (ValueError, NonFiniteLossError) as e:  # DataError and CheckpointError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -195,3 +195,34 @@ def test_compiled_run_matches_uncompiled_and_checkpoints_load_either_way(tmp_pat
     trainer.model.compile(mode="default")
     trainer.load(tmp_path / "plain" / T.CHECKPOINT)
     assert trainer.epoch == 2
+
+
+# --------------------------------------------------------------------------- on real accelerators
+# These need the hardware itself; scripts/gpu_check.sh runs them on a CUDA machine.
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+needs_mps = pytest.mark.skipif(not torch.backends.mps.is_available(), reason="needs Apple MPS")
+
+
+@needs_cuda
+def test_cuda_auto_precision_and_compile_train_and_load_on_cpu(tmp_path):
+    record = T.train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast"})
+    expected = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
+    assert record.config["recipe"]["precision"] == expected
+    assert record.config["recipe"]["compile"] == "default" and record.config["compile_seconds"] > 0
+    assert record.history[-1]["train_loss"] < record.history[0]["train_loss"] * 1.5
+    model, _, _ = T.load_run(tmp_path / "run", device="cpu")  # a GPU checkpoint analysed on a CPU
+    assert next(model.parameters()).device.type == "cpu"
+
+
+@needs_cuda
+def test_cuda_fp16_scaler_state_is_checkpointed(tmp_path):
+    T.train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast", "precision": "fp16",
+                                         "compile": "off"})
+    assert torch.load(tmp_path / "run" / T.CHECKPOINT, weights_only=True)["scaler"]["scale"] > 0
+
+
+@needs_mps
+def test_mps_trains_in_fp32(tmp_path):
+    record = T.train(**{**SMALL, "device": "mps", "model": "fast"})
+    assert record.config["recipe"]["precision"] == "fp32"
