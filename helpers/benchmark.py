@@ -27,7 +27,7 @@ def get_parser():
     p.description = __doc__.split("\n\n")[0]
     p.set_defaults(recipe="fast")
     p.add_argument("--seeds", type=positive_int, default=1,
-                   help="run N seeds, --seed .. --seed+N-1 (one JSON line each; default: %(default)s)")
+                   help="run N seeds, --seed .. --seed+N-1, one JSON line each (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=_field_value,
                    help="override any recipe field, VALUE as JSON: --set alternate_flip=false "
                         "--set 'model_kwargs={\"bn_after_pool\": false}' (repeatable; for ablations)")

@@ -9,7 +9,8 @@
 
 Each split becomes an `ImageSet`: images as one uint8 tensor (N, 3, 32, 32) plus int64
 labels. Decoding is the slow part (about 10 s for 50k JPEGs), so the result is cached on
-disk keyed by source, path and file listing; the second run starts in about a second.
+disk keyed by source, path and the listing of the files that are decoded (symlinks followed);
+the second run starts in about a second. One cache file is kept per source, folder and split.
 Augmentation works on whole batches as tensor ops, on whatever device the data lives on.
 """
 from __future__ import annotations
@@ -48,6 +49,20 @@ class ImageSet:
         """Images per class name."""
         return {c: int(n) for c, n in zip(self.classes, torch.bincount(self.labels, minlength=len(self.classes)))}
 
+    def fingerprint(self) -> str:
+        """A hash of every image byte and label: equal fingerprints mean the same split, in the same order.
+
+        About 0.1 s for 50k images; a resumed run compares it to refuse training on other data.
+        """
+        h = hashlib.sha1(self.images.cpu().contiguous().numpy().data.cast("B"))
+        h.update(self.labels.cpu().to(torch.int64).contiguous().numpy().data.cast("B"))
+        h.update("|".join(self.classes).encode())
+        return h.hexdigest()[:16]
+
+    def skipped_files(self) -> list:
+        """Paths of the images that could not be read (and so are not in the set)."""
+        return list(self.problems.get("unreadable files", []))
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("CIFAR_CACHE", Path.home() / ".cache" / "cifar-helpers"))
@@ -65,7 +80,8 @@ def _cifar10(split: str, cache_dir: Path, download: bool = True) -> ImageSet:
         raise DataError(
             f"CIFAR-10 is not in {root} and could not be downloaded ({type(e).__name__}: {e}). "
             f"If this machine is offline, copy the extracted 'cifar-10-batches-py' folder into {root}, "
-            "or use data='folder' with data_dir pointing at an ImageFolder copy that has train/ and test/."
+            "or use an ImageFolder copy that has train/ and test/: --data folder --data-dir DIR "
+            "(in Python: data='folder', data_dir=DIR)."
         ) from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
     return ImageSet(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes), "cifar10")
@@ -74,7 +90,8 @@ def _cifar10(split: str, cache_dir: Path, download: bool = True) -> ImageSet:
 def _list_folder(root: Path, split: str):
     """Validate the layout and return (classes, [(path, label), ...]) for one split."""
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; pass data_dir=<folder holding train/ and test/>")
+        raise DataError(f"data folder {root} does not exist; pass --data-dir DIR (in Python: data_dir=DIR), "
+                        "a folder holding train/ and test/")
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{split_dir} is missing: a folder dataset needs {root}/train/<class>/*.jpg "
@@ -91,6 +108,8 @@ def _list_folder(root: Path, split: str):
                             "both splits need the same class folders")
     files = []
     for label, c in enumerate(classes):
+        # class folders may be symlinks (iterdir follows them); only their direct children are
+        # read, so a link loop cannot recurse. Broken image links stay in: _decode skips and counts them
         imgs = sorted(f for f in (split_dir / c).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
         if not imgs:
             raise DataError(f"class folder {split_dir / c} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -106,6 +125,9 @@ def _decode(path: Path, problems: dict):
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I"):  # 16/32-bit grayscale: convert("RGB") would clip it to white
+                problems["converted to RGB"] = problems.get("converted to RGB", 0) + 1
+                im = Image.fromarray(_to_uint8(np.asarray(im), im.mode)).convert("RGB")
             if im.mode != "RGB":
                 problems["converted to RGB"] = problems.get("converted to RGB", 0) + 1
                 im = im.convert("RGB")
@@ -119,10 +141,21 @@ def _decode(path: Path, problems: dict):
         return None
 
 
-def _folder(root: Path, split: str) -> ImageSet:
+def _to_uint8(a, mode: str):
+    """A 16-bit (or 32-bit integer) grayscale array on the 0..255 scale."""
     import numpy as np
 
-    classes, files = _list_folder(root, split)
+    a = a.astype(np.float64)
+    # "I;16*" is 16-bit by definition; "I" holds whatever the file had: 16-bit when above 255
+    if mode.startswith("I;16") or a.max() > 255:
+        a = a / 257  # 65535 -> 255
+    return a.round().clip(0, 255).astype(np.uint8)
+
+
+def _folder(root: Path, split: str, listing=None) -> ImageSet:
+    import numpy as np
+
+    classes, files = listing or _list_folder(root, split)
     problems, arrays, labels = {}, [], []
     for path, label in files:
         a = _decode(path, problems)
@@ -132,9 +165,8 @@ def _folder(root: Path, split: str) -> ImageSet:
     if not arrays:
         raise DataError(f"no readable images under {root / split}")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-    problems["unreadable files"] = problems.get("unreadable files", [])[:20]  # keep the report short
-    if not problems["unreadable files"]:
-        del problems["unreadable files"]
+    # the full list of unreadable files stays in `problems`: the note names the first few,
+    # the run's config (checkpoint, history.json) keeps them all
     return ImageSet(images, torch.tensor(labels), classes, f"folder:{root}", problems)
 
 
@@ -161,16 +193,53 @@ def synthetic(split: str, n: int | None = None, num_classes: int = 10, seed: int
 
 # --------------------------------------------------------------------------- loading + cache
 
-def _cache_key(source: str, data_dir, split: str) -> str:
-    """Changes when the folder's file listing changes (names, sizes, mtimes)."""
-    h = hashlib.sha1(f"{source}|{Path(data_dir).resolve() if data_dir else ''}|{split}|v1".encode())
-    if source == "folder":
-        for dirpath, dirnames, filenames in os.walk(Path(data_dir) / split):
-            dirnames.sort()
-            for f in sorted(filenames):
-                st = os.stat(os.path.join(dirpath, f))
-                h.update(f"{dirpath}/{f}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return f"{source}-{split}-{h.hexdigest()[:12]}.pt"
+def _cache_key(source: str, data_dir, split: str, files=()) -> str:
+    """The cache file name of one split: `{source}-{split}-{slot}-{content}.pt`.
+
+    `slot` names the source, resolved folder and split (one cache file is kept per slot);
+    `content` hashes the listing of the files that are decoded (`_list_folder`'s), each file
+    stat'ed through its symlinks: a replaced, added or removed image changes the key even
+    inside a symlinked class folder, and so does a link pointed elsewhere (the inode changes).
+    Only class folders' direct children are listed, so a link loop cannot make this recurse.
+    """
+    where = str(Path(data_dir).resolve()) if data_dir else ""
+    slot = hashlib.sha1(f"{source}|{where}|{split}".encode()).hexdigest()[:8]
+    h = hashlib.sha1(f"{slot}|v2".encode())
+    for f, label in files:
+        try:
+            st = os.stat(f)  # follows symlinks: the target's size, mtime and inode
+            h.update(f"{f}:{label}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}\n".encode())
+        except OSError as e:  # a dangling link or a link loop: _decode skips and counts it
+            h.update(f"{f}:{label}:errno {e.errno}\n".encode())
+    return f"{source}-{split}-{slot}-{h.hexdigest()[:12]}.pt"
+
+
+def _read_cache(path: Path):
+    """The cached ImageSet, or None (with a one-line note) when the file is damaged."""
+    try:
+        d = torch.load(path, weights_only=True)
+        ds = ImageSet(d["images"], d["labels"], list(d["classes"]), d["source"], dict(d["problems"]))
+        if ds.images.dtype != torch.uint8 or ds.images.shape[1:] != (3, SIZE, SIZE) or len(ds.images) != len(ds.labels):
+            raise ValueError(f"unexpected contents {tuple(ds.images.shape)} {ds.images.dtype}")
+        return ds
+    except Exception as e:  # truncated, overwritten, or removed meanwhile: decoding again is always safe
+        print(f"note: dataset cache {path} is unreadable ({type(e).__name__}); decoding the images again")
+        return None
+
+
+def _write_cache(path: Path, ds: ImageSet):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(dict(images=ds.images, labels=ds.labels, classes=ds.classes, source=ds.source,
+                    problems=ds.problems), tmp)
+    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written cache
+    # one file per slot: older versions of this split (~140 MB each for 45k images) are removed,
+    # and so are files named by the old key scheme (source-split-<12 hex>.pt), never read again
+    source, split, slot = path.name.split("-")[:3]
+    for old in path.parent.glob(f"{source}-{split}-*.pt"):
+        parts = old.stem.split("-")
+        if old != path and (parts[2] == slot or len(parts) == 3):
+            old.unlink(missing_ok=True)
 
 
 def balanced_subset(ds: ImageSet, limit: int | None) -> ImageSet:
@@ -198,25 +267,29 @@ def load_split(source: str, split: str, data_dir=None, limit: int | None = None,
     if source == "synthetic":
         return balanced_subset(synthetic(split), limit)
     if source == "folder" and not data_dir:
-        raise DataError("data='folder' needs data_dir: a folder holding train/<class>/ and test/<class>/")
+        raise DataError("data='folder' needs data_dir (--data-dir DIR on the command line): "
+                        "a folder holding train/<class>/ and test/<class>/")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    if source == "folder":
-        _list_folder(Path(data_dir), split)  # fail fast with a clear message before hashing
-    path = cache_dir / _cache_key(source, data_dir, split)
-    if path.exists():
-        d = torch.load(path, weights_only=True)
-        ds = ImageSet(d["images"], d["labels"], list(d["classes"]), d["source"], dict(d["problems"]))
-    else:
-        ds = _cifar10(split, cache_dir) if source == "cifar10" else _folder(Path(data_dir), split)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(dict(images=ds.images, labels=ds.labels, classes=ds.classes, source=ds.source,
-                        problems=ds.problems), tmp)
-        os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written cache
+    # the listing fails fast with a clear message, and is both the cache key and what gets decoded
+    listing = _list_folder(Path(data_dir), split) if source == "folder" else None
+    path = cache_dir / _cache_key(source, data_dir, split, listing[1] if listing else ())
+    ds = _read_cache(path) if path.exists() else None
+    if ds is None:
+        ds = _cifar10(split, cache_dir) if source == "cifar10" else _folder(Path(data_dir), split, listing)
+        _write_cache(path, ds)
     if verbose and ds.problems:
-        counts = {k: v for k, v in ds.problems.items() if isinstance(v, int)}
-        print(f"note: {source}/{split}: {counts}")
+        print(f"note: {source}/{split}: {problem_summary(ds)}")
     return balanced_subset(ds, limit)
+
+
+def problem_summary(ds: ImageSet, names: int = 3) -> str:
+    """One line: the counts of fixed and skipped images, and the first skipped files' names."""
+    counts = ", ".join(f"{k}: {v}" for k, v in ds.problems.items() if isinstance(v, int))
+    skipped = ds.skipped_files()
+    if skipped:
+        more = f" and {len(skipped) - names} more" if len(skipped) > names else ""
+        counts += f"; unreadable: {', '.join(skipped[:names])}{more} (all listed in the run's history.json)"
+    return counts
 
 
 def load_splits(source: str, data_dir=None, limit: int | None = None, cache_dir=None, verbose=True):
@@ -298,6 +371,10 @@ class Loader:
         self.batch_size, self.train, self.device = batch_size, train, torch.device(device)
         self.translate, self.flip, self.cutout = (translate, flip, cutout) if train else (0, False, 0)
         self.drop_last = train if drop_last is None else drop_last
+        if self.drop_last and len(ds) < batch_size:  # 0 batches: nothing would train, and OneCycleLR fails
+            raise DataError(f"the split has {len(ds)} images, fewer than one batch (batch_size {batch_size}): "
+                            "use more images (a larger --limit / limit=, or more files) "
+                            "or a smaller --batch-size / batch_size=")
         self.channels_last = channels_last
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255

@@ -13,7 +13,6 @@ seed, ends with the same history as a run that was never interrupted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -27,38 +26,40 @@ import torch
 import torch.nn.functional as F
 
 from .data import SOURCES, Loader, channel_stats, load_splits, reflect_pad
+from .device import DEVICE_HELP, autocast, make_scaler, pick_device, resolve_compile, resolve_precision
 from .model import build_model, count_params, list_models
-from .recipes import RECIPES, Recipe, get_recipe
+from .recipes import COMPILE_MODES, PRECISIONS, RECIPES, Recipe, get_recipe
 
 CHECKPOINT = "checkpoint.pt"
+PREV_CHECKPOINT = "checkpoint.prev.pt"  # the epoch before CHECKPOINT's, kept in case that one is damaged
 HISTORY = "history.json"
+
+# What a resumed run must share with the run that wrote the checkpoint, besides recipe and seed:
+# config["data_identity"] key -> how a refusal names it. Steps per epoch decide OneCycleLR's
+# length; the rest decide which images it trains and is evaluated on.
+DATA_IDENTITY = {
+    "source": "data source (--data / data=)",
+    "folder": "data folder (--data-dir / data_dir=, resolved)",
+    "limit": "images per split (--limit / limit=)",
+    "train_images": "training images",
+    "test_images": "test images",
+    "train_fingerprint": "training images' contents (fingerprint)",
+    "test_fingerprint": "test images' contents (fingerprint)",
+    "steps_per_epoch": "steps per epoch",
+}
+# recipe fields that may change on resume: torch.compile changes speed, not what is trained
+RESUME_MAY_CHANGE = {"compile"}
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or resumed; the message names the file and what to do."""
+
+
 # --------------------------------------------------------------------------- small pieces
-
-def pick_device(device: str = "auto", verbose: bool = True) -> torch.device:
-    """"auto" -> CUDA when present, else CPU; says which it picked."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible; use device='auto' or 'cpu'")
-    dev = torch.device(device)
-    if verbose:
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        print(f"device: {dev} ({name})")
-    return dev
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CPU (AVX-512 bf16) or CUDA; fp32 is a no-op context."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
 
 def loss_fn(log_probs, target, label_smoothing: float = 0.0):
     """nll_loss on log-softmax outputs, optionally label-smoothed (mix in the uniform target)."""
@@ -114,8 +115,10 @@ def make_ema(model, recipe: Recipe):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False,
-                    ema=None):
+                    ema=None, scaler=None):
     """One pass over `loader`, updating `ema` (if given) after each step.
+
+    `scaler`: a GradScaler for fp16 (helpers.device.make_scaler); a disabled one, or None, is plain SGD.
 
     Returns {"train_loss", "train_acc", "lr", "train_seconds"}.
     """
@@ -130,9 +133,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
             out = model(x)
         loss = loss_fn(out.float(), y, recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used (reported per epoch)
-        optimizer.step()
+        if scaler is not None and scaler.is_enabled():
+            # fp16: scale the loss so small gradients survive; a step whose gradients
+            # overflowed is skipped and the scale lowered (the schedule still advances)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
@@ -202,6 +212,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, recipe)
         self.scheduler = make_scheduler(self.optimizer, recipe, len(train_loader))
         self.ema = make_ema(model, recipe)
+        self.scaler = make_scaler(device, recipe.precision)
         self.history: list[dict] = []
 
     @property
@@ -218,29 +229,59 @@ class Trainer:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), epoch=self.epoch, history=self.history,
                     ema=self.ema.module.state_dict() if self.ema is not None else None,
+                    scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
                     config=dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info))
 
     def save(self):
+        """checkpoint.pt (the previous one becomes checkpoint.prev.pt), then history.json."""
         if not self.out_dir:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.out_dir / CHECKPOINT, lambda f: torch.save(self.checkpoint(), f))
-        _atomic_write(self.out_dir / HISTORY, lambda f: f.write(json.dumps(
-            dict(config=self.checkpoint()["config"], history=self.history), indent=1).encode()))
+        ckpt = self.checkpoint()
+        # write the new file completely first; then two renames, each atomic: a crash at any
+        # point leaves a readable checkpoint.pt or checkpoint.prev.pt (fit resumes from either)
+        path = self.out_dir / CHECKPOINT
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+        if path.exists():
+            os.replace(path, self.out_dir / PREV_CHECKPOINT)
+        os.replace(tmp, path)
+        write_history(self.out_dir, ckpt["config"], self.history)
 
     def load(self, path):
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        # from_dict fills fields added since the checkpoint was written with their defaults
-        if Recipe.from_dict(ckpt["config"]["recipe"]) != self.recipe or ckpt["config"]["seed"] != self.seed:
-            raise ValueError(f"{path} was written by a different recipe or seed; "
-                             "resume with the same settings, or pick a new output folder")
+        """Restore a checkpoint's state, after checking it was written by this very run.
+
+        Refuses (CheckpointError, nothing loaded or written) when the recipe, seed, data or
+        steps per epoch differ, naming each difference.
+        """
+        ckpt = read_checkpoint(path, self.device)
+        now = dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info)
+        diffs = resume_differences(ckpt["config"], now)
+        total = ckpt["scheduler"].get("total_steps") if isinstance(ckpt.get("scheduler"), dict) else None
+        if not diffs and total is not None and total != self.scheduler.total_steps:
+            # what the identity cannot show for checkpoints written before it was recorded
+            diffs.append(f"scheduler length: checkpoint {total} steps, now {self.scheduler.total_steps} "
+                         f"({self.recipe.epochs} epochs x {len(self.train_loader)} steps)")
+        if diffs:
+            raise CheckpointError(f"cannot resume {path}: it was written with other settings: " + "; ".join(diffs)
+                                  + ". Resume with the checkpoint's settings, or start a new run in another "
+                                  "folder (--out / out_dir=)")
+        if "data_identity" not in ckpt["config"]:
+            self.log(f"note: {path} predates data fingerprints: only its data source, folder, limit and "
+                     "scheduler length could be checked")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.n_averaged.fill_(1)  # > 0: the next update averages instead of copying
+        if self.scaler.is_enabled() and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])  # the loss scale it had reached: resume stays exact
         self.history = list(ckpt["history"])
+        # the checkpoint is the source of truth: a crash between its write and history.json's
+        # leaves history.json an epoch behind, repaired here
+        sync_history(Path(path).parent, ckpt, self.log)
         self.log(f"resumed from {path} at epoch {self.epoch}")
 
     # ---- the loop
@@ -251,11 +292,15 @@ class Trainer:
         sweep's pruner); an exception it raises stops the run with that epoch kept.
         """
         ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
-        if ckpt and ckpt.exists():
+        prev = self.out_dir / PREV_CHECKPOINT if self.out_dir else None
+        found = ckpt if ckpt and ckpt.exists() else prev if prev and prev.exists() else None
+        if found:
             if not resume:
-                raise FileExistsError(f"{ckpt} already exists; pass resume=True (--resume) to continue "
+                raise FileExistsError(f"{found} already exists; pass resume=True (--resume) to continue "
                                       "that run, or choose another output folder")
-            self.load(ckpt)
+            if found == prev:  # save() died between its two renames
+                self.log(f"note: {ckpt} is missing; resuming from the previous epoch's {prev}")
+            self.load(found)
         last = self.recipe.epochs if stop_after is None else min(self.recipe.epochs, self.epoch + stop_after)
         for epoch in range(self.epoch + 1, last + 1):
             # per-epoch seeds: dropout and batch order depend only on (seed, epoch), so resuming is exact
@@ -263,13 +308,17 @@ class Trainer:
             self.train_loader.set_epoch(epoch, self.seed)
             try:
                 stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler,
-                                        self.recipe, self.device, epoch, self.progress, self.ema)
+                                        self.recipe, self.device, epoch, self.progress, self.ema, self.scaler)
+                t0 = time.perf_counter()
+                stats |= evaluate(self.eval_model, self.test_loader, self.recipe.precision, self.recipe.tta)
+                # a non-finite average or test loss is as bad as a non-finite step: never saved as an epoch
+                bad = next((k for k in ("train_loss", "test_loss") if not math.isfinite(stats[k])), None)
+                if bad:
+                    raise NonFiniteLossError(f"{bad.replace('_', ' ')} became {stats[bad]} at epoch {epoch}")
             except NonFiniteLossError as e:
                 kept = f"the last good checkpoint ({ckpt}, epoch {self.epoch}) is kept" if ckpt and ckpt.exists() \
                     else "no checkpoint was written"
                 raise NonFiniteLossError(f"{e}: training stopped; {kept}. Try a lower lr or fp32 precision.") from None
-            t0 = time.perf_counter()
-            stats |= evaluate(self.eval_model, self.test_loader, self.recipe.precision, self.recipe.tta)
             stats |= dict(epoch=epoch, eval_seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
             self.history.append(stats)
             self.save()
@@ -304,6 +353,78 @@ def _atomic_write(path: Path, write):
     with open(tmp, "wb") as f:
         write(f)
     os.replace(tmp, path)  # a crash mid-write leaves the previous file intact
+
+
+def write_history(out_dir: Path, config: dict, history: list):
+    _atomic_write(Path(out_dir) / HISTORY, lambda f: f.write(json.dumps(
+        dict(config=config, history=history), indent=1).encode()))
+
+
+def sync_history(out_dir: Path, ckpt: dict, log=print):
+    """Rewrite out_dir/history.json from the checkpoint when it says something else (or is missing)."""
+    path = Path(out_dir) / HISTORY
+    try:
+        on_disk = json.loads(path.read_text())["history"]
+    except (OSError, ValueError, KeyError, TypeError):
+        on_disk = None
+    if on_disk == ckpt["history"]:
+        return
+    try:
+        write_history(out_dir, ckpt["config"], ckpt["history"])
+    except OSError as e:  # a read-only folder: analysis still works from the checkpoint
+        log(f"note: {path} differs from the checkpoint but cannot be rewritten ({e})")
+        return
+    had = "missing or unreadable" if on_disk is None else f"{len(on_disk)} epochs"
+    log(f"note: {path} ({had}) rebuilt from the checkpoint ({len(ckpt['history'])} epochs)")
+
+
+def read_checkpoint(path, device="cpu") -> dict:
+    """A checkpoint dict, or one CheckpointError naming the file and what to do.
+
+    Never falls back to weights_only=False (which runs arbitrary pickled code).
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        missing = {"model", "optimizer", "scheduler", "history", "config"} - set(ckpt)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
+    except Exception as e:  # truncated, overwritten, not a checkpoint: torch's messages vary
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: truncated or corrupt); "
+                              + _prev_hint(path)) from None
+    return ckpt
+
+
+def _prev_hint(path: Path) -> str:
+    prev = path.with_name(PREV_CHECKPOINT)
+    if path.name != CHECKPOINT or not prev.exists():
+        return "start the run again in a new folder (--out / out_dir=)"
+    try:
+        epoch = torch.load(prev, map_location="cpu", weights_only=True)["epoch"]
+    except Exception:
+        return f"the previous epoch's {prev} is damaged too: start the run again in a new folder"
+    return (f"the previous epoch's checkpoint is intact (epoch {epoch}): to resume from it, "
+            f"move it over the damaged one (mv {prev} {path}) and resume again")
+
+
+def resume_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between a checkpoint's config and this run's: one phrase per setting."""
+    diffs = []
+    # from_dict fills fields added since the checkpoint was written with their defaults
+    old, new = Recipe.from_dict(saved["recipe"]).to_dict(), now["recipe"]
+    diffs += [f"recipe field {k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in new.items()
+              if old.get(k) != v and k not in RESUME_MAY_CHANGE]
+    if saved.get("seed") != now.get("seed"):
+        diffs.append(f"seed (--seed / seed=): checkpoint {saved.get('seed')}, now {now.get('seed')}")
+    before, after = saved.get("data_identity"), now.get("data_identity")
+    if after is None:  # a Trainer built by hand, without a Trial: nothing known about its data
+        return diffs
+    if before is None:  # written before the data identity existed: what it did record
+        before = dict(source=saved.get("data"), limit=saved.get("limit"),
+                      folder=str(Path(saved["data_dir"]).resolve()) if saved.get("data_dir") else None)
+    diffs += [f"{label}: checkpoint {before[k]!r}, now {after.get(k)!r}" for k, label in DATA_IDENTITY.items()
+              if k in before and before[k] != after.get(k)]
+    return diffs
 
 
 # --------------------------------------------------------------------------- trial / record
@@ -348,7 +469,8 @@ class Trial:
         if data not in SOURCES:
             raise ValueError(f"unknown data source {data!r}; choose one of {', '.join(SOURCES)}")
         if data == "folder" and not data_dir:
-            raise ValueError("data='folder' needs data_dir (a folder holding train/ and test/)")
+            raise ValueError("data='folder' needs data_dir (--data-dir DIR on the command line): "
+                             "a folder holding train/ and test/")
         if limit is not None and limit <= 0:
             raise ValueError(f"limit must be a positive number of images per split, or None; got {limit}")
         self.name = name
@@ -363,6 +485,12 @@ class Trial:
         if self.threads:
             torch.set_num_threads(self.threads)
         device = pick_device(self.device_name)
+        # per-device defaults, decided once and stored resolved (checkpoint config, history, benchmark)
+        precision = resolve_precision(self.recipe.precision, device)
+        compile_mode = resolve_compile(self.recipe.compile, device)
+        if (precision, compile_mode) != (self.recipe.precision, self.recipe.compile):
+            print(f"precision: {self.recipe.precision} -> {precision}; compile: {self.recipe.compile} -> {compile_mode}")
+        self.recipe = self.recipe.override(precision=precision, compile=compile_mode)
         train_set, test_set = load_splits(self.data, self.data_dir, self.limit)
         mean, std = channel_stats(train_set.images)
         r = self.recipe
@@ -377,9 +505,18 @@ class Trial:
                 m.init_whitening(train_loader.normalize(train_set.images[:5000].to(device)).contiguous())
         if r.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        compile_seconds = compile_model(model, r, train_loader, test_loader) if r.compile != "off" else 0.0
         info = dict(name=self.name, data=self.data, data_dir=str(self.data_dir) if self.data_dir else None,
                     limit=self.limit, mean=mean, std=std, classes=train_set.classes,
-                    params=count_params(model), device=str(device), torch=str(torch.__version__))
+                    params=count_params(model), device=str(device), torch=str(torch.__version__),
+                    compile_seconds=round(compile_seconds, 1))
+        # what the run is trained and evaluated on: a resume must match it (Trainer.load)
+        info["data_identity"] = dict(
+            source=self.data, folder=str(Path(self.data_dir).resolve()) if self.data_dir else None,
+            limit=self.limit, train_images=len(train_set), test_images=len(test_set),
+            train_fingerprint=train_set.fingerprint(), test_fingerprint=test_set.fingerprint(),
+            steps_per_epoch=len(train_loader))
+        info["skipped_files"] = dict(train=train_set.skipped_files(), test=test_set.skipped_files())
         self.trainer = Trainer(model, r, train_loader, test_loader, device, self.out_dir, self.seed,
                                self.progress, info)
         return self.trainer
@@ -388,6 +525,30 @@ class Trial:
         trainer = self.trainer or self.setup()
         trainer.fit(resume=resume, stop_after=stop_after, on_epoch=on_epoch)
         return Record(self.name, trainer.checkpoint()["config"], list(trainer.history))
+
+
+def compile_model(model, recipe: Recipe, train_loader, test_loader) -> float:
+    """torch.compile `model` in place and compile it now, so that the compile time is
+    measured here (returned, in seconds) rather than hidden in the first epoch's.
+
+    In place (`nn.Module.compile`) keeps the state_dict keys unchanged, so checkpoints load
+    into compiled and uncompiled models alike. The warm-up passes leave no trace: weights,
+    BatchNorm statistics and the random state are restored, and no optimizer step is taken.
+    """
+    t0 = time.perf_counter()
+    model.compile(mode=recipe.compile, dynamic=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    x, y = next(iter(train_loader))
+    model.train()
+    with autocast(x.device, recipe.precision):
+        out = model(x)
+    loss_fn(out.float(), y).backward()   # compiles forward and backward graphs
+    model.zero_grad(set_to_none=True)
+    evaluate(model, test_loader, recipe.precision, recipe.tta)  # and the eval-mode graphs
+    model.load_state_dict(state)
+    torch.set_rng_state(rng)
+    return time.perf_counter() - t0
 
 
 def train(recipe="seed", data="synthetic", resume=False, name=None, **kwargs) -> Record:
@@ -400,7 +561,8 @@ def load_run(out_dir, device="cpu"):
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: run notebook 03 or python -m helpers.train first")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_checkpoint(path, device)
+    sync_history(path.parent, ckpt)  # history.json, which Record.load and plots read, follows the checkpoint
     recipe = Recipe.from_dict(ckpt["config"]["recipe"])
     model = build_model(recipe.model, **recipe.model_kwargs).to(device)
     # the moving average, when the run kept one, is the model that was evaluated
@@ -419,7 +581,11 @@ def test_loader_for(config: dict, device="cpu", batch_size=500) -> Loader:
 # --------------------------------------------------------------------------- CLI
 
 def positive_int(s):
-    v = int(s)
+    """argparse type of every count flag (--epochs, --batch-size, --limit, --threads, --seeds)."""
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
@@ -427,22 +593,27 @@ def positive_int(s):
 
 def get_args_parser(add_help=True) -> argparse.ArgumentParser:
     """Shared by the training CLI and the benchmark."""
-    p = argparse.ArgumentParser(description="Train a CIFAR-10 CNN under the assignment's constraints.",
-                                add_help=add_help)
+    p = argparse.ArgumentParser(prog="python -m helpers.train", add_help=add_help,
+                                description="Train a CIFAR-10 CNN under the assignment's constraints.")
     p.add_argument("--recipe", default="seed", choices=sorted(RECIPES),
-                   help="named hyperparameter set (helpers/recipes.py); other flags override it")
+                   help="named hyperparameter set (helpers/recipes.py); other flags override it "
+                        "(default: %(default)s)")
     p.add_argument("--model", choices=list_models(), help="model name (default: the recipe's)")
     p.add_argument("--data", default="folder", choices=SOURCES,
                    help="cifar10: download via torchvision; folder: ImageFolder root with train/ and test/; "
-                        "synthetic: generated images for smoke runs")
+                        "synthetic: generated images for smoke runs (default: %(default)s)")
     p.add_argument("--data-dir", help="folder with train/ and test/ (needed for --data folder)")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default: the recipe's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="autocast precision (default: the recipe's)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="autocast precision; auto picks per device, see helpers/device.py (default: the recipe's)")
+    p.add_argument("--compile", choices=COMPILE_MODES,
+                   help="torch.compile mode; auto compiles on CUDA only (default: the recipe's)")
     p.add_argument("--limit", type=positive_int, help="use at most this many images per split (class-balanced)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, or cuda[:N]")
-    p.add_argument("--seed", type=int, default=0, help="random seed for init, batch order, augmentation, dropout")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed for init, batch order, augmentation, dropout (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     return p
 
@@ -459,7 +630,7 @@ def main(argv=None):
     try:
         trial = Trial(Path(args.out).name, args.recipe, args.data, args.data_dir, args.limit, args.device,
                       args.seed, args.out, threads=args.threads, model=args.model, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, precision=args.precision)
+                      batch_size=args.batch_size, lr=args.lr, precision=args.precision, compile=args.compile)
         record = trial.run(resume=args.resume)
     except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)

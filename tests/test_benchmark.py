@@ -1,11 +1,13 @@
 import json
 
 import pytest
+import torch
 
 from helpers import benchmark
 from helpers.constraints import check
-from helpers.model import build_model
-from helpers.recipes import RECIPES
+from helpers.model import build_model, count_params
+from helpers.recipes import RECIPES, Recipe
+from helpers import train as T
 
 KEYS = {"recipe", "model", "params", "epochs", "seed", "train_seconds", "test_acc", "img_per_s",
         "peak_rss_mb", "device", "threads", "torch"}
@@ -18,21 +20,27 @@ def test_every_recipe_model_passes_the_constraints(name):
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys):
-    assert benchmark.main(["--data", "synthetic", "--limit", "100", "--recipe", recipe,
+def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys, tmp_path):
+    assert benchmark.main(["--data", "synthetic", "--limit", "100", "--recipe", recipe, "--out", str(tmp_path),
                            "--epochs", "1", "--batch-size", "50", "--seeds", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     rows = [json.loads(line) for line in lines]  # stdout holds nothing but the JSON lines
     assert [r["seed"] for r in rows] == [0, 1]
     for r in rows:
         assert KEYS <= set(r) and r["recipe"] == recipe and r["epochs"] == 1
-        assert r["train_seconds"] > 0 and 0 <= r["test_acc"] <= 1 and r["params"] < 1_000_000
+        assert r["train_seconds"] > 0 and r["params"] < 1_000_000
+        # the reported accuracy is the saved model's, on the run's test split, with the recipe's TTA
+        model, config, history = T.load_run(benchmark.seed_dir(tmp_path, r["seed"]))
+        recipe_used = Recipe.from_dict(config["recipe"])
+        acc = T.evaluate(model, T.test_loader_for(config), recipe_used.precision, recipe_used.tta)["test_acc"]
+        assert r["test_acc"] == round(acc, 4) == round(history[-1]["test_acc"], 4)
+        assert r["params"] == count_params(model) and r["img_per_s"] == pytest.approx(100 / r["train_seconds"], rel=0.05)
 
 
 @pytest.mark.parametrize("argv, message", [
     ([], "--data-dir DIR is required"),
     (["--data-dir", "/no/such/folder"], "does not exist"),
-    (["--data", "synthetic", "--seeds", "0"], "--seeds must be >= 1"),
+    (["--data", "synthetic", "--seeds", "0"], "argument --seeds: must be a positive integer, got 0"),
     (["--data", "synthetic", "--recipe", "warp"], "invalid choice"),
     (["--data", "synthetic", "--set", "epochs"], "expected FIELD=VALUE"),
 ])
@@ -52,10 +60,19 @@ def test_benchmark_keeps_runs_with_out_and_never_overwrites(tmp_path, capsys):
     assert e.value.code == 2 and "already holds runs" in capsys.readouterr().err
 
 
-def test_benchmark_set_overrides_recipe_fields(capsys):
+def test_benchmark_set_overrides_recipe_fields(capsys, tmp_path):
     assert benchmark.main(["--data", "synthetic", "--limit", "60", "--epochs", "1", "--batch-size", "30",
-                           "--set", "alternate_flip=false", "--set", 'model_kwargs={"bn_after_pool": false}']) == 0
+                           "--out", str(tmp_path), "--set", "alternate_flip=false",
+                           "--set", 'model_kwargs={"bn_after_pool": false}', "--set", "ema=0.5"]) == 0
     row = json.loads(capsys.readouterr().out)
-    assert row["overrides"] == {"alternate_flip": False, "model_kwargs": {"bn_after_pool": False}}
+    assert row["overrides"] == {"alternate_flip": False, "model_kwargs": {"bn_after_pool": False}, "ema": 0.5}
+    # the run itself used them: the recipe it trained, and the model built from it
+    model, config, _ = T.load_run(benchmark.seed_dir(tmp_path, 0))
+    trained = Recipe.from_dict(config["recipe"])
+    assert (trained.alternate_flip, trained.model_kwargs, trained.ema) == (False, {"bn_after_pool": False}, 0.5)
+    weights = torch.load(benchmark.seed_dir(tmp_path, 0) / "checkpoint.pt", weights_only=True)["model"]
+    assert list(weights) == list(build_model("fast", bn_after_pool=False).state_dict())  # the layout trained
+    assert list(weights) != list(build_model("fast", **RECIPES["fast"].model_kwargs).state_dict())
+    assert row["params"] == count_params(model)
     assert benchmark.main(["--data", "synthetic", "--set", "colour=1"]) == 2
     assert "unknown recipe field" in capsys.readouterr().err

@@ -139,9 +139,11 @@ def test_augmentation_ops():
     # a shifted image keeps its interior: some 28x28 window of the original appears in it
     inner = moved[0, :, 2:30, 2:30]
     assert any(torch.equal(inner, img[0, :, y:y + 28, x:x + 28]) for y in range(5) for x in range(5))
-    flipped = D.random_flip(img, torch.Generator().manual_seed(0))
-    for a, b in zip(flipped, img):
-        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    batch = torch.randint(0, 256, (64, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    flipped = D.random_flip(batch, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, batch)]
+    assert all(m or torch.equal(a, b) for m, a, b in zip(mirrored, flipped, batch))
+    assert 16 <= sum(mirrored) <= 48  # about half mirrored: neither a no-op nor a flip of everything
 
 
 def test_cutout_blanks_one_square_inside_each_image():
@@ -162,7 +164,21 @@ def test_training_loader_shuffles_and_augments_repeatably():
     a, b = make(), make()
     a.set_epoch(3), b.set_epoch(3)
     assert len(a) == 3  # drop_last for training
-    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))
+    batches = list(a)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(batches, b))
+    # shuffled: not the dataset's order, and another order the next epoch
+    labels = torch.cat([y for _, y in batches])
+    assert not torch.equal(labels, train.labels[:96])
+    a.set_epoch(4)
+    assert not torch.equal(torch.cat([y for _, y in a]), labels)
+    # augmented: the same batches without augmentation (the shuffle is drawn first, so the
+    # order is the same) differ from the augmented ones, image by image for most of them
+    plain = Loader(train, 32, train=True, mean=[0.5] * 3, std=[0.25] * 3)
+    plain.set_epoch(3)
+    plain_batches = list(plain)
+    assert torch.equal(torch.cat([y for _, y in plain_batches]), labels)
+    changed = torch.cat([(x1 != x2).flatten(1).any(1) for (x1, _), (x2, _) in zip(batches, plain_batches)])
+    assert changed.float().mean() > 0.5
 
 
 def test_jpeg_dev_slice(jpeg_dev_slice):

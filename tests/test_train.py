@@ -142,7 +142,7 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
     T.train(out_dir=tmp_path / "run", **SMALL)
     with pytest.raises(FileExistsError, match="resume"):
         T.train(out_dir=tmp_path / "run", **SMALL)
-    with pytest.raises(ValueError, match="different recipe"):
+    with pytest.raises(T.CheckpointError, match="recipe field epochs: checkpoint 2, now 3"):
         T.train(out_dir=tmp_path / "run", resume=True, **{**SMALL, "epochs": 3})
 
 
@@ -166,8 +166,14 @@ def test_examples_split_correct_and_wrong():
 
 
 def test_bf16_autocast_trains():
-    record = T.train(precision="bf16", **SMALL)
+    trial = T.Trial(precision="bf16", **SMALL)
+    trainer = trial.setup()
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    dtypes = []
+    conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    record = trial.run()
     assert math.isfinite(record.history[-1]["train_loss"])
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # training and evaluation both ran in bf16
 
 
 def test_bad_settings_raise_clear_errors():
