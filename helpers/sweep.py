@@ -1,0 +1,664 @@
+"""Optuna sweeps over recipes: a search space, a pruned objective, workers sharing one study.
+
+    python -m helpers.sweep --recipe fast --space fast-lr-wd-ls --trials 12 --study fast-lr-wd-ls \
+        --data folder --data-dir ../shared/data/cifar10-jpeg-dev --workers 2
+
+Optuna does the searching (TPE sampler), the early stopping (median or successive-halving
+pruner on the per-epoch test accuracy) and the bookkeeping (a study in a database): a SQLite
+file runs/sweeps/<study>/study.db by default, which the worker processes of one machine share;
+any SQLAlchemy URL (--storage postgresql://...) lets workers on several machines join the same
+study. Running the same command again continues the study. Each trial is a `Trial` of the
+recipe with the sampled overrides, its run folder (checkpoint + history) in
+runs/sweeps/<study>/trial-<number>/.
+
+A search space is a small JSON file (helpers/spaces/*.json; `--space NAME` finds them there),
+one key per recipe field, or `model_kwargs.NAME` for an argument of the model factory:
+
+    {"lr": {"log": [0.1, 1.0]},                    log-uniform
+     "label_smoothing": [0.0, 0.3],                uniform (integers for int fields)
+     "model_kwargs.act": {"choices": ["relu", "gelu"]},
+     "epochs": 3}                                  a fixed value ({"fixed": [..]} for a list)
+
+Trial states, and why (user attribute "stopped"): COMPLETE trained to the end; PRUNED by
+the pruner (lagging accuracy), by the rules (a sampled model that breaks an assignment rule
+is rejected before training: never trained, the constraint report kept as attributes), or
+for a diverging loss; FAIL when its worker died (found by Optuna's heartbeat on the next
+start: the trial is retried once, resuming from its last checkpoint) or raised an error.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from .recipes import RECIPES, Recipe, get_recipe
+from .train import NonFiniteLossError, Record, Trial, get_args_parser, positive_int
+
+SPACES = Path(__file__).resolve().parent / "spaces"   # example search spaces, found by name
+ROOT = Path("runs/sweeps")                           # one folder per study, relative to the project root
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)      # trials that count toward --trials
+# a study remembers what it searches; a re-run that changes one of these is another study
+IDENTITY = ("recipe", "overrides", "space", "data", "limit", "seed", "pruner")
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class SweepError(ValueError):
+    """A user mistake (bad space, mismatched re-run, unreachable storage): one line, exit 2."""
+
+
+# --------------------------------------------------------------------------- search space
+
+@dataclass
+class Param:
+    """One key of a search space: what Optuna samples (or the fixed value) for one field."""
+    name: str            # "lr" or "model_kwargs.act"
+    kind: str            # "fixed" | "float" | "int" | "choices"
+    low: float = None
+    high: float = None
+    log: bool = False
+    choices: list = None
+    value: object = None  # the fixed value
+
+    def candidates(self) -> list:
+        """Values worth validating before any training: the ends of a range, every choice."""
+        return {"fixed": [self.value], "choices": self.choices}.get(self.kind, [self.low, self.high])
+
+    def suggest(self, trial: optuna.Trial):
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        # Optuna stores categorical values as plain scalars: lists (widths) travel as JSON text
+        plain = all(c is None or isinstance(c, (bool, int, float, str)) for c in self.choices)
+        if plain:
+            return trial.suggest_categorical(self.name, self.choices)
+        return json.loads(trial.suggest_categorical(self.name, [json.dumps(c) for c in self.choices]))
+
+
+def _field_type(name: str) -> str:
+    # Recipe's annotations are strings under `from __future__ import annotations`
+    return {f.name: str(f.type) for f in fields(Recipe)}[name]
+
+
+def _parse_param(key: str, spec, is_int: bool) -> Param:
+    number = (int, float)
+    if isinstance(spec, dict):
+        if set(spec) == {"choices"} and isinstance(spec["choices"], list) and spec["choices"]:
+            return Param(key, "choices", choices=spec["choices"])
+        if set(spec) == {"fixed"}:
+            return Param(key, "fixed", value=spec["fixed"])
+        if set(spec) == {"log"}:
+            lo, hi = _bounds(key, spec["log"])
+            if lo <= 0:
+                raise SweepError(f"space key {key!r}: a log range needs low > 0, got {lo}")
+            return Param(key, "int" if is_int else "float", lo, hi, log=True)
+        raise SweepError(f"space key {key!r}: expected {{\"log\": [low, high]}}, {{\"choices\": [...]}} or "
+                         f"{{\"fixed\": value}}, got {json.dumps(spec)}")
+    if isinstance(spec, list):
+        lo, hi = _bounds(key, spec)
+        if is_int and not all(isinstance(v, int) for v in (lo, hi)):
+            raise SweepError(f"space key {key!r} is an integer field: give integer bounds, got {spec}")
+        return Param(key, "int" if is_int else "float", lo, hi)
+    if spec is None or isinstance(spec, (bool, str, *number)):
+        return Param(key, "fixed", value=spec)
+    raise SweepError(f"space key {key!r}: cannot read {spec!r}")
+
+
+def _bounds(key, pair):
+    if not (isinstance(pair, list) and len(pair) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)):
+        raise SweepError(f"space key {key!r}: a range is [low, high] of two numbers, got {json.dumps(pair)} "
+                         "(use {\"choices\": [...]} for a list of options, {\"fixed\": value} for a fixed list)")
+    if not pair[0] < pair[1]:
+        raise SweepError(f"space key {key!r}: low must be < high, got {pair}")
+    return pair[0], pair[1]
+
+
+def _model_kwarg_is_int(model: str, kwarg: str) -> bool:
+    import inspect
+
+    from .model import MODELS, fast_net
+
+    sig = inspect.signature(MODELS[model])
+    if kwarg not in sig.parameters:
+        sig = inspect.signature(fast_net)  # `wide` forwards its keyword arguments to fast_net
+    default = sig.parameters[kwarg].default if kwarg in sig.parameters else None
+    return isinstance(default, int) and not isinstance(default, bool)
+
+
+class Space:
+    """A validated search space: `sample(trial)` gives the recipe overrides of one trial."""
+
+    def __init__(self, spec: dict, recipe: Recipe, source: str = "space"):
+        if not isinstance(spec, dict) or not spec:
+            raise SweepError(f"{source}: a search space is a non-empty JSON object {{field: spec}}")
+        self.spec, self.recipe, self.source = spec, recipe, source
+        known = [f.name for f in fields(Recipe)]
+        self.params: list[Param] = []
+        for key, value in spec.items():
+            if key == "model_kwargs":
+                raise SweepError(f"{source}: search model arguments one by one, as \"model_kwargs.NAME\" keys")
+            if key.startswith("model_kwargs."):
+                models = self._models()
+                self.params.append(_parse_param(key, value, _model_kwarg_is_int(models[0], key.split(".", 1)[1])))
+            elif key in known:
+                self.params.append(_parse_param(key, value, _field_type(key) == "int"))
+            else:
+                raise SweepError(f"{source}: unknown field {key!r}; search a recipe field "
+                                 f"({', '.join(known)}) or model_kwargs.NAME")
+        self._check_values()
+
+    def _models(self) -> list:
+        model = next((p for p in self.params if p.name == "model"), None)
+        if "model" in self.spec and model is None:   # model kwargs listed before the model key
+            model = _parse_param("model", self.spec["model"], False)
+        return model.candidates() if model else [self.recipe.model]
+
+    def _check_values(self):
+        """Every range end and every choice must make a valid recipe and a buildable model."""
+        from .model import build_model
+
+        for p in self.params:
+            for value in p.candidates():
+                if p.name.startswith("model_kwargs."):
+                    kwarg = p.name.split(".", 1)[1]
+                    for model in self._models():
+                        try:
+                            build_model(model, **{**self.recipe.model_kwargs, kwarg: value})
+                        except (ValueError, TypeError) as e:
+                            raise SweepError(f"{self.source}: {p.name}={json.dumps(value)}: {e}") from None
+                else:
+                    try:
+                        self.recipe.override(**{p.name: value}).validate()
+                    except (ValueError, TypeError) as e:
+                        raise SweepError(f"{self.source}: {p.name}={json.dumps(value)}: {e}") from None
+
+    @property
+    def searched(self) -> list[str]:
+        return [p.name for p in self.params if p.kind != "fixed"]
+
+    def sample(self, trial: optuna.Trial) -> dict:
+        """Recipe overrides for one trial; sampled model kwargs are merged onto the recipe's
+        (a `model_kwargs` override replaces the whole dict)."""
+        values = {p.name: p.suggest(trial) for p in self.params}
+        overrides = {k: v for k, v in values.items() if not k.startswith("model_kwargs.")}
+        kwargs = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("model_kwargs.")}
+        if kwargs:
+            base = {} if overrides.get("model", self.recipe.model) != self.recipe.model else self.recipe.model_kwargs
+            overrides["model_kwargs"] = {**base, **kwargs}
+        return overrides
+
+
+def load_space(space, recipe: Recipe) -> Space:
+    """A Space from a dict, a JSON file, or the name of a file in helpers/spaces/."""
+    if isinstance(space, dict):
+        return Space(space, recipe)
+    path = Path(space)
+    if not path.is_file() and (SPACES / f"{space}.json").is_file():
+        path = SPACES / f"{space}.json"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in SPACES.glob("*.json")))
+        raise SweepError(f"space {space!r} not found: give a JSON file or one of {names}")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SweepError(f"{path}: not valid JSON ({e})") from None
+    return Space(spec, recipe, source=str(path))
+
+
+# --------------------------------------------------------------------------- storage and study
+
+def study_dir(study: str, root=ROOT) -> Path:
+    return Path(root) / study
+
+
+def _retry_callback():
+    # Optuna >= 4.? renamed the stale-trial callback; same behaviour: re-enqueue the trial's params
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if cls is not None:
+        return "heartbeat_stale_trial_callback", cls(max_retry=1)
+    return "failed_trial_callback", optuna.storages.RetryFailedTrialCallback(max_retry=1)
+
+
+def make_storage(storage: str | None, study: str, root=ROOT, heartbeat: int | None = 60):
+    """RDBStorage for a URL, or the study's own SQLite file; with a heartbeat, a trial whose
+    worker stopped beating for 3 intervals is failed (and retried once) when a worker next starts one."""
+    if storage is None:
+        study_dir(study, root).mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{study_dir(study, root) / 'study.db'}"
+    storage = _with_driver(storage)
+    # SQLite: wait for a busy writer instead of failing at once; servers: drop dead connections
+    engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {"pool_pre_ping": True}
+    kwargs = {}
+    if heartbeat:
+        name, callback = _retry_callback()
+        kwargs = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat, **{name: callback})
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(storage, engine_kwargs=engine, **kwargs)
+        except ImportError:
+            raise SweepError(f"storage {storage.split(':')[0]}: its database driver is not installed "
+                             "(PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install pymysql)") from None
+        except Exception as e:  # sqlalchemy's errors: name the server's problem in one line
+            if attempt < 2:
+                # workers started together race to create the tables: the loser finds them made
+                time.sleep(1 + attempt)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SweepError(f"cannot open storage {_safe_url(storage)}: {first}") from None
+
+
+def _with_driver(url: str) -> str:
+    """A plain postgresql:// URL uses whichever driver is installed: SQLAlchemy 2.1 means psycopg 3
+    by it, older versions psycopg2."""
+    import importlib.util
+
+    if url.startswith("postgresql://"):
+        for module, dialect in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+            if importlib.util.find_spec(module):
+                return url.replace("postgresql://", f"postgresql+{dialect}://", 1)
+    return url
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, at, tail = url.rpartition("@")
+    return (head.split(":")[0] + "://***@" + tail) if at and "://" in head else url
+
+
+def make_pruner(name: str):
+    if name == "median":
+        # compare from the 3rd finished trial on, at every epoch
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SweepError(f"unknown pruner {name!r}; choose median, halving or none")
+
+
+def open_study(name: str, storage=None, root=ROOT, settings: dict | None = None, pruner="median",
+               trials: int = 12, heartbeat: int | None = 60) -> optuna.Study:
+    """Create the study or continue it; `settings` must match what it was created with."""
+    sampler = optuna.samplers.TPESampler(n_startup_trials=max(3, min(10, trials // 3)), constant_liar=True)
+    study = optuna.create_study(study_name=name, storage=make_storage(storage, name, root, heartbeat),
+                                direction="maximize", sampler=sampler, pruner=make_pruner(pruner),
+                                load_if_exists=True)
+    if settings is not None:
+        before = study.user_attrs.get("settings")
+        if before is None:
+            study.set_user_attr("settings", settings)
+        else:
+            changed = [k for k in IDENTITY if before.get(k) != settings.get(k)]
+            if changed:
+                raise SweepError(f"study {name!r} was created with other {', '.join(changed)} "
+                                 f"({', '.join(f'{k}={json.dumps(before.get(k))}' for k in changed)}); "
+                                 "re-run it with the same settings, or name a new --study")
+    return study
+
+
+def load_study(name: str, storage=None, root=ROOT) -> optuna.Study:
+    """An existing study, for results (notebook 05)."""
+    if storage is None and not (study_dir(name, root) / "study.db").is_file():
+        raise SweepError(f"no study {name!r} in {study_dir(name, root)}: run python -m helpers.sweep first")
+    try:
+        return optuna.load_study(study_name=name, storage=make_storage(storage, name, root, heartbeat=None))
+    except KeyError:
+        raise SweepError(f"storage holds no study named {name!r}") from None
+
+
+# --------------------------------------------------------------------------- objective
+
+def _retried_from(trial: optuna.Trial):
+    """Number of the trial this one retries (its worker died), or None."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    return frozen.system_attrs.get("failed_trial")
+
+
+class Objective:
+    """Train one sampled recipe; report test accuracy per epoch; return the final one."""
+
+    def __init__(self, recipe: Recipe, space: Space, folder: Path, data="synthetic", data_dir=None, limit=None,
+                 device="auto", seed=0, threads=None, log=None):
+        self.recipe, self.space, self.folder = recipe, space, Path(folder)
+        self.data, self.data_dir, self.limit, self.device, self.seed = data, data_dir, limit, device, seed
+        self.threads = threads
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from . import constraints
+        from .model import build_model
+
+        overrides = self.space.sample(trial)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("overrides", overrides)
+        try:  # two sampled fields can clash even when each range end is valid alone
+            recipe = self.recipe.override(**overrides).validate()
+            report = constraints.check(build_model(recipe.model, **recipe.model_kwargs))
+        except ValueError as e:
+            trial.set_user_attr("stopped", f"invalid recipe: {e}")
+            raise optuna.TrialPruned(str(e)) from None
+        trial.set_user_attr("recipe", recipe.to_dict())
+        trial.set_user_attr("params", report.params)
+        trial.set_user_attr("rules", {r.name: {"passed": r.passed, "evidence": r.evidence} for r in report.rules})
+        trial.set_user_attr("rules_passed", report.passed)
+        if not report.passed:   # never train a model the assignment would not accept
+            broken = [r.name for r in report.rules if not r.passed]
+            trial.set_user_attr("stopped", "rules: " + "; ".join(broken))
+            raise optuna.TrialPruned(f"breaks {', '.join(broken)}")
+
+        run_dir = self.folder / f"trial-{trial.number:03d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        resume = self._take_over(trial, run_dir)
+        job = Trial(run_dir.name, recipe, self.data, self.data_dir, self.limit, self.device, self.seed,
+                    out_dir=run_dir, progress=False, threads=self.threads)
+
+        def on_epoch(stats):
+            history = job.trainer.history   # all epochs, those of a resumed run included
+            trial.set_user_attr("history", history)
+            trial.report(stats["test_acc"], stats["epoch"])
+            self.log(f"[trial {trial.number}] epoch {stats['epoch']}/{recipe.epochs}: "
+                     f"test acc {stats['test_acc']:.2%}  ({stats['train_seconds']:.0f}s)")
+            if trial.should_prune():
+                trial.set_user_attr("stopped", f"pruner at epoch {stats['epoch']}")
+                raise optuna.TrialPruned(f"test accuracy {stats['test_acc']:.2%} lags at epoch {stats['epoch']}")
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # the trainer's epoch lines go to the trial's log; the terminal gets one line per epoch
+        with open(run_dir / "train.log", "a", buffering=1) as f, contextlib.redirect_stdout(f):
+            try:
+                if resume:
+                    job.setup()
+                    for h in Record.load(run_dir).history:   # what the dead worker had reported
+                        trial.report(h["test_acc"], h["epoch"])
+                record = job.run(resume=resume, on_epoch=on_epoch)
+            except NonFiniteLossError as e:
+                trial.set_user_attr("stopped", f"diverged: {e}")
+                raise optuna.TrialPruned(str(e)) from None
+        trial.set_user_attr("train_seconds", round(sum(h["train_seconds"] for h in record.history), 2))
+        return record.final_acc
+
+    def _take_over(self, trial, run_dir: Path) -> bool:
+        """A retry of a trial whose worker died continues from that trial's last checkpoint."""
+        failed = _retried_from(trial)
+        old = self.folder / f"trial-{failed:03d}" if failed is not None else None
+        if old is None or not (old / "history.json").is_file() or run_dir.exists():
+            return False
+        os.replace(old, run_dir)   # atomic: the folder belongs to one trial at a time
+        trial.set_user_attr("resumed_from", failed)
+        self.log(f"[trial {trial.number}] retries trial {failed} (its worker died): resuming its run folder")
+        return True
+
+
+# --------------------------------------------------------------------------- results
+
+def counts(study: optuna.Study) -> dict:
+    """Trials by outcome; pruned ones split by who stopped them."""
+    out = dict(complete=0, pruned=0, rejected=0, diverged=0, failed=0, running=0, waiting=0)
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.PRUNED:
+            why = t.user_attrs.get("stopped", "")
+            out["rejected" if why.startswith(("rules", "invalid")) else "diverged" if why.startswith("diverged")
+                else "pruned"] += 1
+        else:
+            out[{TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+                 TrialState.WAITING: "waiting"}[t.state]] += 1
+    return out
+
+
+def summary(study: optuna.Study) -> str:
+    c = counts(study)
+    started = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    ended = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
+    wall = (max(ended) - min(started)).total_seconds() if started and ended else 0
+    workers = {t.user_attrs.get("worker") for t in study.get_trials(deepcopy=False)} - {None}
+    text = (f"study {study.study_name}: {c['complete']} complete, {c['pruned']} pruned early by the pruner, "
+            f"{c['rejected']} rejected before training (rules), {c['diverged']} diverged, {c['failed']} failed")
+    if c["running"] or c["waiting"]:
+        text += f", {c['running']} running, {c['waiting']} waiting"
+    return text + f"; {len(workers)} worker(s), {wall / 60:.1f} min from first start to last finish"
+
+
+def top_trials(study: optuna.Study, top: int = 5) -> list:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: -t.value)[:top]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def table(study: optuna.Study, top: int = 5) -> str:
+    """The best completed trials: number, accuracy, sampled values, epochs, training time."""
+    best = top_trials(study, top)
+    if not best:
+        return "no completed trials yet"
+    keys = sorted({k for t in best for k in t.params})
+    head = ["trial", "test acc", *keys, "epochs", "train s"]
+    rows = [[str(t.number), f"{t.value:.2%}", *[_fmt(t.params.get(k, "")) for k in keys],
+             str(len(t.user_attrs.get("history", []))), f"{t.user_attrs.get('train_seconds', float('nan')):.0f}"]
+            for t in best]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def records(study: optuna.Study, top: int = 3) -> list[Record]:
+    """Records of the best trials, from the study itself (so also for trials run on other machines)."""
+    out = []
+    for t in top_trials(study, top):
+        label = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
+        out.append(Record(f"#{t.number} {label}", dict(recipe=t.user_attrs.get("recipe")), t.user_attrs["history"]))
+    return out
+
+
+def _figure(ax):
+    ax = ax.flat[0] if hasattr(ax, "flat") else ax
+    fig = ax.figure
+    fig.set_size_inches(7, 4)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(study):
+    """Accuracy of every finished trial in order, and the best so far (Optuna's plot)."""
+    return _figure(optuna.visualization.matplotlib.plot_optimization_history(study))
+
+
+def plot_importances(study):
+    """How much of the accuracy's variation each searched field explains (Optuna's default evaluator)."""
+    return _figure(optuna.visualization.matplotlib.plot_param_importances(study))
+
+
+def plot_epochs(study):
+    """Test accuracy per epoch of every trial: pruned ones stop early (Optuna's intermediate values)."""
+    fig = _figure(optuna.visualization.matplotlib.plot_intermediate_values(study))
+    ax = fig.axes[0]
+    ax.set(xlabel="epoch", ylabel="test accuracy")
+    if ax.get_legend():
+        ax.get_legend().remove()   # one entry per trial: too many to read
+    return fig
+
+
+def plot_top_runs(study, top=3):
+    """Train and test accuracy per epoch of the best trials, side by side."""
+    from .plots import summary_plot_for_runs
+
+    return summary_plot_for_runs(records(study, top), "acc")
+
+
+PLOTS = {"history": plot_history, "importances": plot_importances, "epochs": plot_epochs, "top_runs": plot_top_runs}
+
+
+def figure(study, name: str, images_dir=None, prefix="sweep_", top=3):
+    """One of the PLOTS, saved as IMAGES_DIR/<prefix><name>.png when images_dir is given; None
+    (with the reason printed) when Optuna cannot draw it yet, e.g. importances of one trial."""
+    from .plots import save
+
+    draw = PLOTS[name] if name != "top_runs" else (lambda s: plot_top_runs(s, top))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # "experimental" notices and few-trials caveats
+            fig = draw(study)
+    except (ValueError, RuntimeError, KeyError) as e:
+        print(f"{name} plot skipped: {e}", file=sys.stderr)
+        return None
+    if images_dir:
+        save(fig, Path(images_dir) / f"{prefix}{name}.png")
+    return fig
+
+
+def save_plots(study, folder, prefix="sweep_", top=3) -> list[Path]:
+    """All the PLOTS as PNGs in `folder`."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name in PLOTS:
+        fig = figure(study, name, folder, prefix, top)
+        if fig is not None:
+            paths.append(Path(folder) / f"{prefix}{name}.png")
+            plt.close(fig)
+    return paths
+
+
+# --------------------------------------------------------------------------- CLI
+
+def get_parser() -> argparse.ArgumentParser:
+    p = get_args_parser()   # --recipe, --data, --data-dir, --limit, --device, --threads, --epochs ... as train/benchmark
+    p.prog = "python -m helpers.sweep"
+    p.description = __doc__.split("\n\n")[0]
+    p.set_defaults(recipe="fast")
+    p.add_argument("--space", required=True, help="search space: a JSON file, or a name in helpers/spaces/ "
+                   f"({', '.join(sorted(s.stem for s in SPACES.glob('*.json')))})")
+    p.add_argument("--trials", type=positive_int, required=True,
+                   help="finish this many trials (complete or pruned), all workers together")
+    p.add_argument("--study", required=True, help="study name; runs/sweeps/STUDY/ holds its trials' run folders")
+    p.add_argument("--storage", help="SQLAlchemy URL shared by workers on several machines, e.g. "
+                                     "postgresql://user:pw@host/db (default: runs/sweeps/STUDY/study.db, SQLite)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes on this machine, each with cores/WORKERS threads unless --threads")
+    p.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
+                   help="stop weak trials early: median of earlier trials at the same epoch, or successive halving")
+    p.add_argument("--heartbeat", type=positive_int, default=60,
+                   help="seconds between a worker's signs of life; a trial silent for 3 of them counts as failed")
+    p.add_argument("--top", type=positive_int, default=5, help="rows of the best-trials table")
+    p.add_argument("--root", default=str(ROOT), help="folder of the studies' folders (default: runs/sweeps)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set on the processes --workers starts
+    return p
+
+
+def _settings(args, space: Space) -> dict:
+    overrides = {k: v for k, v in dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                                       lr=args.lr, precision=args.precision).items() if v is not None}
+    clash = sorted(set(overrides) & set(space.spec))
+    if clash:
+        raise SweepError(f"{', '.join(clash)} both fixed by a flag and listed in the space; keep one")
+    return dict(recipe=args.recipe, overrides=overrides, space=space.spec, data=args.data, limit=args.limit,
+                seed=args.seed, pruner=args.pruner, data_dir=args.data_dir)
+
+
+def _prepare(args):
+    if args.data == "folder":
+        if not args.data_dir:
+            raise SweepError("--data folder needs --data-dir DIR (a folder holding train/ and test/), "
+                             "or use --data synthetic")
+        if not Path(args.data_dir).is_dir():
+            raise SweepError(f"--data-dir {args.data_dir} does not exist")
+    if args.lr is not None and not args.lr > 0:
+        raise SweepError(f"--lr must be > 0, got {args.lr}")
+    base = get_recipe(args.recipe)
+    space = load_space(args.space, base)
+    settings = _settings(args, space)
+    recipe = get_recipe(args.recipe, **settings["overrides"])
+    return recipe, space, settings
+
+
+def _finished(study) -> int:
+    return len(study.get_trials(deepcopy=False, states=DONE))
+
+
+def work(args, study: optuna.Study, recipe: Recipe, space: Space):
+    """One worker: run trials until the study holds --trials finished ones."""
+    optuna.storages.fail_stale_trials(study)   # trials of dead workers -> FAIL (and a retry), before counting
+    # a running trial counts, so that workers finishing at different times stop at --trials, not past it
+    counted = (*DONE, TrialState.RUNNING)
+    if len(study.get_trials(deepcopy=False, states=counted)) >= args.trials:
+        return study
+    objective = Objective(recipe, space, study_dir(args.study, args.root), args.data, args.data_dir, args.limit,
+                          args.device, args.seed, args.threads)
+    study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=counted)],
+                   gc_after_trial=True)
+    return study
+
+
+def spawn(args, argv) -> int:
+    """Start --workers processes of this same command on this machine; wait for all of them."""
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    procs = []
+    for i in range(args.workers):
+        cmd = [sys.executable, "-m", "helpers.sweep", *argv, "--worker-index", str(i), "--threads", str(threads)]
+        procs.append(subprocess.Popen(cmd))
+    codes = [p.wait() for p in procs]
+    bad = [f"worker {i} exited with code {c}" for i, c in enumerate(codes) if c]
+    if bad:
+        print("error: " + "; ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = get_parser()
+    args = p.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.worker_index is not None or args.workers == 1
+                                 else optuna.logging.WARNING)
+    try:
+        recipe, space, settings = _prepare(args)
+        # create (or check) the study once, before any worker starts
+        study = open_study(args.study, args.storage, args.root, settings, args.pruner, args.trials, args.heartbeat)
+        if _finished(study) >= args.trials and args.worker_index is None:
+            print(f"study {args.study} already holds {_finished(study)} finished trials (--trials {args.trials}); "
+                  "raise --trials to run more", file=sys.stderr)
+        elif args.workers > 1 and args.worker_index is None:
+            t0 = time.perf_counter()
+            rc = spawn(args, argv)
+            print(f"{args.workers} workers done in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
+            if rc:
+                return rc
+        else:
+            study = work(args, study, recipe, space)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.worker_index is not None:
+        return 0
+    # the results, where people look: the table here, the plots next to the trials
+    import matplotlib
+
+    matplotlib.use("Agg")
+    print(summary(study))
+    print(table(study, args.top))
+    plots = save_plots(study, study_dir(args.study, args.root) / "plots", prefix="")
+    if plots:
+        print(f"plots: {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
