@@ -300,7 +300,9 @@ def load_splits(source: str, data_dir=None, limit: int | None = None, cache_dir=
 def channel_stats(images: torch.Tensor):
     """Per-channel mean and std of uint8 images, on the 0..1 scale."""
     x = images.float().div_(255)
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+    # a constant channel (e.g. grey-scale images stored as RGB with one flat channel) has std 0:
+    # floor it, or normalising divides by zero and the whitening init fails on NaNs
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1 / 255).tolist()
 
 
 # --------------------------------------------------------------------------- augmentation

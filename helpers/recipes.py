@@ -74,7 +74,10 @@ class Recipe:
     def validate(self) -> "Recipe":
         from .model import list_models
 
-        problems = []
+        problems = [f"{f.name} must be {_KIND[f.type]}, got {getattr(self, f.name)!r}"
+                    for f in fields(self) if not _has_type(getattr(self, f.name), f.type)]
+        if problems:  # wrong types would only fail later, deep inside the scheduler or a model
+            raise ValueError("invalid recipe: " + "; ".join(problems))
         if self.model not in list_models():
             problems.append(f"unknown model {self.model!r} (known: {', '.join(list_models())})")
         if self.epochs < 1:
@@ -107,6 +110,18 @@ class Recipe:
         if problems:
             raise ValueError("invalid recipe: " + "; ".join(problems))
         return self
+
+
+_KIND = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+         "dict": "a dict of model arguments"}
+
+
+def _has_type(value, kind: str) -> bool:
+    # annotations are strings here (from __future__ import annotations); bool is not a number
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, {"int": int, "bool": bool, "str": str, "dict": dict}[kind]) and \
+        not (kind == "int" and isinstance(value, bool))
 
 
 # few epochs on a CPU: small whitened GELU net, big batches, short warmup then linear decay,

@@ -216,3 +216,27 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
     assert T.main(args) == 0
     assert T.main(args) == 2 and "--resume" in capsys.readouterr().err
     assert T.main(args + ["--resume"]) == 0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 1.5, "epochs must be an integer, got 1.5"),
+    ("lr", "abc", "lr must be a number"),
+    ("flip", 1, "flip must be true or false"),
+    ("batch_size", True, "batch_size must be an integer"),
+    ("model_kwargs", "gelu", "model_kwargs must be a dict"),
+])
+def test_recipe_rejects_wrong_types_from_python_too(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        T.Trial(**{**SMALL, field: value})
+
+
+def test_a_constant_colour_channel_still_trains():
+    # std 0 in one channel would divide by zero when normalising and break the whitening init
+    ds = load_split("synthetic", "train", limit=120)
+    ds.images[:, 2] = 128
+    mean, std = channel_stats(ds.images)
+    assert min(std) > 0
+    x, _ = next(iter(Loader(ds, 40, train=False, mean=mean, std=std)))
+    net = build_model("fast")
+    net.prep.init_whitening(x)
+    assert torch.isfinite(net(x)).all()
