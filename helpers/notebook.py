@@ -8,32 +8,57 @@ import sys
 from pathlib import Path
 
 from .data import SOURCES
-from .model import list_models
-from .recipes import RECIPES
+from .model import build_model, list_models
+from .recipes import PRECISIONS, RECIPES, get_recipe
 
 
-def check_params(data, data_dir=None, model=None, epochs=1, limit=None, recipe=None, precision=None, **_ignored):
-    """Fail early, in the notebook's first cell, with one message naming every bad parameter."""
+def check_params(data, data_dir=None, model=None, epochs=None, limit=None, recipe="seed", precision=None,
+                 batch_size=None, cli=False, **_ignored):
+    """Fail early, in the notebook's first cell, with one message naming every bad parameter.
+
+    Returns the recipe the parameters resolve to: None means "the recipe's value", so changing
+    only `recipe` switches model, epochs, batch size and precision together. `cli=True` names the
+    options as `python -m helpers.pipeline` spells them (--data-dir), for its own early check.
+    """
+    def name(key, value):
+        return f"--{key.replace('_', '-')} {value}" if cli else f"{key}={value!r}"
+
     problems = []
     if data not in SOURCES:
-        problems.append(f"data={data!r}: use one of {', '.join(SOURCES)}")
+        problems.append(f"{name('data', data)}: use one of {', '.join(SOURCES)}")
     if data == "folder" and not data_dir:
-        problems.append("data='folder' needs data_dir: a folder holding train/<class>/ and test/<class>/")
+        problems.append(f"{name('data', 'folder')} needs {'--data-dir' if cli else 'data_dir'}: "
+                        "a folder holding train/<class>/ and test/<class>/")
     elif data == "folder" and not Path(data_dir).is_dir():
-        problems.append(f"data_dir={data_dir!r} does not exist (relative paths start at the project root)")
+        problems.append(f"{name('data_dir', data_dir)} does not exist (relative paths start at the project root)")
+    if recipe not in RECIPES:
+        problems.append(f"{name('recipe', recipe)}: known recipes are {', '.join(sorted(RECIPES))}")
     if model is not None and model not in list_models():
-        problems.append(f"model={model!r}: known models are {', '.join(list_models())}")
-    if recipe is not None and recipe not in RECIPES:
-        problems.append(f"recipe={recipe!r}: known recipes are {', '.join(sorted(RECIPES))}")
-    if precision not in (None, "fp32", "bf16"):
-        problems.append(f"precision={precision!r}: use None (the recipe's), 'fp32' or 'bf16'")
-    if not isinstance(epochs, int) or epochs < 1:
-        problems.append(f"epochs={epochs!r}: must be a positive integer")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        problems.append(f"limit={limit!r}: must be a positive integer (images per split) or None for all")
+        problems.append(f"{name('model', model)}: known models are {', '.join(list_models())} (or None: the recipe's)")
+    if precision is not None and precision not in PRECISIONS:
+        problems.append(f"{name('precision', precision)}: use None (the recipe's) or one of {', '.join(PRECISIONS)}")
+    for key, value, none in (("epochs", epochs, "the recipe's"), ("batch_size", batch_size, "the recipe's"),
+                             ("limit", limit, "all images")):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"{name(key, value)}: must be a positive integer" + ("" if cli else f", or None ({none})"))
+    r = None
+    if not problems:
+        r = get_recipe(recipe, model=model, epochs=epochs, batch_size=batch_size, precision=precision)
+        try:  # a recipe's model settings (e.g. fast's GELU) may not fit another model
+            build_model(r.model, **r.model_kwargs)
+        except ValueError as e:
+            problems.append(f"{name('model', model)} with {name('recipe', recipe)}: {e}; keep model None "
+                            "or pick the recipe made for that model")
+        # the training loader drops the last partial batch, so a smaller split would train on nothing
+        if limit is not None and limit < r.batch_size:
+            problems.append(f"{name('limit', limit)} keeps fewer training images than one batch of "
+                            f"{r.batch_size} (recipe {recipe!r}): raise {'--limit' if cli else 'limit'} or set "
+                            f"{'--batch-size' if cli else 'batch_size'} to at most {limit}")
     if problems:
-        raise ValueError("bad notebook parameters:\n  " + "\n  ".join(problems))
-    print(f"parameters ok: data={data} model={model} epochs={epochs} limit={limit}")
+        raise ValueError(f"bad {'options' if cli else 'notebook parameters'}:\n  " + "\n  ".join(problems))
+    print(f"parameters ok: data={data} recipe={recipe}: model={r.model} epochs={r.epochs} "
+          f"batch_size={r.batch_size} precision={r.precision} limit={limit}")
+    return r
 
 
 def summary(model, input_size=(3, 32, 32)):

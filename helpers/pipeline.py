@@ -1,19 +1,26 @@
-"""Run notebooks 01 -> 04 headless with papermill, the same parameters for each.
+"""The main job: run notebooks 01 -> 04 headless with papermill, the same parameters for each.
 
-    python -m helpers.pipeline --smoke                     # synthetic data, 1 epoch: about a minute on CPU
-    python -m helpers.pipeline --data folder --data-dir ../shared/data/cifar10-jpeg-dev
+    python -m helpers.pipeline --smoke                  # synthetic data, 1 epoch: about a minute on CPU
+    python -m helpers.pipeline --data folder --data-dir ../shared/data/cifar10-jpeg-dev --recipe fast
+    python -m helpers.pipeline ... --publish            # also update notebooks/, images/ and README's note
 
-Executed copies go to OUT/notebooks/ (never over the committed notebooks). `--publish`
-copies them back into notebooks/ after removing papermill's run metadata and the
-injected-parameters cell, whose values go into a note at the top of each notebook.
+Every run has its own folder, runs/pipeline/<recipe>-s<seed> (runs/smoke/... with --smoke): the
+training run's checkpoint.pt and history.json, notebooks/ (the executed copies) and images/ (their
+figures). Nothing under notebooks/, images/ or README.md changes unless --publish: then the cleaned
+notebooks, their figures and the provenance notes are all replaced from this one run, so what the
+repository shows always belongs together.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
+import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,46 +28,88 @@ import torch
 
 from .model import list_models
 from .notebook import check_params
-from .recipes import RECIPES
+from .recipes import PRECISIONS, RECIPES, get_recipe
+from .train import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-SMOKE = dict(data="synthetic", data_dir=None, epochs=1, limit=200)
-
-
-def notebook_paths():
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-
-
-def run(params: dict, out: Path, log=print) -> list[Path]:
-    """Execute every notebook in order; stop at the first failing cell with a short message."""
-    import papermill as pm
-
-    executed_dir = out / "notebooks"
-    executed_dir.mkdir(parents=True, exist_ok=True)
-    done = []
-    for nb in notebook_paths():
-        target = executed_dir / nb.name
-        declared = pm.inspect_notebook(str(nb))  # pass each notebook only the parameters it declares
-        t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(str(nb), str(target), parameters={k: v for k, v in params.items() if k in declared},
-                                cwd=str(ROOT), kernel_name="python3",
-                                progress_bar=False, log_output=False)
-        except pm.PapermillExecutionError as e:
-            raise PipelineError(f"{nb.name} failed in cell {e.exec_count or e.cell_index}: {e.ename}: "
-                                f"{e.evalue.strip()}\n(executed copy with the full traceback: {target})") from None
-        log(f"{nb.name}: ok in {time.perf_counter() - t0:.0f}s -> {target}")
-        done.append(target)
-    return done
+# the main job's notebooks, in order; later notebooks (05_sweep, ...) have their own commands
+MAIN_JOB = ("01_explore_data", "02_model_summary", "03_train", "04_analyze_errors")
+# --smoke: a few steps of everything. The batch is small so that every recipe (fast and long
+# batch 256) gets several steps from the 200 images instead of none (drop_last)
+SMOKE = dict(data="synthetic", epochs=1, limit=200, batch_size=50)
+# figures that --publish leaves alone: drawn by `python -m helpers.diagram`, one per model, not per run
+NOT_PUBLISHED = ("model_architecture*.png",)
+REPO_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?/[A-Za-z0-9._-]+")
+README_NOTE = re.compile(r"(<!-- figures-provenance -->\n).*?(\n<!-- /figures-provenance -->)", re.S)
+NOTE_START = "> **Outputs below**"
 
 
 class PipelineError(RuntimeError):
     pass
 
 
+def notebook_paths(notebooks: Path | None = None) -> list[Path]:
+    """The main job's notebooks (01 -> 04), in order."""
+    folder = notebooks or NOTEBOOKS
+    return [folder / f"{name}.ipynb" for name in MAIN_JOB]
+
+
+def kernel_config(tmp: str):
+    """Kernels talk to papermill over Unix sockets in `tmp` instead of localhost TCP.
+
+    Over TCP ipykernel warns, once per notebook, that the channel is unencrypted; a Unix socket
+    in a private temporary folder never leaves the machine, so the warning no longer applies.
+    (Windows has no IPC transport: there it stays TCP.)
+    """
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(Path(tmp) / "kernel")
+    return config
+
+
+def run(params: dict, out: Path, log=print, done: list | None = None) -> list[Path]:
+    """Execute the notebooks in order; stop at the first failing cell with a short message.
+
+    Paths in `params` are relative to the project root (the notebooks run there), `out` too or absolute.
+    `done` collects the executed copies as they are written, the failed one included.
+    """
+    import papermill as pm
+
+    executed_dir = ROOT / out / "notebooks"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    done = [] if done is None else done
+    with tempfile.TemporaryDirectory(prefix="pipeline-kernel-") as tmp:
+        for nb in notebook_paths():
+            target = executed_dir / nb.name
+            declared = pm.inspect_notebook(str(nb))  # pass each notebook only the parameters it declares
+            t0 = time.perf_counter()
+            done.append(target)
+            try:
+                pm.execute_notebook(str(nb), str(target),
+                                    parameters={k: v for k, v in params.items() if k in declared},
+                                    cwd=str(ROOT), kernel_name="python3", progress_bar=False, log_output=False,
+                                    config=kernel_config(tmp))
+            except pm.PapermillExecutionError as e:
+                raise PipelineError(f"{nb.name} failed in cell {e.exec_count or e.cell_index}: {e.ename}: "
+                                    f"{e.evalue.strip()}\n(executed copy with the full traceback: {target})") from None
+            log(f"{nb.name}: ok in {time.perf_counter() - t0:.0f}s -> {target}")
+    return done
+
+
+def label(nb: dict, note: str) -> dict:
+    """Put `note` at the end of the first (title) cell, replacing an earlier run's note."""
+    first = "".join(nb["cells"][0]["source"])
+    first = first.split("\n\n" + NOTE_START)[0].rstrip("\n")
+    nb["cells"][0]["source"] = first + "\n\n" + note
+    return nb
+
+
 def clean(nb: dict, note: str | None = None) -> dict:
-    """Strip papermill metadata and the injected-parameters cell; optionally add a provenance note."""
+    """Strip papermill metadata and the injected-parameters cell; optionally set the provenance note."""
     nb["metadata"].pop("papermill", None)
     cells = []
     for cell in nb["cells"]:
@@ -69,97 +118,216 @@ def clean(nb: dict, note: str | None = None) -> dict:
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             continue
         cells.append(cell)
-    if note:
-        cells[0]["source"] = "".join(cells[0]["source"]) + "\n\n> " + note
     nb["cells"] = cells
-    return nb
+    return label(nb, note) if note else nb
 
 
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"1x {torch.cuda.get_device_name(0)}"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' * (n != 1)})"
 
 
-def publish(executed: list[Path], params: dict, log=print):
-    """Copy executed notebooks over the committed ones, cleaned and labelled."""
-    data = {"folder": "JPEG CIFAR-10 dev split (45,000 train / 5,000 test)" if params.get("data_dir") and
-            "jpeg" in str(params["data_dir"]) else f"ImageFolder {params.get('data_dir')}",
-            "cifar10": "CIFAR-10 (official train / test)", "synthetic": "synthetic data"}[params["data"]]
-    shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-    note = (f"**Outputs below** come from a real run on {hardware()}, data: {data}, recipe `{params['recipe']}`, "
-            f"{params['epochs']} epochs, seed {params['seed']}; run with `python -m helpers.pipeline` parameters: "
-            f"{shown}.")
+def describe_data(data: str, data_dir, limit) -> str:
+    if data == "folder":
+        text = ("JPEG CIFAR-10 dev split (45,000 train / 5,000 test)" if "cifar10-jpeg-dev" in str(data_dir)
+                else f"ImageFolder {data_dir}")
+    else:
+        text = {"cifar10": "CIFAR-10 (official train / test)", "synthetic": "synthetic data"}[data]
+    return text + (f", first {limit} images of each split" if limit else "")
+
+
+def provenance(params: dict, run_dir: Path, command: str) -> str:
+    """One line saying where the outputs come from: hardware, data, recipe as run, seed, command."""
+    try:
+        config = json.loads((ROOT / run_dir / "history.json").read_text())["config"]
+        r = config["recipe"]
+        how = (f"model `{r['model']}`, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, batch {r['batch_size']}, "
+               f"precision {r['precision']}")
+    except (OSError, KeyError, ValueError):  # no finished training (a failed run): say what was asked
+        how = "settings as in the command"
+    return (f"{NOTE_START} come from a real run on {hardware()}; data: "
+            f"{describe_data(params['data'], params['data_dir'], params['limit'])}; recipe `{params['recipe']}` "
+            f"({how}), seed {params['seed']}; command: `{command}`.")
+
+
+def publish(executed: list[Path], images: Path, note: str, root: Path | None = None, log=print):
+    """Replace the committed notebooks, figures and README's figure note with one run's, together."""
+    root = root or ROOT
+    home = str(Path.home())
     for path in executed:
-        nb = clean(json.loads(path.read_text()), note)
-        text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
-        home = str(Path.home())
-        if str(ROOT) in text or home in text:
-            text = text.replace(str(ROOT), ".").replace(home, "~")
-        (NOTEBOOKS / path.name).write_text(text)
-        log(f"published {path.name}")
+        text = json.dumps(clean(json.loads(path.read_text()), note), indent=1, ensure_ascii=False) + "\n"
+        text = text.replace(str(ROOT), ".").replace(home, "~")  # where the notebooks ran: no machine paths
+        (root / "notebooks" / path.name).write_text(text)
+        log(f"published notebooks/{path.name}")
+    kept = {p for pattern in NOT_PUBLISHED for p in images.glob(pattern)}
+    figures = sorted(set(images.glob("*.png")) - kept)
+    (root / "images").mkdir(exist_ok=True)
+    for fig in figures:
+        shutil.copyfile(fig, root / "images" / fig.name)
+    log(f"published {len(figures)} figures to images/: {', '.join(f.name for f in figures)}")
+    readme = root / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    if README_NOTE.search(text):
+        readme.write_text(README_NOTE.sub(lambda m: m.group(1) + note.replace(NOTE_START, "The figures below")
+                                          + m.group(2), text))
+        log("published README.md's figure note")
+    else:
+        log("README.md has no <!-- figures-provenance --> block: its figure note was not updated")
 
 
-def set_repo(repo: str, log=print):
-    """Point every badge and setup cell at github.com/<repo>."""
-    for nb in notebook_paths():
-        text = nb.read_text()
-        new = re.sub(r"colab\.research\.google\.com/github/[^/\s]+/[^/\s]+/blob/",
-                     f"colab.research.google.com/github/{repo}/blob/", text)
-        new = re.sub(r'REPO = \\"[^"\\]+\\"', f'REPO = \\\\"{repo}\\\\"', new)
+def set_repo(repo: str, root: Path | None = None, log=print) -> list[Path]:
+    """Point every Colab badge and setup cell, README's badges and helpers.REPO at github.com/<repo>."""
+    root = root or ROOT
+    if not REPO_PATTERN.fullmatch(repo):
+        raise ValueError(f"--set-repo {repo!r}: give the GitHub repository as OWNER/NAME, e.g. you/cifar10-small-cnn")
+    badge = (r"colab\.research\.google\.com/github/[^/\s\"')]+/[^/\s\"')]+/blob/",
+             f"colab.research.google.com/github/{repo}/blob/")
+    init = root / "helpers" / "__init__.py"
+    old = re.search(r'(?m)^REPO = "([^"]*)"', init.read_text())
+    rules = {  # file -> (pattern, replacement) pairs
+        **{nb: [badge, (r'REPO = \\"[^"\\]+\\"', f'REPO = \\\\"{repo}\\\\"')]
+           for nb in sorted((root / "notebooks").glob("*.ipynb"))},  # every notebook, not only the main job's
+        init: [(r'(?m)^REPO = "[^"]*"', f'REPO = "{repo}"')],
+        # README: its Colab links, and where its prose names the repository
+        root / "README.md": [badge] + ([(re.escape(f"`{old.group(1)}`"), f"`{repo}`")] if old else []),
+    }
+    changed = []
+    for path, subs in rules.items():
+        if not path.exists():
+            continue
+        text = new = path.read_text()
+        for pattern, replacement in subs:
+            new = re.sub(pattern, replacement, new)
         if new != text:
-            nb.write_text(new)
-            log(f"{nb.name}: repository set to {repo}")
+            path.write_text(new)
+            changed.append(path)
+            log(f"{path.relative_to(root)}: repository set to {repo}")
+    return changed
+
+
+def default_out(recipe: str, seed: int, smoke: bool) -> Path:
+    """One folder per recipe and seed, so runs with other settings never meet the same checkpoint."""
+    return Path("runs") / ("smoke" if smoke else "pipeline") / f"{recipe}-s{seed}"
+
+
+def rooted(path) -> str | None:
+    """A path given from the current folder, as the notebooks see it: relative to the project root
+    (so no machine path lands in their outputs, wherever the command was started)."""
+    return None if path is None else os.path.relpath(Path(path).resolve(), ROOT)
+
+
+def resolve(args) -> tuple[dict, Path]:
+    """The notebooks' parameters and the output folder (relative to the project root) for parsed arguments."""
+    out = Path(rooted(args.out)) if args.out else default_out(args.recipe, args.seed, args.smoke)
+    params = dict(data=args.data or "cifar10", data_dir=rooted(args.data_dir), recipe=args.recipe,
+                  model=args.model, epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,
+                  limit=args.limit, device=args.device, seed=args.seed, out_dir=rooted(args.run_dir) or str(out),
+                  images_dir=rooted(args.images_dir) or str(out / "images"),
+                  compare=[rooted(d) for d in args.compare])
+    if args.smoke:  # explicit options win over the smoke defaults (e.g. --smoke --data folder --data-dir D)
+        params |= {k: v for k, v in SMOKE.items() if getattr(args, k) is None}
+    return params, out
+
+
+def check_run_dir(params: dict) -> None:
+    """Before any notebook runs: a checkpoint in the run folder must be this run's, or notebook 03 would
+    stop half-way. Compares what the user chose; fields resolved per device ("auto") are not compared."""
+    history = ROOT / params["out_dir"] / "history.json"
+    if not history.exists():
+        return
+    saved = json.loads(history.read_text())["config"]
+    want = get_recipe(params["recipe"], model=params["model"], epochs=params["epochs"],
+                      batch_size=params["batch_size"], precision=params["precision"]).to_dict()
+    have = dict(saved["recipe"], seed=saved.get("seed"), data=saved.get("data"), limit=saved.get("limit"),
+                data_dir=saved.get("data_dir"))
+    want |= dict(seed=params["seed"], data=params["data"], limit=params["limit"],
+                 data_dir=str(params["data_dir"]) if params["data_dir"] else None)
+    diffs = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items()
+             if v != "auto" and k in have and have[k] != v and
+             not (k == "data_dir" and v and have[k] and Path(v).resolve() == Path(have[k]).resolve())]
+    if diffs:
+        raise PipelineError(f"{params['out_dir']} holds a run with other settings ({'; '.join(diffs)}): "
+                            f"pass --run-dir NEW_FOLDER for a new run, or delete that folder")
 
 
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m helpers.pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="synthetic data, 1 epoch, 200 images: a quick check")
-    p.add_argument("--data", default="cifar10", choices=["cifar10", "folder", "synthetic"])
+    p.add_argument("--smoke", action="store_true",
+                   help=f"a quick check: {SMOKE['limit']} images per split, {SMOKE['epochs']} epoch, batch "
+                        f"{SMOKE['batch_size']}, synthetic data unless --data is given; starts afresh each time")
+    p.add_argument("--data", choices=["cifar10", "folder", "synthetic"],
+                   help="cifar10 (downloads), folder (ImageFolder, with --data-dir) or synthetic "
+                        "(default: cifar10; synthetic with --smoke)")
     p.add_argument("--data-dir", help="ImageFolder root with train/ and test/ (for --data folder)")
-    p.add_argument("--recipe", default="seed", choices=sorted(RECIPES))
+    p.add_argument("--recipe", default="seed", choices=sorted(RECIPES), help="training recipe (default: %(default)s)")
     p.add_argument("--model", help="model name (default: the recipe's)", choices=list_models())
-    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
-    p.add_argument("--limit", type=int, help="images per split (default: all)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="autocast precision (default: the recipe's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="executed notebooks go to OUT/notebooks (default: runs/pipeline, "
-                                 "or runs/smoke with --smoke)")
-    p.add_argument("--run-dir", help="run folder for checkpoint/history (default: OUT/run)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size (default: the recipe's)")
+    p.add_argument("--limit", type=positive_int, help="images per split, class-balanced (default: all)")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default: the recipe's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch in every notebook "
+                                                         "(default: torch's choice, one per core)")
+    p.add_argument("--out", help="run folder: executed notebooks in OUT/notebooks, figures in OUT/images "
+                                 "(default: runs/pipeline/RECIPE-sSEED, runs/smoke/RECIPE-sSEED with --smoke)")
+    p.add_argument("--run-dir", help="training run folder for checkpoint.pt and history.json (default: OUT)")
     p.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR",
                    help="more run folders for notebook 04's side-by-side curves")
-    p.add_argument("--images-dir", help="figures (default: images/, or OUT/images with --smoke)")
-    p.add_argument("--publish", action="store_true", help="copy the cleaned executed notebooks into notebooks/")
-    p.add_argument("--set-repo", metavar="OWNER/NAME", help="rewrite the Colab badges and setup cells, then exit")
+    p.add_argument("--images-dir", help="where the notebooks save their figures (default: OUT/images)")
+    p.add_argument("--publish", action="store_true",
+                   help="after a successful run, replace notebooks/ 01-04, images/ and README's figure note "
+                        "with this run's (then commit them together)")
+    p.add_argument("--set-repo", metavar="OWNER/NAME",
+                   help="point the Colab badges, the notebooks' setup cells and helpers.REPO at "
+                        "github.com/OWNER/NAME, then exit")
     return p
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = get_parser()
+    args = p.parse_args(argv)
     if args.set_repo:
-        set_repo(args.set_repo)
+        try:
+            set_repo(args.set_repo)
+        except ValueError as e:
+            p.error(str(e))
         return 0
-    out = Path(args.out or ("runs/smoke" if args.smoke else "runs/pipeline"))
-    recipe = RECIPES[args.recipe]
-    params = dict(data=args.data, data_dir=args.data_dir, model=args.model or recipe.model, recipe=args.recipe,
-                  epochs=args.epochs or recipe.epochs, precision=args.precision, limit=args.limit,
-                  device=args.device, seed=args.seed, out_dir=args.run_dir or str(out / "run"),
-                  images_dir=args.images_dir or (str(out / "images") if args.smoke else "images"),
-                  compare=args.compare)
-    if args.smoke:
-        params |= {k: v for k, v in SMOKE.items() if not (k == "epochs" and args.epochs)}
+    if args.data_dir and args.data not in (None, "folder"):
+        p.error(f"--data-dir is for --data folder, not --data {args.data}: drop one of them")
+    if args.data_dir and args.data is None:
+        args.data = "folder"  # a data folder given is a data folder meant
+    params, out = resolve(args)
+    if args.threads:  # the kernels inherit the environment; torch reads it when it starts
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    if args.smoke and not (args.out or args.run_dir):
+        shutil.rmtree(ROOT / out, ignore_errors=True)  # a smoke run is disposable: never resume an old one
+    command = shlex.join(["python", "-m", "helpers.pipeline", *argv])
+    executed = []
     try:
-        check_params(**params)
+        check_params(**{**params, "data_dir": params["data_dir"] and str(ROOT / params["data_dir"])}, cli=True)
+        check_run_dir(params)
+        print(f"pipeline: recipe {params['recipe']}, seed {params['seed']}, data {params['data']}; "
+              f"run folder {params['out_dir']}")
         t0 = time.perf_counter()
-        executed = run(params, out)
+        run(params, out, done=executed)
     except (ValueError, PipelineError) as e:
         print(f"pipeline stopped: {e}", file=sys.stderr)
         return 1
-    print(f"pipeline done in {time.perf_counter() - t0:.0f}s; executed notebooks in {out / 'notebooks'}")
+    finally:  # the copies carry the committed notebooks' note, about another run: say which run they show
+        note = provenance(params, params["out_dir"], command)
+        for path in (p for p in executed if p.exists()):
+            path.write_text(json.dumps(label(json.loads(path.read_text()), note), indent=1,
+                                       ensure_ascii=False) + "\n")
+    print(f"pipeline done in {time.perf_counter() - t0:.0f}s; executed notebooks in {out / 'notebooks'}, "
+          f"figures in {params['images_dir']}")
     if args.publish:
-        publish(executed, params)
+        publish(executed, ROOT / params["images_dir"], note)
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from .data import random_flip, random_translate
 
@@ -73,18 +74,56 @@ def show_examples(examples, title="", n=25, ncols=5):
     return show_images(examples["images"][:n], titles, ncols, title + "\ntrue / predicted (confidence)", colors)
 
 
+def recipe_name(recipe: dict) -> str:
+    """The named recipe a run's stored recipe is, or is closest to: "fast", "seed (epochs=1)"."""
+    from .recipes import RECIPES, Recipe
+
+    have = Recipe.from_dict(recipe).to_dict()
+    # precision and compile are stored resolved for the device ("auto" -> "bf16"): not a difference
+    resolved = ("precision", "compile")
+
+    def diffs(name):
+        want = RECIPES[name].to_dict()
+        return {k: v for k, v in have.items() if v != want.get(k) and not (k in resolved and want.get(k) == "auto")}
+
+    name = min(RECIPES, key=lambda n: len(diffs(n)))
+    changed = diffs(name)
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
+
+
+def run_label(record) -> str:
+    """How plots name a run: its recipe and seed, e.g. "fast, seed 0"."""
+    try:
+        return f"{recipe_name(record.config['recipe'])}, seed {record.config['seed']}"
+    except (KeyError, TypeError):  # a history without a stored config: its folder name
+        return record.name
+
+
+def _epoch_axis(ax, epochs):
+    """Whole-number epoch ticks: every epoch for short runs (matplotlib would put 0.95 ... 1.05
+    around a single epoch), at most ~10 integer ticks for long ones."""
+    ax.set_xlabel("epoch")
+    epochs = sorted(set(epochs))
+    if len(epochs) <= 10:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+
+
 def plot_curves(record):
     """Accuracy and loss per epoch, train vs test, for one run."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    name = run_label(record)
     epochs = record.series("epoch")
     a.plot(epochs, [100 * v for v in record.series("train_acc")], "o-", label="train")
     a.plot(epochs, [100 * v for v in record.series("test_acc")], "o-", label="test")
     a.axhline(80, color="gray", ls=":", label="80 % target")
-    a.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{record.name}: accuracy")
+    a.set(ylabel="accuracy (%)", title=f"{name}: accuracy")
     b.plot(epochs, record.series("train_loss"), "o-", label="train")
     b.plot(epochs, record.series("test_loss"), "o-", label="test")
-    b.set(xlabel="epoch", ylabel="loss", title=f"{record.name}: loss")
+    b.set(ylabel="loss", title=f"{name}: loss")
     for ax in (a, b):
+        _epoch_axis(ax, epochs)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -97,10 +136,13 @@ def summary_plot_for_runs(records, metric="acc"):
         raise ValueError(f"metric must be 'acc' or 'loss', got {metric!r}")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     scale = 100 if metric == "acc" else 1
+    labels = [run_label(r) for r in records]
+    labels = [f"{lab} [{r.name}]" if labels.count(lab) > 1 else lab for lab, r in zip(labels, records)]
     for split, ax in zip(("train", "test"), axes):
-        for r in records:
-            ax.plot(r.series("epoch"), [scale * v for v in r.series(f"{split}_{metric}")], "o-", ms=3, label=r.name)
-        ax.set(xlabel="epoch", title=f"{split} {'accuracy (%)' if metric == 'acc' else 'loss'}")
+        for r, lab in zip(records, labels):
+            ax.plot(r.series("epoch"), [scale * v for v in r.series(f"{split}_{metric}")], "o-", ms=3, label=lab)
+        ax.set(title=f"{split} {'accuracy (%)' if metric == 'acc' else 'loss'}")
+        _epoch_axis(ax, [e for r in records for e in r.series("epoch")])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -173,9 +215,9 @@ def show_grad_cam(images, cams, titles, ncols=6):
     return fig
 
 
-def save(fig, path):
+def save(fig, path, dpi=90):
     """Save a figure (creating its folder) at a fixed size, so reruns give comparable files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
     return path

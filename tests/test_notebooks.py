@@ -1,12 +1,19 @@
-"""Notebooks: structure of the committed ones, a papermill smoke run of all four, nbval on its output."""
+"""Notebooks: structure of the committed ones, a papermill smoke run of all four, nbval on its output.
+
+The main job runs notebooks 01-04 only (later ones, e.g. 05_sweep, have their own tests)."""
 import ast
+import contextlib
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 import helpers
 from helpers import pipeline
@@ -14,7 +21,10 @@ from helpers import pipeline
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = pipeline.notebook_paths()
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
-REQUIRED_PARAMS = {"data", "data_dir", "model", "epochs", "limit", "device", "seed", "out_dir"}
+REQUIRED_PARAMS = {"data", "data_dir", "recipe", "model", "epochs", "batch_size", "precision", "limit", "device",
+                   "seed", "out_dir", "images_dir"}
+# None = "the recipe's value": changing `recipe` alone switches model, epochs, batch size, precision
+RECIPE_DEFAULTS = ("model", "epochs", "batch_size", "precision")
 
 
 def load(path):
@@ -27,6 +37,7 @@ def source(cell):
 
 def test_four_numbered_notebooks():
     assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
+    assert all(p.is_file() for p in NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -40,10 +51,10 @@ def test_committed_notebook_structure(path):
     params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
     tree = ast.parse(source(params[0]))
-    names = {t.id for node in tree.body for t in node.targets}
-    assert REQUIRED_PARAMS <= names
-    for node in tree.body:  # plain literals only, so papermill can override them
-        ast.literal_eval(node.value)
+    values = {t.id: ast.literal_eval(node.value)  # plain literals only, so papermill can override them
+              for node in tree.body for t in node.targets}
+    assert REQUIRED_PARAMS <= set(values)
+    assert all(values[k] is None for k in RECIPE_DEFAULTS)
     setup = next(source(c) for c in nb["cells"] if "google.colab" in source(c))
     assert f'REPO = "{helpers.REPO}"' in setup and "-e" not in setup.split()
     if path.name.startswith("03"):
@@ -58,24 +69,79 @@ def test_no_run_metadata_or_machine_paths(path):
         assert fragment not in text, fragment
 
 
+@contextlib.contextmanager
+def capture_fd2():
+    """stderr at the file-descriptor level, where the notebook kernels (child processes) write."""
+    with tempfile.TemporaryFile(mode="w+") as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        captured = []
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            captured.append(f.read())
+
+
+def committed_state():
+    """What the main job must leave alone unless --publish: committed figures, notebooks, README."""
+    figures = [p for p in sorted((ROOT / "images").glob("*.png")) if not p.name.startswith("sweep_")]  # 05's
+    files = [*figures, *NOTEBOOKS, ROOT / "README.md"]
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
 @pytest.fixture(scope="module")
 def smoke_run():
+    # a recipe other than seed: fast's batch of 256 is larger than the smoke split, so this also proves
+    # that smoke works with every recipe (tests/test_pipeline.py resolves the parameters of all of them)
     out = ROOT / "runs" / "test-smoke"  # inside the project, so the notebooks' setup cell finds helpers
     shutil.rmtree(out, ignore_errors=True)
-    rc = pipeline.main(["--smoke", "--out", str(out)])
-    assert rc == 0
-    return out
+    before, threads, env = committed_state(), torch.get_num_threads(), dict(os.environ)
+    try:
+        with capture_fd2() as stderr:
+            rc = pipeline.main(["--smoke", "--recipe", "fast", "--threads", "1", "--out", str(out)])
+    finally:  # --threads sets both for the kernels it starts: give the rest of the suite its own back
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(env)
+    assert rc == 0, stderr[0][-3000:]
+    return dict(out=out, stderr=stderr[0], changed=before != committed_state())
 
 
 def test_smoke_pipeline_runs_all_four(smoke_run):
-    executed = sorted((smoke_run / "notebooks").glob("*.ipynb"))
+    out = smoke_run["out"]
+    executed = sorted((out / "notebooks").glob("*.ipynb"))
     assert [p.name for p in executed] == [p.name for p in NOTEBOOKS]
     for p in executed:
         errors = [o for c in load(p)["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
         assert not errors
-    figures = {p.name for p in (smoke_run / "images").glob("*.png")}
-    assert {"samples.png", "augmentation.png", "curves.png", "misclassified.png", "confusion.png"} <= figures
-    assert (smoke_run / "run" / "checkpoint.pt").exists() and (smoke_run / "run" / "history.json").exists()
+    figures = {p.name for p in (out / "images").glob("*.png")}
+    assert {"samples.png", "augmentation.png", "model_architecture_fast.png", "curves.png", "misclassified.png",
+            "confusion.png", "runs_acc.png"} <= figures
+    assert (out / "checkpoint.pt").exists() and (out / "history.json").exists()
+
+
+def test_smoke_run_leaves_the_committed_files_alone(smoke_run):
+    assert not smoke_run["changed"], "the main job wrote into images/, notebooks/ or README.md without --publish"
+    assert not list(ROOT.glob("kernel-*")), "kernel socket files left in the project root"
+
+
+def test_executed_copies_say_which_run_they_show(smoke_run):
+    for p in sorted((smoke_run["out"] / "notebooks").glob("*.ipynb")):
+        first = source(load(p)["cells"][0])
+        assert first.count("**Outputs below**") == 1, p.name  # the committed notebooks' note is replaced
+        assert "recipe `fast` (model `fast`, 1 epoch, batch 50" in first and "--smoke --recipe fast" in first
+
+
+def test_threads_reach_the_kernels(smoke_run):
+    text = json.dumps(load(smoke_run["out"] / "notebooks" / "03_train.ipynb"))
+    assert "1 thread" in text and "2 threads" not in text
+
+
+def test_no_unencrypted_tcp_warning_from_the_kernels(smoke_run):
+    assert "without encryption" not in smoke_run["stderr"]
 
 
 def nbval(*paths):
@@ -85,19 +151,19 @@ def nbval(*paths):
 
 
 def test_nbval_on_executed_copies(smoke_run):
-    result = nbval(smoke_run / "notebooks")
+    result = nbval(smoke_run["out"] / "notebooks")
     assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_nbval_catches_a_changed_checked_output(smoke_run, tmp_path):
-    nb = load(smoke_run / "notebooks" / "02_model_summary.ipynb")
+    nb = load(smoke_run["out"] / "notebooks" / "02_model_summary.ipynb")
     checked = [c for c in nb["cells"] if "nbval-check-output" in c["metadata"].get("tags", [])]
     assert len(checked) >= 3
     for c in checked:
         for o in c["outputs"]:
             if "text" in o:
                 o["text"] = "".join(o["text"]).replace("PASS", "FAIL")
-    bad = smoke_run / "notebooks" / "tampered_02.ipynb"
+    bad = smoke_run["out"] / "notebooks" / "tampered_02.ipynb"
     bad.write_text(json.dumps(nb))
     try:
         assert nbval(bad).returncode != 0
@@ -109,7 +175,7 @@ def test_bad_parameters_fail_in_the_first_cell_that_uses_them(tmp_path, capsys):
     out = ROOT / "runs" / "test-bad-params"
     try:
         assert pipeline.main(["--data", "folder", "--out", str(out)]) == 1
-        assert "needs data_dir" in capsys.readouterr().err
+        assert "needs --data-dir" in capsys.readouterr().err
         # past the pipeline's own check, the notebook's check cell stops it with a clear message
         with pytest.raises(pipeline.PipelineError, match=r"01_explore_data.ipynb failed in cell \d+: "
                                                         r"ValueError: bad notebook parameters"):
@@ -119,19 +185,8 @@ def test_bad_parameters_fail_in_the_first_cell_that_uses_them(tmp_path, capsys):
 
 
 def test_clean_strips_papermill_and_labels(smoke_run):
-    nb = pipeline.clean(load(smoke_run / "notebooks" / "03_train.ipynb"), note="run on X")
+    note = "> **Outputs below** come from X"
+    nb = pipeline.clean(load(smoke_run["out"] / "notebooks" / "03_train.ipynb"), note=note)
     text = json.dumps(nb)
     assert '"papermill"' not in text and "injected-parameters" not in text
-    assert source(nb["cells"][0]).endswith("> run on X")
-
-
-def test_set_repo_rewrites_badges_and_setup(tmp_path, monkeypatch):
-    for p in NOTEBOOKS:
-        shutil.copy(p, tmp_path / p.name)
-    monkeypatch.setattr(pipeline, "NOTEBOOKS", tmp_path)
-    pipeline.set_repo("someone/elsewhere")
-    for p in pipeline.notebook_paths():
-        nb = load(p)
-        assert "github/someone/elsewhere/blob/main/notebooks/" + p.name in source(nb["cells"][0])
-        assert any('REPO = "someone/elsewhere"' in source(c) for c in nb["cells"])
-        assert helpers.REPO not in p.read_text()
+    assert source(nb["cells"][0]).endswith(note) and source(nb["cells"][0]).count("**Outputs below**") == 1

@@ -1,0 +1,264 @@
+"""The main job's command line, without running notebooks (tests/test_notebooks.py runs them):
+option checks, parameter resolution for every recipe, run folders, --publish, --set-repo, plot labels."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+import helpers  # noqa: E402
+from helpers import pipeline, plots  # noqa: E402
+from helpers.notebook import check_params  # noqa: E402
+from helpers.recipes import PRECISIONS, RECIPES, get_recipe  # noqa: E402
+from helpers.train import Record  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve(*argv):
+    return pipeline.resolve(pipeline.get_parser().parse_args(list(argv)))
+
+
+def no_notebooks(monkeypatch):
+    """Make any attempt to execute a notebook fail the test: these checks must stop before."""
+    def run(*a, **k):
+        raise AssertionError("a notebook ran")
+    monkeypatch.setattr(pipeline, "run", run)
+
+
+# --------------------------------------------------------------------------- options
+
+@pytest.mark.parametrize("option", ["--epochs", "--limit", "--threads", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_zero_and_negative_counts_are_rejected(option, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        pipeline.main([option, value])
+    assert e.value.code == 2
+    assert f"argument {option}: must be a positive integer, got {value}" in capsys.readouterr().err
+
+
+def test_precision_choices_are_the_recipes():
+    action = next(a for a in pipeline.get_parser()._actions if a.dest == "precision")
+    assert tuple(action.choices) == PRECISIONS
+    for p in PRECISIONS:
+        assert check_params("synthetic", precision=p).precision == p
+
+
+def test_data_dir_with_another_source_is_one_clear_error(monkeypatch, capsys):
+    no_notebooks(monkeypatch)
+    with pytest.raises(SystemExit):
+        pipeline.main(["--data", "synthetic", "--data-dir", "somewhere"])
+    assert "--data-dir is for --data folder" in capsys.readouterr().err
+
+
+def test_missing_data_dir_names_the_option(monkeypatch, capsys):
+    no_notebooks(monkeypatch)
+    assert pipeline.main(["--data", "folder", "--out", "runs/test-never"]) == 1
+    assert "--data folder needs --data-dir" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- smoke and batch size
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_smoke_parameters_train_at_least_one_step_with_every_recipe(recipe):
+    params, _ = resolve("--smoke", "--recipe", recipe)
+    r = check_params(**params)  # what every notebook's first cell resolves
+    assert params["limit"] // r.batch_size >= 2  # full batches per epoch (the loader drops the last partial)
+    assert r.epochs == 1 and params["data"] == "synthetic"
+
+
+def test_smoke_keeps_the_data_it_is_given():
+    params, _ = resolve("--smoke", "--data", "folder", "--data-dir", "../shared/data/cifar10-jpeg-dev")
+    assert params["data"] == "folder" and params["data_dir"] == "../shared/data/cifar10-jpeg-dev"
+    assert params["limit"] == pipeline.SMOKE["limit"]
+    params, _ = resolve("--smoke", "--epochs", "2", "--batch-size", "20")
+    assert (params["epochs"], params["batch_size"]) == (2, 20)
+
+
+def test_a_split_smaller_than_a_batch_is_one_clear_error(monkeypatch, capsys):
+    no_notebooks(monkeypatch)
+    assert pipeline.main(["--recipe", "fast", "--data", "synthetic", "--limit", "100"]) == 1
+    err = capsys.readouterr().err
+    assert "--limit 100 keeps fewer training images than one batch of 256" in err
+    assert "--batch-size" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match=r"limit=100 keeps fewer training images .* set batch_size"):
+        check_params("synthetic", recipe="fast", limit=100)
+
+
+def test_changing_only_the_recipe_changes_model_and_epochs():
+    # what a Colab user does: recipe = "fast" and nothing else (model, epochs, ... stay None)
+    for name, recipe in RECIPES.items():
+        r = check_params("synthetic", model=None, epochs=None, recipe=name)
+        assert (r.model, r.epochs, r.batch_size) == (recipe.model, recipe.epochs, recipe.batch_size)
+
+
+def test_a_model_the_recipe_does_not_fit_is_a_parameter_error():
+    with pytest.raises(ValueError, match="model='seed' with recipe='fast'"):
+        check_params("synthetic", model="seed", recipe="fast")
+
+
+# --------------------------------------------------------------------------- run folders
+
+def test_each_recipe_and_seed_has_its_own_run_folder():
+    folders = {resolve("--recipe", r, "--seed", s)[0]["out_dir"] for r in RECIPES for s in ("0", "1")}
+    assert len(folders) == 2 * len(RECIPES)
+    params, out = resolve("--recipe", "fast", "--seed", "1")
+    assert params["out_dir"] == str(out) == "runs/pipeline/fast-s1"
+    assert params["images_dir"] == "runs/pipeline/fast-s1/images"  # never the committed images/
+    assert resolve("--smoke")[0]["out_dir"] == "runs/smoke/seed-s0"
+
+
+def test_paths_are_given_to_the_notebooks_relative_to_the_project_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # started from elsewhere: the notebooks still run in the project root
+    params, out = resolve("--run-dir", "r", "--data-dir", str(ROOT / "data"), "--data", "folder")
+    assert Path(ROOT / params["out_dir"]).resolve() == (tmp_path / "r").resolve()
+    assert params["data_dir"] == "data" and not Path(params["out_dir"]).is_absolute()
+
+
+def write_history(run_dir, recipe, seed=0, data="synthetic", limit=None, **overrides):
+    """history.json as a finished training run leaves it (precision stored resolved for the device)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    r = get_recipe(recipe, **overrides).override(precision="bf16", compile="off").to_dict()
+    config = dict(recipe=r, seed=seed, data=data, data_dir=None, limit=limit, name=run_dir.name)
+    (run_dir / "history.json").write_text(json.dumps(dict(config=config, history=[])))
+
+
+def test_a_run_folder_with_other_settings_stops_before_any_notebook(tmp_path, monkeypatch, capsys):
+    no_notebooks(monkeypatch)
+    run_dir = tmp_path / "run"
+    write_history(run_dir, "fast")
+    rc = pipeline.main(["--recipe", "seed", "--data", "synthetic", "--run-dir", str(run_dir), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "holds a run with other settings" in err and "--run-dir" in err
+    assert "model 'fast' there, 'seed' now" in err
+
+
+def test_the_same_settings_resume(tmp_path):
+    write_history(tmp_path / "a", "fast", limit=200, epochs=1)
+    params, _ = resolve("--recipe", "fast", "--data", "synthetic", "--limit", "200", "--epochs", "1",
+                        "--run-dir", str(tmp_path / "a"))
+    pipeline.check_run_dir(params)  # precision "auto" stored resolved as bf16: no difference
+    for changed in (["--seed", "1"], ["--epochs", "2"], ["--limit", "256"]):
+        params, _ = resolve("--recipe", "fast", "--data", "synthetic", "--limit", "200", "--epochs", "1",
+                            "--run-dir", str(tmp_path / "a"), *changed)
+        with pytest.raises(pipeline.PipelineError, match="--run-dir NEW_FOLDER"):
+            pipeline.check_run_dir(params)
+
+
+# --------------------------------------------------------------------------- publish
+
+NOTE = "> **Outputs below** come from a real run on TEST; command: `python -m helpers.pipeline --recipe fast`."
+
+
+def fake_project(tmp_path):
+    """A copy of what --publish and --set-repo touch: notebooks/, images/, README.md, helpers/__init__.py."""
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns("executed"))
+    shutil.copytree(ROOT / "images", root / "images")
+    (root / "helpers").mkdir()
+    shutil.copy(ROOT / "helpers" / "__init__.py", root / "helpers" / "__init__.py")
+    shutil.copy(ROOT / "README.md", root / "README.md")
+    return root
+
+
+def test_publish_replaces_notebooks_figures_and_notes_together(tmp_path):
+    root = fake_project(tmp_path)
+    run = tmp_path / "run"
+    (run / "notebooks").mkdir(parents=True)
+    (run / "images").mkdir()
+    executed = []
+    for p in pipeline.notebook_paths():
+        nb = json.loads(p.read_text())
+        nb["metadata"]["papermill"] = {"duration": 1.0}
+        nb["cells"].insert(3, {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]},
+                               "source": "seed = 1", "outputs": [], "execution_count": None})
+        nb["cells"][-1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": f"{ROOT}/runs/x\n"}]
+        (run / "notebooks" / p.name).write_text(json.dumps(nb))
+        executed.append(run / "notebooks" / p.name)
+    (run / "images" / "curves.png").write_bytes(b"new curves")
+    (run / "images" / "model_architecture_fast.png").write_bytes(b"drawn by the notebook")
+    before = (root / "images" / "model_architecture_fast.png").read_bytes()
+
+    pipeline.publish(executed, run / "images", NOTE, root=root, log=lambda *a: None)
+
+    for p in executed:
+        text = (root / "notebooks" / p.name).read_text()
+        assert '"papermill"' not in text and "injected-parameters" not in text and str(ROOT) not in text
+        first = "".join(json.loads(text)["cells"][0]["source"])
+        assert first.count("**Outputs below**") == 1 and first.endswith(NOTE)  # the old note is gone
+    assert (root / "images" / "curves.png").read_bytes() == b"new curves"
+    assert (root / "images" / "model_architecture_fast.png").read_bytes() == before  # helpers.diagram's
+    readme = (root / "README.md").read_text()
+    assert "The figures below come from a real run on TEST" in readme
+    assert readme.count("<!-- figures-provenance -->") == 1
+
+
+def test_readme_figures_are_the_published_ones():
+    readme = (ROOT / "README.md").read_text()
+    assert pipeline.README_NOTE.search(readme), "README needs its <!-- figures-provenance --> block"
+    for name in re.findall(r"\]\((images/[^)]+\.png)\)", readme):
+        assert (ROOT / name).is_file(), name
+
+
+# --------------------------------------------------------------------------- Colab repository
+
+def test_set_repo_changes_every_place(tmp_path):
+    root = fake_project(tmp_path)
+    (root / "notebooks" / "09_extra.ipynb").write_text(  # a notebook outside the main job counts too
+        (root / "notebooks" / "01_explore_data.ipynb").read_text())
+    old = helpers.REPO
+    changed = pipeline.set_repo("someone/elsewhere", root=root, log=lambda *a: None)
+    assert root / "helpers" / "__init__.py" in changed and root / "notebooks" / "09_extra.ipynb" in changed
+    assert 'REPO = "someone/elsewhere"' in (root / "helpers" / "__init__.py").read_text()
+    for nb in (root / "notebooks").glob("*.ipynb"):
+        text = nb.read_text()
+        assert old not in text, nb.name
+        assert "github/someone/elsewhere/blob/main/notebooks/" in text
+        assert 'REPO = \\"someone/elsewhere\\"' in text
+    assert old not in (root / "README.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["noslash", "a/b/c", "/name", "owner/", "own er/name"])
+def test_set_repo_wants_owner_slash_name(bad, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "ROOT", fake_project(tmp_path))  # were the check broken, only the copy changes
+    with pytest.raises(SystemExit) as e:
+        pipeline.main(["--set-repo", bad])
+    assert e.value.code == 2
+    assert "give the GitHub repository as OWNER/NAME" in capsys.readouterr().err
+
+
+def test_the_committed_repository_is_the_same_everywhere():
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for m in re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/", nb.read_text()):
+            assert m == helpers.REPO, nb.name
+    for m in re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/", (ROOT / "README.md").read_text()):
+        assert m == helpers.REPO
+
+
+# --------------------------------------------------------------------------- figures
+
+def record(recipe="fast", seed=3, epochs=1, name="run"):
+    r = get_recipe(recipe, epochs=epochs).override(precision="bf16").to_dict()
+    history = [dict(epoch=e, train_acc=0.5, test_acc=0.4 + e / 100, train_loss=1.0, test_loss=1.2)
+               for e in range(1, epochs + 1)]
+    return Record(name, dict(recipe=r, seed=seed), history)
+
+
+def test_runs_are_labelled_by_recipe_and_seed():
+    fig = plots.plot_curves(record())
+    assert fig.axes[0].get_title() == "fast (epochs=1), seed 3: accuracy"
+    fig = plots.summary_plot_for_runs([record(), record("long", 0, 40, name="other")])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["fast (epochs=1), seed 3", "long, seed 0"]
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 40])
+def test_epoch_ticks_are_whole_numbers(epochs):
+    fig = plots.plot_curves(record(epochs=epochs))
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
