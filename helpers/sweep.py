@@ -282,7 +282,7 @@ def _safe_url(url: str) -> str:
 
 def make_pruner(name: str):
     if name == "median":
-        # compare from the 3rd finished trial on, at every epoch
+        # once 3 trials have completed, compare at every epoch with their median there
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
@@ -614,7 +614,13 @@ def spawn(args, argv) -> int:
     for i in range(args.workers):
         cmd = [sys.executable, "-m", "helpers.sweep", *argv, "--worker-index", str(i), "--threads", str(threads)]
         procs.append(subprocess.Popen(cmd))
-    codes = [p.wait() for p in procs]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:   # Ctrl-C reached the workers too: Optuna marks their trials FAIL
+        for p in procs:
+            p.wait()
+        print("interrupted: run the same command again to continue the study", file=sys.stderr)
+        return 130
     bad = [f"worker {i} exited with code {c}" for i, c in enumerate(codes) if c]
     if bad:
         print("error: " + "; ".join(bad), file=sys.stderr)

@@ -251,8 +251,11 @@ def postgres_url():
     folder.chmod(0o755)
     as_user = []
     if os.geteuid() == 0:   # postgres refuses to run as root
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+        if runuser is None:
+            pytest.skip("running as root and no runuser to start PostgreSQL as another user")
         shutil.chown(folder, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
+        as_user = [runuser, "-u", "postgres", "--"]
     port = str(5400 + os.getpid() % 500)
     data = folder / "data"
     steps = [[str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
@@ -261,7 +264,10 @@ def postgres_url():
              [str(bin_dir / "createdb"), "-h", str(folder), "-p", port, "-U", "postgres", "sweeps"]]
     try:
         for step in steps:
-            done = subprocess.run(as_user + step, capture_output=True, text=True, timeout=60)
+            try:
+                done = subprocess.run(as_user + step, capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                pytest.skip(f"could not start PostgreSQL ({Path(step[0]).name}): {e}")
             if done.returncode:
                 pytest.skip(f"could not start PostgreSQL ({Path(step[0]).name}): {done.stderr.strip()[:200]}")
         yield f"postgresql://postgres@/sweeps?host={folder}&port={port}"
