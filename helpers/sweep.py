@@ -373,7 +373,8 @@ class Objective:
             trial.report(stats["test_acc"], stats["epoch"])
             self.log(f"[trial {trial.number}] epoch {stats['epoch']}/{recipe.epochs}: "
                      f"test acc {stats['test_acc']:.2%}  ({stats['train_seconds']:.0f}s)")
-            if trial.should_prune():
+            # after the last epoch the trial is done: a result below the median is still a result
+            if stats["epoch"] < recipe.epochs and trial.should_prune():
                 trial.set_user_attr("stopped", f"pruner at epoch {stats['epoch']}")
                 raise optuna.TrialPruned(f"test accuracy {stats['test_acc']:.2%} lags at epoch {stats['epoch']}")
 

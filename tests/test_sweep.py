@@ -182,6 +182,23 @@ def test_pruner_stops_a_lagging_trial(tmp_path):
     assert sweep.counts(study)["pruned"] == 1
 
 
+def test_pruner_keeps_a_trial_that_finished_its_last_epoch(tmp_path):
+    """Below the median after its last epoch: a finished result, recorded COMPLETE, not discarded."""
+    root = tmp_path / "sweeps"
+    args = sweep.get_parser().parse_args([*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--trials", "4",
+                                          "--study", "q", "--root", str(root)])
+    recipe, space, settings = sweep._prepare(args)
+    study = sweep.open_study("q", None, root, settings, "median", 4, heartbeat=None)
+    dists = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0, log=True),
+             "label_smoothing": optuna.distributions.FloatDistribution(0.0, 0.3)}
+    for _ in range(3):
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.4, "label_smoothing": 0.1}, distributions=dists,
+                                                  value=0.99, intermediate_values={1: 0.99}))
+    sweep.work(args, study, recipe, space)
+    last = study.get_trials(deepcopy=False)[-1]
+    assert last.state == TrialState.COMPLETE and last.value < 0.99 and "stopped" not in last.user_attrs
+
+
 # --------------------------------------------------------------------------- workers
 
 def test_two_worker_processes_share_one_sqlite_study(tmp_path):
