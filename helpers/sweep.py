@@ -370,6 +370,7 @@ class Objective:
         def on_epoch(stats):
             history = job.trainer.history   # all epochs, those of a resumed run included
             trial.set_user_attr("history", history)
+            trial.set_user_attr("train_seconds", round(sum(h["train_seconds"] for h in history), 2))
             trial.report(stats["test_acc"], stats["epoch"])
             self.log(f"[trial {trial.number}] epoch {stats['epoch']}/{recipe.epochs}: "
                      f"test acc {stats['test_acc']:.2%}  ({stats['train_seconds']:.0f}s)")
@@ -390,7 +391,6 @@ class Objective:
             except NonFiniteLossError as e:
                 trial.set_user_attr("stopped", f"diverged: {e}")
                 raise optuna.TrialPruned(str(e)) from None
-        trial.set_user_attr("train_seconds", round(sum(h["train_seconds"] for h in record.history), 2))
         return record.final_acc
 
     def _take_over(self, trial, run_dir: Path) -> bool:
@@ -463,9 +463,9 @@ def table(study: optuna.Study, top: int = 5) -> str:
 def records(study: optuna.Study, top: int = 3) -> list[Record]:
     """Records of the best trials, from the study itself (so also for trials run on other machines)."""
     out = []
-    for t in top_trials(study, top):
-        label = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
-        out.append(Record(f"#{t.number} {label}", dict(recipe=t.user_attrs.get("recipe")), t.user_attrs["history"]))
+    for t in top_trials(study, top):   # short names for legends: the table gives each trial's values
+        out.append(Record(f"trial {t.number} ({t.value:.2%})", dict(recipe=t.user_attrs.get("recipe")),
+                          t.user_attrs["history"]))
     return out
 
 
@@ -491,7 +491,8 @@ def plot_epochs(study):
     """Test accuracy per epoch of every trial: pruned ones stop early (Optuna's intermediate values)."""
     fig = _figure(optuna.visualization.matplotlib.plot_intermediate_values(study))
     ax = fig.axes[0]
-    ax.set(xlabel="epoch", ylabel="test accuracy")
+    ax.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch (pruned trials stop early)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     if ax.get_legend():
         ax.get_legend().remove()   # one entry per trial: too many to read
     return fig
@@ -510,11 +511,14 @@ PLOTS = {"history": plot_history, "importances": plot_importances, "epochs": plo
 def figure(study, name: str, images_dir=None, prefix="sweep_", top=3):
     """One of the PLOTS, saved as IMAGES_DIR/<prefix><name>.png when images_dir is given; None
     (with the reason printed) when Optuna cannot draw it yet, e.g. importances of one trial."""
+    import matplotlib
+
     from .plots import save
 
     draw = PLOTS[name] if name != "top_runs" else (lambda s: plot_top_runs(s, top))
     try:
-        with warnings.catch_warnings():
+        # rc_context: Optuna's plots switch matplotlib to its ggplot style; keep that from leaking into later figures
+        with warnings.catch_warnings(), matplotlib.rc_context():
             warnings.simplefilter("ignore")   # "experimental" notices and few-trials caveats
             fig = draw(study)
     except (ValueError, RuntimeError, KeyError) as e:
