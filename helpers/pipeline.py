@@ -225,7 +225,8 @@ def resolve(args) -> tuple[dict, Path]:
                   model=args.model, epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,
                   limit=args.limit, device=args.device, seed=args.seed, out_dir=rooted(args.run_dir) or str(out),
                   images_dir=rooted(args.images_dir) or str(out / "images"),
-                  compare=[rooted(d) for d in args.compare])
+                  compare=[rooted(d) for d in args.compare],
+                  progress=False)  # nobody watches a headless run: per-epoch lines, no progress bars
     if args.smoke:  # explicit options win over the smoke defaults (e.g. --smoke --data folder --data-dir D)
         params |= {k: v for k, v in SMOKE.items() if getattr(args, k) is None}
     return params, out
@@ -246,7 +247,7 @@ def check_run_dir(params: dict) -> None:
                  data_dir=str(params["data_dir"]) if params["data_dir"] else None)
     diffs = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items()
              if v != "auto" and k in have and have[k] != v and
-             not (k == "data_dir" and v and have[k] and Path(v).resolve() == Path(have[k]).resolve())]
+             not (k == "data_dir" and v and have[k] and (ROOT / v).resolve() == (ROOT / have[k]).resolve())]
     if diffs:
         raise PipelineError(f"{params['out_dir']} holds a run with other settings ({'; '.join(diffs)}): "
                             f"pass --run-dir NEW_FOLDER for a new run, or delete that folder")

@@ -99,6 +99,7 @@ def smoke_run():
     out = ROOT / "runs" / "test-smoke"  # inside the project, so the notebooks' setup cell finds helpers
     shutil.rmtree(out, ignore_errors=True)
     before, threads, env = committed_state(), torch.get_num_threads(), dict(os.environ)
+    os.environ.pop("CI", None)  # as on a user's machine: progress bars would be on in the kernels
     try:
         with capture_fd2() as stderr:
             rc = pipeline.main(["--smoke", "--recipe", "fast", "--threads", "1", "--out", str(out)])
@@ -133,6 +134,12 @@ def test_executed_copies_say_which_run_they_show(smoke_run):
         first = source(load(p)["cells"][0])
         assert first.count("**Outputs below**") == 1, p.name  # the committed notebooks' note is replaced
         assert "recipe `fast` (model `fast`, 1 epoch, batch 50" in first and "--smoke --recipe fast" in first
+
+
+def test_headless_runs_show_no_progress_bars(smoke_run):
+    nb = load(smoke_run["out"] / "notebooks" / "03_train.ipynb")
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "epoch   1/1" in text and "it/s" not in text and "s/it" not in text
 
 
 def test_threads_reach_the_kernels(smoke_run):
