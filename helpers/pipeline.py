@@ -248,6 +248,11 @@ def check_run_dir(params: dict) -> None:
     diffs = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items()
              if v != "auto" and k in have and have[k] != v and
              not (k == "data_dir" and v and have[k] and (ROOT / v).resolve() == (ROOT / have[k]).resolve())]
+    from .plots import recipe_name
+
+    there, now = recipe_name(saved["recipe"]), recipe_name(want)
+    if there.split(" ")[0] != now.split(" ")[0]:  # another recipe altogether: name it, not a dozen fields
+        diffs = [f"recipe {there!r} there, {now!r} now"] + [d for d in diffs if d.startswith(("seed ", "data"))]
     if diffs:
         raise PipelineError(f"{params['out_dir']} holds a run with other settings ({'; '.join(diffs)}): "
                             f"pass --run-dir NEW_FOLDER for a new run, or delete that folder")

@@ -134,7 +134,7 @@ def test_a_run_folder_with_other_settings_stops_before_any_notebook(tmp_path, mo
     rc = pipeline.main(["--recipe", "seed", "--data", "synthetic", "--run-dir", str(run_dir), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "holds a run with other settings" in err and "--run-dir" in err
-    assert "model 'fast' there, 'seed' now" in err
+    assert "recipe 'fast' there, 'seed' now" in err
 
 
 def test_the_same_settings_resume(tmp_path):
