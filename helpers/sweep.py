@@ -42,7 +42,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .recipes import RECIPES, Recipe, get_recipe
+from .recipes import Recipe, get_recipe
 from .train import NonFiniteLossError, Record, Trial, get_args_parser, positive_int
 
 SPACES = Path(__file__).resolve().parent / "spaces"   # example search spaces, found by name
@@ -545,7 +545,7 @@ def save_plots(study, folder, prefix="sweep_", top=3) -> list[Path]:
 # --------------------------------------------------------------------------- CLI
 
 def get_parser() -> argparse.ArgumentParser:
-    p = get_args_parser()   # --recipe, --data, --data-dir, --limit, --device, --threads, --epochs ... as train/benchmark
+    p = get_args_parser()   # --recipe, --data, --data-dir, --limit, --device, --threads, --epochs ... as train does
     p.prog = "python -m helpers.sweep"
     p.description = __doc__.split("\n\n")[0]
     p.set_defaults(recipe="fast")
@@ -569,8 +569,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args, space: Space) -> dict:
-    overrides = {k: v for k, v in dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                                       lr=args.lr, precision=args.precision).items() if v is not None}
+    # every training flag that names a recipe field (--epochs, --lr, --precision, --compile ...) fixes it
+    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name, None) is not None}
     clash = sorted(set(overrides) & set(space.spec))
     if clash:
         raise SweepError(f"{', '.join(clash)} both fixed by a flag and listed in the space; keep one")
