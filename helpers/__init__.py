@@ -6,7 +6,8 @@ Names resolve lazily, so `python -m helpers.train` does not import itself twice.
 import importlib
 
 # The GitHub repository the Colab badges and setup cells point at (owner/name).
-# Change it here, then run `python -m helpers.pipeline --set-repo OWNER/NAME` to rewrite the notebooks.
+# Change it with `python -m helpers.pipeline --set-repo OWNER/NAME`: that rewrites this line, every
+# notebook's badge and setup cell, and README's links, together.
 REPO = "small-cnn-team/cifar10-small-cnn"
 
 _EXPORTS = {
