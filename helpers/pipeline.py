@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -123,10 +122,9 @@ def clean(nb: dict, note: str | None = None) -> dict:
 
 
 def hardware() -> str:
-    if torch.cuda.is_available():
-        return f"1x {torch.cuda.get_device_name(0)}"
-    n = torch.get_num_threads()
-    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' * (n != 1)})"
+    from .device import describe, pick_device
+
+    return describe(pick_device("auto", verbose=False))
 
 
 def describe_data(data: str, data_dir, limit) -> str:

@@ -34,7 +34,9 @@ def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys, tmp_path):
         recipe_used = Recipe.from_dict(config["recipe"])
         acc = T.evaluate(model, T.test_loader_for(config), recipe_used.precision, recipe_used.tta)["test_acc"]
         assert r["test_acc"] == round(acc, 4) == round(history[-1]["test_acc"], 4)
-        assert r["params"] == count_params(model) and r["img_per_s"] == pytest.approx(100 / r["train_seconds"], rel=0.05)
+        assert r["params"] == count_params(model)
+        # 100 images in train_seconds, which the line rounds to 0.01 s (a 0.06 s epoch is 8 % off)
+        assert 100 / (r["train_seconds"] + 0.005) <= r["img_per_s"] <= 100 / max(r["train_seconds"] - 0.005, 1e-3)
 
 
 @pytest.mark.parametrize("argv, message", [
