@@ -161,19 +161,27 @@ def test_rule_breaking_sample_is_rejected_untrained(tmp_path):
     assert sweep.counts(sweep.load_study("r", root=root))["rejected"] == len(rejected)
 
 
-def test_pruner_stops_a_lagging_trial(tmp_path):
-    """Three finished trials at 99 % after every epoch; a real one (far below) stops after epoch 1."""
+def leaders_then_one_real_trial(tmp_path, name: str, epochs: int):
+    """A study holding three finished trials at 99 % after every epoch, then one real (far weaker)
+    trial run by the sweep; returns (study, root)."""
     root = tmp_path / "sweeps"
-    args = sweep.get_parser().parse_args([*TINY, "--epochs", "3", "--space", space_file(tmp_path), "--trials", "4",
-                                          "--study", "p", "--root", str(root)])
+    args = sweep.get_parser().parse_args([*TINY, "--epochs", str(epochs), "--space", space_file(tmp_path),
+                                          "--trials", "4", "--study", name, "--root", str(root)])
     recipe, space, settings = sweep._prepare(args)
-    study = sweep.open_study("p", None, root, settings, "median", 4, heartbeat=None)
+    study = sweep.open_study(name, None, root, settings, "median", 4, heartbeat=None)
     dists = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0, log=True),
              "label_smoothing": optuna.distributions.FloatDistribution(0.0, 0.3)}
+    every_epoch = dict.fromkeys(range(1, epochs + 1), 0.99)
     for _ in range(3):
         study.add_trial(optuna.trial.create_trial(params={"lr": 0.4, "label_smoothing": 0.1}, distributions=dists,
-                                                  value=0.99, intermediate_values={1: 0.99, 2: 0.99, 3: 0.99}))
+                                                  value=0.99, intermediate_values=every_epoch))
     sweep.work(args, study, recipe, space)
+    return study, root
+
+
+def test_pruner_stops_a_lagging_trial(tmp_path):
+    """Three finished trials at 99 % after every epoch; a real one (far below) stops after epoch 1."""
+    study, root = leaders_then_one_real_trial(tmp_path, "p", epochs=3)
     last = study.get_trials(deepcopy=False)[-1]
     assert last.state == TrialState.PRUNED and last.user_attrs["stopped"] == "pruner at epoch 1"
     assert list(last.intermediate_values) == [1]
@@ -184,17 +192,7 @@ def test_pruner_stops_a_lagging_trial(tmp_path):
 
 def test_pruner_keeps_a_trial_that_finished_its_last_epoch(tmp_path):
     """Below the median after its last epoch: a finished result, recorded COMPLETE, not discarded."""
-    root = tmp_path / "sweeps"
-    args = sweep.get_parser().parse_args([*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--trials", "4",
-                                          "--study", "q", "--root", str(root)])
-    recipe, space, settings = sweep._prepare(args)
-    study = sweep.open_study("q", None, root, settings, "median", 4, heartbeat=None)
-    dists = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0, log=True),
-             "label_smoothing": optuna.distributions.FloatDistribution(0.0, 0.3)}
-    for _ in range(3):
-        study.add_trial(optuna.trial.create_trial(params={"lr": 0.4, "label_smoothing": 0.1}, distributions=dists,
-                                                  value=0.99, intermediate_values={1: 0.99}))
-    sweep.work(args, study, recipe, space)
+    study, _ = leaders_then_one_real_trial(tmp_path, "q", epochs=1)
     last = study.get_trials(deepcopy=False)[-1]
     assert last.state == TrialState.COMPLETE and last.value < 0.99 and "stopped" not in last.user_attrs
 
