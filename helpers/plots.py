@@ -76,15 +76,13 @@ def show_examples(examples, title="", n=25, ncols=5):
 
 def recipe_name(recipe: dict) -> str:
     """The named recipe a run's stored recipe is, or is closest to: "fast", "seed (epochs=1)"."""
-    from .recipes import RECIPES, Recipe
+    from .recipes import RECIPES, RESOLVED_PER_DEVICE, Recipe
 
     have = Recipe.from_dict(recipe).to_dict()
-    # precision and compile are stored resolved for the device ("auto" -> "bf16"): not a difference
-    resolved = ("precision", "compile")
 
     def diffs(name):
         want = RECIPES[name].to_dict()
-        return {k: v for k, v in have.items() if v != want.get(k) and not (k in resolved and want.get(k) == "auto")}
+        return {k: v for k, v in have.items() if v != want.get(k) and not (k in RESOLVED_PER_DEVICE and want.get(k) == "auto")}
 
     name = min(RECIPES, key=lambda n: len(diffs(n)))
     changed = diffs(name)

@@ -13,6 +13,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # torch.compile: "auto" compiles on CUDA only (helpers.device.resolve_compile), "off" never,
 # a mode name always
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# fields a run stores resolved for its device ("auto" -> "bf16"): a stored "bf16" still is the
+# recipe whose value is "auto"
+RESOLVED_PER_DEVICE = ("precision", "compile")
 
 
 @dataclass(frozen=True)
