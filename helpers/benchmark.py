@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import sys
 from dataclasses import fields
@@ -31,8 +32,21 @@ def get_parser():
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=_field_value,
                    help="override any recipe field, VALUE as JSON: --set alternate_flip=false "
                         "--set 'model_kwargs={\"bn_after_pool\": false}' (repeatable; for ablations)")
+    p.add_argument("--target", type=_accuracy, default=None, metavar="ACC",
+                   help="also report seconds_to_target: training seconds until the first epoch whose test "
+                        "accuracy reaches ACC (a fraction, e.g. 0.908), null if none does")
     p.add_argument("--out", help="also keep each seed's run (checkpoint.pt, history.json) in OUT/seed-N")
     return p
+
+
+def _accuracy(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be an accuracy between 0 and 1 (e.g. 0.908), got {text!r}")
+    return value
 
 
 def _field_value(text: str):
@@ -79,6 +93,8 @@ def bench_one(args, seed: int) -> dict:
     record = trial.run()
     n_train = len(trainer.train_loader) * trainer.train_loader.batch_size  # images actually trained on per epoch
     train_seconds = sum(h["train_seconds"] for h in record.history)
+    elapsed = list(itertools.accumulate(h["train_seconds"] for h in record.history))  # after each epoch
+    reached = record.first_epoch_reaching(args.target) if args.target else None
     return dict(recipe=args.recipe, overrides=dict(args.set), model=trial.recipe.model, params=record.config["params"],
                 epochs=len(record.history), seed=seed, train_seconds=round(train_seconds, 2),
                 test_acc=round(record.final_acc, 4), img_per_s=round(n_train * len(record.history) / train_seconds, 1),
@@ -87,7 +103,10 @@ def bench_one(args, seed: int) -> dict:
                 compile=trial.recipe.compile, compile_seconds=record.config.get("compile_seconds", 0.0),
                 data=args.data if args.data != "folder" else f"folder:{Path(args.data_dir).name}",
                 first_epoch_80=record.first_epoch_reaching(0.80),
-                acc_per_epoch=[round(h["test_acc"], 4) for h in record.history])
+                acc_per_epoch=[round(h["test_acc"], 4) for h in record.history],
+                seconds_per_epoch=[round(t, 1) for t in elapsed]) | (
+        dict(target=args.target, seconds_to_target=round(elapsed[reached - 1], 1) if reached else None)
+        if args.target else {})
 
 
 def _overrides(args) -> dict:

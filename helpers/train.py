@@ -100,7 +100,56 @@ def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=recipe.epochs,
         steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start, anneal_strategy=recipe.anneal,
-        base_momentum=recipe.momentum, max_momentum=recipe.momentum_max, div_factor=10, final_div_factor=100)
+        base_momentum=recipe.momentum, max_momentum=recipe.momentum_max, div_factor=1 / recipe.lr_start,
+        final_div_factor=recipe.lr_start / recipe.lr_end)
+
+
+class Lookahead:
+    """airbench's lookahead: every `every` steps a slow copy of the weights (and BatchNorm
+    statistics) moves toward the weights, and the weights jump back to it.
+
+    The slow copy trails by decay = 0.95^every * (step / total)^3: nothing early on, when fast
+    progress matters, and heavy averaging near the end, where it smooths out SGD's noise like a
+    lower learning rate would. The last step leaves the weights equal to the slow copy.
+    """
+
+    def __init__(self, model, every: int, total_steps: int):
+        self.every, self.total, self.step = every, total_steps, 0
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model):
+        self.step += 1
+        last = self.step >= self.total
+        if self.step % self.every and not last:
+            return
+        decay = 0.95 ** self.every * min(self.step / self.total, 1.0) ** 3 if self.step % self.every == 0 else 1.0
+        state = model.state_dict()
+        for k, slow in self.slow.items():
+            slow.lerp_(state[k], 1 - decay)
+            state[k].copy_(slow)
+
+    def state_dict(self) -> dict:
+        return dict(step=self.step, slow=self.slow)
+
+    def load_state_dict(self, d: dict):
+        self.step = d["step"]
+        for k, v in d["slow"].items():
+            self.slow[k].copy_(v)
+
+
+def make_lookahead(model, recipe: Recipe, steps_per_epoch: int):
+    return Lookahead(model, recipe.lookahead, recipe.epochs * steps_per_epoch) if recipe.lookahead else None
+
+
+def set_whiten_bias(model, recipe: Recipe, epoch: int):
+    """Train the whitening layer's bias only for the recipe's first whiten_bias_epochs epochs."""
+    from .model import PatchWhitening
+
+    trains = recipe.whiten_bias_epochs < 0 or epoch <= recipe.whiten_bias_epochs
+    for m in model.modules():
+        if isinstance(m, PatchWhitening) and m.conv.bias is not None:
+            m.conv.bias.requires_grad_(trains)  # a parameter without a gradient: SGD leaves it alone
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -115,8 +164,8 @@ def make_ema(model, recipe: Recipe):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False,
-                    ema=None, scaler=None):
-    """One pass over `loader`, updating `ema` (if given) after each step.
+                    ema=None, scaler=None, lookahead=None):
+    """One pass over `loader`, updating `ema` and `lookahead` (if given) after each step.
 
     `scaler`: a GradScaler for fp16 (helpers.device.make_scaler); a disabled one, or None, is plain SGD.
 
@@ -144,6 +193,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if lookahead is not None:
+            lookahead.update(model)
         if ema is not None:
             ema.update_parameters(model)
         loss_sum += loss.detach() * len(y)
@@ -212,6 +263,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, recipe)
         self.scheduler = make_scheduler(self.optimizer, recipe, len(train_loader))
         self.ema = make_ema(model, recipe)
+        self.lookahead = make_lookahead(model, recipe, len(train_loader))
         self.scaler = make_scaler(device, recipe.precision)
         self.history: list[dict] = []
 
@@ -229,6 +281,7 @@ class Trainer:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), epoch=self.epoch, history=self.history,
                     ema=self.ema.module.state_dict() if self.ema is not None else None,
+                    lookahead=self.lookahead.state_dict() if self.lookahead is not None else None,
                     scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
                     config=dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info))
 
@@ -276,6 +329,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.n_averaged.fill_(1)  # > 0: the next update averages instead of copying
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(ckpt["lookahead"])
         if self.scaler.is_enabled() and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])  # the loss scale it had reached: resume stays exact
         self.history = list(ckpt["history"])
@@ -306,9 +361,11 @@ class Trainer:
             # per-epoch seeds: dropout and batch order depend only on (seed, epoch), so resuming is exact
             torch.manual_seed(self.seed * 100_003 + epoch)
             self.train_loader.set_epoch(epoch, self.seed)
+            set_whiten_bias(self.model, self.recipe, epoch)
             try:
                 stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler,
-                                        self.recipe, self.device, epoch, self.progress, self.ema, self.scaler)
+                                        self.recipe, self.device, epoch, self.progress, self.ema, self.scaler,
+                                        self.lookahead)
                 t0 = time.perf_counter()
                 stats |= evaluate(self.eval_model, self.test_loader, self.recipe.precision, self.recipe.tta)
                 # a non-finite average or test loss is as bad as a non-finite step: never saved as an epoch

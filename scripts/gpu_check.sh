@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check: run it in one go on any CUDA machine (about 5 minutes on one modern GPU).
 #   1. the tests that need CUDA (tests/test_device.py, the ones a CPU machine skips);
-#   2. the benchmark, auto precision: `fast` for 3 seeds, `long` for 1; one JSON line each.
+#   2. the benchmark, auto precision: `fast` for 3 seeds, `best` and `long` for 1; one JSON line each.
 #
 #   bash scripts/gpu_check.sh                      # CIFAR-10, downloaded by torchvision
 #   bash scripts/gpu_check.sh DATA_DIR             # an ImageFolder root with train/ and test/
@@ -27,4 +27,5 @@ echo "gpu_check: tests that need CUDA"
 "$PY" -m pytest -q -p no:cacheprovider tests/test_device.py -k "cuda"
 echo "gpu_check: benchmark (JSON lines on stdout)"
 timeout 240 "$PY" -m helpers.benchmark "${data[@]}" --recipe fast --seeds 3
-timeout 300 "$PY" -m helpers.benchmark "${data[@]}" --recipe long
+timeout 240 "$PY" -m helpers.benchmark "${data[@]}" --recipe best
+timeout 300 "$PY" -m helpers.benchmark "${data[@]}" --recipe long --target 0.908

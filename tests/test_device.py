@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from helpers import device as D
 from helpers import train as T
-from helpers.recipes import get_recipe
+from helpers.recipes import RECIPES, get_recipe
 
 SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2)
 FP16 = {**SMALL, "model": "fast", "precision": "fp16"}  # CPU fp16 is slow: the small model
@@ -103,7 +103,7 @@ def test_cpu_bf16_check_respects_older_instruction_set_caps(monkeypatch):
 
 
 def test_every_recipe_defaults_to_auto_and_runs_store_the_resolved_value(tmp_path):
-    for name in ("seed", "fast", "long"):
+    for name in RECIPES:
         assert get_recipe(name).precision == "auto" and get_recipe(name).compile == "auto"
     record = T.train(out_dir=tmp_path / "run", **SMALL)
     expected = D.resolve_precision("auto", CPU)

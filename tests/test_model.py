@@ -107,3 +107,34 @@ def test_wide_model_activation_and_residual_depth():
         build_model("wide", act="swish")
     with pytest.raises(ValueError, match="res_pairs must be"):
         build_model("wide", res_pairs=-1)
+
+
+@pytest.mark.parametrize("kwargs, broken", [
+    ({"separable": False}, {"depthwise-separable conv"}),
+    ({"head_pool": "max"}, {"exactly 3 max-pools", "ConvBlock -> TransitionBlock structure"}),
+])
+def test_rule_pricing_switches_break_only_their_rule(kwargs, broken):
+    # the switches that price a rule (plain convs instead of separable ones, a global max-pool
+    # head) fail the checker on that rule and on nothing else
+    model = build_model("fast", **kwargs)
+    report = check(model)
+    assert {r.name for r in report.rules if not r.passed} == broken, report.rules_text()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="pool must be"):
+        build_model("fast", head_pool="min")
+
+
+def test_batchnorm_momentum_and_logit_scale_reach_every_layer():
+    model = build_model("wide", bn_momentum=0.4, logit_scale=1 / 9)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.4 for m in bns)
+    assert model.head.scale == pytest.approx(1 / 9)
+    assert all(m.momentum == 0.1 for m in build_model("wide").modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_last_conv_adds_a_plain_3x3_conv_before_the_separable_pair():
+    base, last = build_model("wide", widths=(64, 128, 128)), build_model("wide", widths=(64, 128, 128), last_conv=True)
+    assert count_params(last) == count_params(base) + 128 * 128 * 9 + 2 * 128   # conv + BatchNorm
+    assert isinstance(last.block4[0].conv, torch.nn.Conv2d) and last.block4[0].conv.groups == 1
+    assert isinstance(last.block4[1].conv, DepthwiseSeparableConv)
+    assert check(last).passed and last(torch.randn(2, 3, 32, 32)).shape == (2, 10)

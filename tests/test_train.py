@@ -57,10 +57,10 @@ def test_same_seed_same_history():
     assert strip(a) != strip(c)
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_equals_uninterrupted(tmp_path, ema):
+@pytest.mark.parametrize("ema, lookahead", [(0.0, 0), (0.9, 0), (0.0, 2)])
+def test_resume_equals_uninterrupted(tmp_path, ema, lookahead):
     strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k and k != "peak_rss_mb"} for e in h]  # noqa: E731
-    small = dict(SMALL, ema=ema)
+    small = dict(SMALL, ema=ema, lookahead=lookahead)
     full = T.train(out_dir=tmp_path / "full", **small)
     first = T.Trial(out_dir=tmp_path / "split", **small).run(stop_after=1)  # "interrupted" after epoch 1
     assert len(first.history) == 1
@@ -240,3 +240,71 @@ def test_a_constant_colour_channel_still_trains():
     net = build_model("fast")
     net.prep.init_whitening(x)
     assert torch.isfinite(net(x)).all()
+
+
+def _steps(model, lookahead, n):
+    # n SGD-like steps that move every weight, each followed by a lookahead update
+    for _ in range(n):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        lookahead.update(model)
+
+
+def test_lookahead_leaves_early_steps_alone_and_ends_on_the_slow_copy():
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    la = T.Lookahead(model, every=1, total_steps=1000)
+    _steps(model, la, 10)  # decay = 0.95 * (t / 1000)^3: about 1e-6, so the weights keep their pace
+    assert model.weight.flatten().tolist() == pytest.approx([10.0, 10.0], abs=1e-3)
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    la = T.Lookahead(model, every=5, total_steps=12)
+    _steps(model, la, 11)
+    slow = la.slow["weight"].clone()
+    _steps(model, la, 1)  # the last step: the weights become the slow copy, not 12
+    assert torch.equal(model.weight.detach(), slow) and model.weight[0, 0] < 11
+
+
+def test_lookahead_trains_and_is_stored_in_the_checkpoint(tmp_path):
+    trial = T.Trial(out_dir=tmp_path / "run", **dict(SMALL, lookahead=3))
+    trial.run()
+    ckpt = torch.load(tmp_path / "run" / T.CHECKPOINT, weights_only=True)
+    assert ckpt["lookahead"]["step"] == trial.trainer.lookahead.total
+    # after the last step the weights are the slow copy
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in ckpt["lookahead"]["slow"].items())
+
+
+def test_whitening_bias_trains_only_for_its_epochs():
+    from helpers.model import PatchWhitening
+
+    trainer = T.Trial(**dict(SMALL, recipe="fast", epochs=2, whiten_bias_epochs=1)).setup()
+    bias = next(m for m in trainer.model.modules() if isinstance(m, PatchWhitening)).conv.bias
+    head = trainer.model.head.fc.weight
+    before = bias.detach().clone()
+    trainer.fit(stop_after=1)
+    after_one, head_one = bias.detach().clone(), head.detach().clone()
+    trainer.fit()
+    assert not torch.equal(before, after_one)                                    # trained in epoch 1
+    assert torch.equal(after_one, bias) and not torch.equal(head_one, head)      # frozen in epoch 2 only
+
+
+@pytest.mark.parametrize("start, end", [(0.1, 0.001), (0.2, 0.07)])
+def test_lr_starts_and_ends_at_the_recipe_fractions(start, end):
+    recipe = get_recipe("fast", lr_start=start, lr_end=end, lr=2.0)
+    opt = T.make_optimizer(build_model("fast"), recipe)
+    sched = T.make_scheduler(opt, recipe, steps_per_epoch=10)
+    seen = []
+    for _ in range(recipe.epochs * 10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[0] == pytest.approx(2.0 * start) and seen[-1] == pytest.approx(2.0 * end) and max(seen) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("field, value", [("lr_start", 0.0), ("lr_end", 0.5), ("lookahead", -1),
+                                          ("whiten_bias_epochs", -2)])
+def test_new_schedule_fields_are_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        get_recipe("fast", **{field: value})
