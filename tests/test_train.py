@@ -98,16 +98,21 @@ def test_bias_lr_scale_follows_the_schedule():
         sched.step()
 
 
-@pytest.mark.parametrize("momentum, momentum_max", [(0.85, 0.95), (0.9, 0.9)])
-def test_momentum_follows_the_recipe(momentum, momentum_max):
-    recipe = get_recipe("fast", momentum=momentum, momentum_max=momentum_max)
+def _schedule(recipe, key, steps_per_epoch=10):
+    """The value of optimizer setting `key` at every step of the recipe's schedule."""
     opt = T.make_optimizer(build_model("fast"), recipe)
-    sched = T.make_scheduler(opt, recipe, steps_per_epoch=10)
+    sched = T.make_scheduler(opt, recipe, steps_per_epoch=steps_per_epoch)
     seen = []
-    for _ in range(recipe.epochs * 10):
-        seen.append(opt.param_groups[0]["momentum"])
+    for _ in range(recipe.epochs * steps_per_epoch):
+        seen.append(opt.param_groups[0][key])
         opt.step()
         sched.step()
+    return seen
+
+
+@pytest.mark.parametrize("momentum, momentum_max", [(0.85, 0.95), (0.9, 0.9)])
+def test_momentum_follows_the_recipe(momentum, momentum_max):
+    seen = _schedule(get_recipe("fast", momentum=momentum, momentum_max=momentum_max), "momentum")
     # highest at the start, lowest at the lr peak, back up at the end
     assert seen[0] == pytest.approx(momentum_max) and min(seen) == pytest.approx(momentum)
     assert seen[-1] == pytest.approx(momentum_max, abs=0.01)
@@ -292,14 +297,7 @@ def test_whitening_bias_trains_only_for_its_epochs():
 
 @pytest.mark.parametrize("start, end", [(0.1, 0.001), (0.2, 0.07)])
 def test_lr_starts_and_ends_at_the_recipe_fractions(start, end):
-    recipe = get_recipe("fast", lr_start=start, lr_end=end, lr=2.0)
-    opt = T.make_optimizer(build_model("fast"), recipe)
-    sched = T.make_scheduler(opt, recipe, steps_per_epoch=10)
-    seen = []
-    for _ in range(recipe.epochs * 10):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    seen = _schedule(get_recipe("fast", lr_start=start, lr_end=end, lr=2.0), "lr")
     assert seen[0] == pytest.approx(2.0 * start) and seen[-1] == pytest.approx(2.0 * end) and max(seen) == pytest.approx(2.0)
 
 
