@@ -2,12 +2,11 @@
 
 A measurement script, not part of the package: it imports `airbench` (PyPI) from a scratch
 environment and replays airbench93's training loop with its own hyperparameter table, network and
-helpers. Only the few CUDA lines change: the model stays in fp32 on the CPU under bf16 autocast
-(fp16 on a CUDA device), timing uses perf_counter, and the data is any ImageFolder-style split
+helpers. Only the few CUDA lines change: the model stays in fp32 on the CPU under bf16 autocast,
+timing uses perf_counter, and the data is any ImageFolder-style split
 decoded by `helpers.data` instead of torchvision's CIFAR-10 download.
 
-    python -m venv /tmp/abenv && /tmp/abenv/bin/pip download airbench --no-deps -d /tmp/ab
-    # or unpack the sdist anywhere, then put its folder on PYTHONPATH:
+    pip download airbench --no-deps -d /tmp/ab && tar xzf /tmp/ab/airbench-0.1.8.tar.gz -C /tmp/ab
     PYTHONPATH=/tmp/ab/airbench-0.1.8 .venv/bin/python scripts/reference_airbench93.py \
         --data-dir ../shared/data/cifar10-jpeg-dev --seed 0
 
@@ -66,8 +65,10 @@ class Split:
         else:
             images = self.proc["norm"]
         if self.aug.get("flip"):
-            images = images.flip(-1) if (self.altflip and self.epoch % 2 == 1) else (
-                images if self.altflip else abu.batch_flip_lr(images))
+            if not self.altflip:
+                images = abu.batch_flip_lr(images)
+            elif self.epoch % 2 == 1:
+                images = images.flip(-1)
         self.epoch += 1
         order = torch.randperm(len(images)) if self.train else torch.arange(len(images))
         for i in range(len(self)):
