@@ -4,7 +4,9 @@
 
 Trains on DIR/train, evaluates on DIR/test. `train_seconds` is training wall time only
 (dataset decoding, model setup and the per-epoch evaluation are excluded); `test_acc` is
-the final accuracy with the recipe's test-time augmentation.
+the final plain (single-view) test accuracy, `tta_acc` beside it the same with the recipe's
+test-time augmentation (null when the recipe has none). `first_epoch_80`, `acc_per_epoch` and
+`--target` use plain accuracy.
 """
 from __future__ import annotations
 
@@ -97,7 +99,9 @@ def bench_one(args, seed: int) -> dict:
     reached = record.first_epoch_reaching(args.target) if args.target else None
     return dict(recipe=args.recipe, overrides=dict(args.set), model=trial.recipe.model, params=record.config["params"],
                 epochs=len(record.history), seed=seed, train_seconds=round(train_seconds, 2),
-                test_acc=round(record.final_acc, 4), img_per_s=round(n_train * len(record.history) / train_seconds, 1),
+                test_acc=round(record.final_acc, 4),
+                tta_acc=round(record.final_tta_acc, 4) if record.final_tta_acc is not None else None,
+                tta=trial.recipe.tta, img_per_s=round(n_train * len(record.history) / train_seconds, 1),
                 peak_rss_mb=round(peak_rss_mb(), 1), device=_device_name(trainer.device),
                 threads=torch.get_num_threads(), torch=str(torch.__version__), precision=trial.recipe.precision,
                 compile=trial.recipe.compile, compile_seconds=record.config.get("compile_seconds", 0.0),
