@@ -14,17 +14,23 @@ _EXPORTS = {
     "constraints": ["check"],
     "device": ["pick_device", "resolve_precision"],
     "data": ["Loader", "channel_stats", "load_split", "load_splits"],
-    "model": ["build_model", "count_params", "list_models", "params_per_block"],
-    "notebook": ["check_params", "drive_folder", "in_colab", "summary", "warn_if_no_gpu"],
+    "errors": ["UserError"],
+    "model": ["count_params", "params_per_block"],
+    "notebook": ["check_params", "drive_path", "in_colab", "run_folder", "run_name", "summary", "warn_if_no_gpu"],
     "recipes": ["RECIPES", "Recipe", "get_recipe"],
-    "train": ["Record", "Trainer", "Trial", "evaluate", "load_run", "predict",
-              "select_examples", "test_loader_for", "train"],
+    "registry": ["build_model", "list_models"],
+    "train": ["Record", "Trainer", "Trial", "accuracy", "evaluate", "load_run", "lr_schedule", "predict",
+              "recipe_table", "select_examples", "test_loader_for", "train"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...), H.sweep.load_study(...)
-_SUBMODULES = ("benchmark", "constraints", "data", "device", "diagram", "model", "plots", "recipes", "sweep",
-               "train")
+_SUBMODULES = ("benchmark", "constraints", "data", "device", "diagram", "model", "plots", "recipes", "registry",
+               "sweep", "train")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
+
+
+def __dir__():  # Tab completion in a notebook lists the exports and submodules, though they load lazily
+    return sorted({*globals(), *_WHERE, *_SUBMODULES})
 
 
 def __getattr__(name):

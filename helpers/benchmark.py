@@ -38,6 +38,9 @@ def get_parser():
                    help="also report seconds_to_target: training seconds until the first epoch whose test "
                         "accuracy reaches ACC (a fraction, e.g. 0.908), null if none does")
     p.add_argument("--out", help="also keep each seed's run (checkpoint.pt, history.json) in OUT/seed-N")
+    p.add_argument("--allow-rule-breaking", action="store_true",
+                   help="train a model that breaks an assignment rule (refused otherwise): only to measure "
+                        "what a rule costs")
     return p
 
 
@@ -89,8 +92,9 @@ def seed_dir(out, seed: int) -> Path:
 
 def bench_one(args, seed: int) -> dict:
     out_dir = seed_dir(args.out, seed) if args.out else None
-    trial = Trial(f"bench-{args.recipe}-{seed}", args.recipe, args.data, args.data_dir, args.limit, args.device,
-                  seed, out_dir=out_dir, progress=False, threads=args.threads, **_overrides(args))
+    trial = Trial(name=f"bench-{args.recipe}-{seed}", recipe=args.recipe, data=args.data, data_dir=args.data_dir,
+                  limit=args.limit, device=args.device, seed=seed, out_dir=out_dir, progress=False,
+                  threads=args.threads, enforce_rules=not args.allow_rule_breaking, **_overrides(args))
     trainer = trial.setup()
     record = trial.run()
     n_train = len(trainer.train_loader) * trainer.train_loader.batch_size  # images actually trained on per epoch

@@ -1,6 +1,7 @@
 """The assignment's rules, checked by running the model once and watching what executes.
 
-    python -m helpers.constraints seed      # prints the rules and receptive fields, exit 1 on a failure
+    python -m helpers.constraints seed            # prints the rules and receptive fields, exit 1 on a failure
+    python -m helpers.constraints mynet.py:MyNet  # your own network (helpers/registry.py)
 
 Why trace a forward pass instead of reading the module list: a functional
 `F.max_pool2d` inside some forward() is a max-pool too, and a pool module that is
@@ -17,10 +18,28 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from .model import ConvBlock, TransitionBlock, build_model, count_params, list_models
+from .errors import UserError
+from .model import ConvBlock, TransitionBlock, count_params
+from .registry import ModelError, build_model
 
 MAX_PARAMS = 1_000_000
 REQUIRED_MAX_POOLS = 3
+
+
+class RuleError(UserError):
+    """A model that breaks one of the assignment's rules."""
+
+
+def stage_kind(module: nn.Module) -> str | None:
+    """"ConvBlock", "TransitionBlock" or None: what kind of stage a module is, for the structure rule.
+
+    By isinstance of the package's blocks, so your subclasses count; and, for networks written in
+    plain torch, by a class (or base class) of that name.
+    """
+    for kind, cls in (("TransitionBlock", TransitionBlock), ("ConvBlock", ConvBlock)):
+        if isinstance(module, cls) or any(c.__name__ == kind for c in type(module).__mro__):
+            return kind
+    return None
 
 
 @dataclass
@@ -73,6 +92,13 @@ class Report:
     def __str__(self):
         return self.rules_text() + "\n\n" + self.rf_text()
 
+    def require(self, name="the model"):
+        """Raise one RuleError line naming every broken rule and its evidence; nothing when all pass."""
+        broken = [f"{r.name} ({r.evidence})" for r in self.rules if not r.passed]
+        if broken:
+            raise RuleError(f"{name} breaks the assignment's rules: {'; '.join(broken)}. The full report: "
+                            f"python -m helpers.constraints {name}")
+
 
 def _pair(v) -> int:
     # square kernels/strides only in this project: (3, 3) -> 3
@@ -89,7 +115,7 @@ class _Tracer(TorchFunctionMode):
 
     def _where(self):
         name = self.stack[-1][0] if self.stack else ""
-        stages = tuple(n for n, m in self.stack if isinstance(m, (ConvBlock, TransitionBlock)))
+        stages = tuple(n for n, m in self.stack if stage_kind(m))
         return name, stages
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -202,14 +228,14 @@ def check(model: nn.Module, input_size=(1, 3, 32, 32)) -> Report:
 
 def _structure_rule(model, pools) -> Rule:
     """Stages go ConvBlock -> TransitionBlock, and every max-pool runs inside a TransitionBlock."""
-    order = [(n, type(m).__name__) for n, m in model.named_modules()
-             if isinstance(m, (ConvBlock, TransitionBlock))]
+    order = [(n, stage_kind(m)) for n, m in model.named_modules() if stage_kind(m)]
     # keep the outermost stage modules only, in registration order
     top = dict((n, t) for n, t in order if not any(n.startswith(o + ".") for o, _ in order))
     names, kinds = list(top), list(top.values())
     problems = []
     if "ConvBlock" not in kinds or "TransitionBlock" not in kinds:
-        problems.append("needs at least one ConvBlock and one TransitionBlock")
+        problems.append("needs at least one ConvBlock and one TransitionBlock (subclass helpers' ConvBlock / "
+                        "TransitionBlock, or name your stage classes so)")
     for i, t in enumerate(kinds):
         if t == "TransitionBlock" and (i == 0 or kinds[i - 1] != "ConvBlock"):
             problems.append(f"{names[i]} (TransitionBlock) does not follow a ConvBlock")
@@ -224,10 +250,14 @@ def _structure_rule(model, pools) -> Rule:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.constraints",
-                                description="Check a registered model against the assignment's rules.")
-    p.add_argument("model", choices=list_models(), help="registered model name")
+                                description="Check a model against the assignment's rules.")
+    p.add_argument("model", help="a registered name (seed, fast, wide, air) or your own FILE.py:NAME")
     args = p.parse_args(argv)
-    report = check(build_model(args.model))
+    try:
+        report = check(build_model(args.model))
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"model: {args.model}")
     print(report)
     return 0 if report.passed else 1

@@ -2,6 +2,7 @@
 
     python -m helpers.diagram seed                 # -> images/model_architecture.png
     python -m helpers.diagram fast --out arch.png  # any registered model, any path
+    python -m helpers.diagram mynet.py:MyNet       # your own network (helpers/registry.py)
 
 Why draw from a traced forward pass (helpers.constraints.trace) rather than by hand:
 the picture then shows exactly the layers the rule checker judged, with the shapes and
@@ -21,8 +22,8 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyBboxPatch, Patch
 
-from .constraints import check, receptive_field, trace
-from .model import ConvBlock, TransitionBlock, build_model, list_models
+from .constraints import check, receptive_field, stage_kind, trace
+from .registry import build_model, is_file_spec, list_models, parse_file_spec
 
 DPI = 130  # the committed PNGs: ~900 px wide, legible on GitHub without zooming
 
@@ -87,10 +88,9 @@ def layer_rows(ops) -> list[Row]:
 
 def _stage_kind(model, name, position, count) -> str:
     module = dict(model.named_children()).get(name)
-    if isinstance(module, ConvBlock):
-        return "ConvBlock"
-    if isinstance(module, TransitionBlock):
-        return "TransitionBlock"
+    kind = stage_kind(module) if module is not None else None
+    if kind:
+        return kind
     # anything else before the stages is the input stem, after them the head
     return "head" if position == count - 1 and position > 0 else "input"
 
@@ -216,16 +216,19 @@ def draw_architecture(model, title=None, input_size=(1, 3, 32, 32)):
 
 def default_out(name: str, images_dir="images") -> str:
     """Where a model's picture goes: model_architecture.png for seed (the original solution),
-    model_architecture_NAME.png for the others, so one model's picture never overwrites another's."""
+    model_architecture_NAME.png for the others (NAME alone for your FILE.py:NAME), so one model's
+    picture never overwrites another's."""
+    if is_file_spec(name):
+        name = parse_file_spec(name)[1]
     return f"{images_dir}/model_architecture{'' if name == 'seed' else '_' + name}.png"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m helpers.diagram",
-        description="Draw a registered model's architecture (stages, layers, output shapes, receptive "
+        description="Draw a model's architecture (stages, layers, output shapes, receptive "
                     "fields) to a PNG.")
-    p.add_argument("model", help=f"registered model name: {', '.join(list_models())}")
+    p.add_argument("model", help=f"a registered model ({', '.join(list_models())}) or your own FILE.py:NAME")
     p.add_argument("--out", help="output path (default: images/model_architecture.png for seed, "
                                  "images/model_architecture_MODEL.png otherwise)")
     p.add_argument("--dpi", type=int, default=DPI, help=f"resolution (default {DPI})")

@@ -1,24 +1,41 @@
-"""Small conveniences the notebooks call: parameter checks, device-safe summary, Drive.
+"""What the notebooks call besides the rest of the package: parameter checks, run folders, Drive.
 
-Kept here, not in the notebooks, so that the notebooks stay prose, parameters and calls.
+Every Colab notebook runs in its own runtime (its own machine): nothing on its disk reaches the
+next notebook, only Google Drive does. So every notebook finds its run the same way,
+`run_folder(recipe=..., model=..., seed=..., use_drive=...)`: runs/RECIPE-sSEED (with the model in
+the name when it is not the recipe's), inside Drive when use_drive is on in Colab.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import os
+import re
 import sys
 from pathlib import Path
 
 from .data import SOURCES
-from .model import build_model, list_models
+from .errors import UserError
 from .recipes import PRECISIONS, RECIPES, get_recipe
+from .registry import FACTORY, ModelError, build_model, is_file_spec, model_problem, parse_file_spec, spec_name
+
+# the project's folder in "My Drive"
+DRIVE_FOLDER = "cifar10-small-cnn"
 
 
-def check_params(data, data_dir=None, model=None, epochs=None, limit=None, recipe="seed", precision=None,
-                 batch_size=None, cli=False, **_ignored):
+class ParameterError(UserError):
+    """Bad notebook parameters (or pipeline options): every problem, one line each."""
+
+
+def check_params(*, data, data_dir=None, recipe="seed", model=None, epochs=None, batch_size=None, precision=None,
+                 limit=None, cli=False, **_ignored):
     """Fail early, in the notebook's first cell, with one message naming every bad parameter.
 
     Returns the recipe the parameters resolve to: None means "the recipe's value", so changing
-    only `recipe` switches model, epochs, batch size and precision together. `cli=True` names the
-    options as `python -m helpers.pipeline` spells them (--data-dir), for its own early check.
+    only `recipe` switches model, epochs, batch size and precision together. `model` may be your
+    own FILE.py:NAME (helpers/registry.py). `cli=True` names the options as `python -m
+    helpers.pipeline` spells them (--data-dir), for its own early check.
     """
     def name(key, value):
         return f"--{key.replace('_', '-')} {value}" if cli else f"{key}={value!r}"
@@ -33,8 +50,8 @@ def check_params(data, data_dir=None, model=None, epochs=None, limit=None, recip
         problems.append(f"{name('data_dir', data_dir)} does not exist (relative paths start at the project root)")
     if recipe not in RECIPES:
         problems.append(f"{name('recipe', recipe)}: known recipes are {', '.join(sorted(RECIPES))}")
-    if model is not None and model not in list_models():
-        problems.append(f"{name('model', model)}: known models are {', '.join(list_models())} (or None: the recipe's)")
+    if model is not None and model_problem(model):
+        problems.append(f"{name('model', model)}: {model_problem(model)} (or None: the recipe's)")
     if precision is not None and precision not in PRECISIONS:
         problems.append(f"{name('precision', precision)}: use None (the recipe's) or one of {', '.join(PRECISIONS)}")
     for key, value, none in (("epochs", epochs, "the recipe's"), ("batch_size", batch_size, "the recipe's"),
@@ -44,49 +61,87 @@ def check_params(data, data_dir=None, model=None, epochs=None, limit=None, recip
     r = None
     if not problems:
         r = get_recipe(recipe, model=model, epochs=epochs, batch_size=batch_size, precision=precision)
-        try:  # a recipe's model settings (e.g. fast's GELU) may not fit another model
+        try:  # a file that fails to import, a missing NAME, model arguments it does not take
             build_model(r.model, **r.model_kwargs)
-        except ValueError as e:
-            problems.append(f"{name('model', model)} with {name('recipe', recipe)}: {e}; keep model None "
-                            "or pick the recipe made for that model")
+        except ModelError as e:
+            problems.append(f"{name('model', model)}: {e}")
         # the training loader drops the last partial batch, so a smaller split would train on nothing
         if limit is not None and limit < r.batch_size:
             problems.append(f"{name('limit', limit)} keeps fewer training images than one batch of "
                             f"{r.batch_size} (recipe {recipe!r}): raise {'--limit' if cli else 'limit'} or set "
                             f"{'--batch-size' if cli else 'batch_size'} to at most {limit}")
     if problems:
-        raise ValueError(f"bad {'options' if cli else 'notebook parameters'}:\n  " + "\n  ".join(problems))
-    print(f"parameters ok: data={data} recipe={recipe}: model={r.model} epochs={r.epochs} "
-          f"batch_size={r.batch_size} precision={r.precision} limit={limit}")
+        raise ParameterError(f"bad {'options' if cli else 'notebook parameters'}:\n  " + "\n  ".join(problems))
+    print(f"parameters ok: data={data} recipe={recipe} (recipes: {', '.join(sorted(RECIPES))}): model={r.model} "
+          f"epochs={r.epochs} batch_size={r.batch_size} precision={r.precision} limit={limit}")
     return r
 
 
-def summary(model, input_size=(3, 32, 32)):
-    """torchsummary on whatever device the model is on (torchsummary defaults to 'cuda')."""
-    from torchsummary import summary as _summary
-
-    device = next(model.parameters()).device
-    _summary(model, input_size, device="cuda" if device.type == "cuda" else "cpu")
+def run_name(recipe: str, seed: int, model=None) -> str:
+    """A run's folder name: RECIPE-sSEED, or RECIPE-MODEL-sSEED when the model is not the recipe's own
+    (so your network never meets the checkpoint of the recipe's)."""
+    if model is None or model == getattr(RECIPES.get(recipe), "model", None):
+        return f"{recipe}-s{seed}"
+    label = parse_file_spec(model)[1] if is_file_spec(model) else spec_name(model).removeprefix(FACTORY)
+    return f"{recipe}-{label}-s{seed}"
 
 
 def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-def drive_folder(out_dir: str, use_drive: bool) -> str:
-    """In Colab with use_drive, put the run folder on Google Drive so a disconnect loses nothing."""
-    if not (use_drive and in_colab()):
-        return out_dir
+def drive_mount() -> Path:
+    """Where Google Drive is mounted: Colab's /content/drive (CIFAR_DRIVE_MOUNT moves it)."""
+    return Path(os.environ.get("CIFAR_DRIVE_MOUNT", "/content/drive"))
+
+
+def drive_path(path, use_drive: bool) -> str:
+    """`path` as it is, or, in Colab with use_drive, the same path inside the project's Drive folder
+    (mounting Drive first: Colab asks once per runtime for permission)."""
+    path = str(path)
+    if not in_colab() or Path(path).is_absolute():
+        return path
+    if not use_drive:
+        print(f"note: use_drive is off, so {path} stays on this runtime's disk, which the other notebooks "
+              "(each in a Colab runtime of its own) cannot see")
+        return path
     from google.colab import drive  # type: ignore
 
-    drive.mount("/content/drive")
-    folder = Path("/content/drive/MyDrive/cifar10-small-cnn") / out_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"run folder on Google Drive: {folder}")
-    return str(folder)
+    mount = drive_mount()
+    if not (mount / "MyDrive").is_dir():
+        drive.mount(str(mount))
+    return str(mount / "MyDrive" / DRIVE_FOLDER / path)
+
+
+def run_folder(*, recipe: str, seed: int, model=None, out_dir=None, use_drive: bool = False) -> str:
+    """The run folder every notebook uses: out_dir, or runs/<run_name>; on Drive in Colab with use_drive."""
+    folder = drive_path(out_dir or f"runs/{run_name(recipe, seed, model)}", use_drive)
+    print(f"run folder: {folder}")
+    return folder
+
+
+def summary(model, input_size=(3, 32, 32)):
+    """torchsummary's table, for a model on any device, with honest trainable counts.
+
+    torchsummary feeds CPU or cuda:0 tensors, so it runs on a CPU copy. It files a layer's bias
+    under its weight's trainability, so a frozen weight with a trained bias (the whitening layer,
+    BatchNorm with a fixed scale) counts as untrainable: the totals below are counted per parameter.
+    """
+    from torchsummary import summary as _summary
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        _summary(copy.deepcopy(model).cpu(), input_size, device="cpu")
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    text = out.getvalue()
+    for label, value in (("Total params", total), ("Trainable params", trainable),
+                         ("Non-trainable params", total - trainable)):
+        text = re.sub(rf"(?m)^{label}: [\d,]+$", f"{label}: {value:,}", text)
+    print(text, end="")
 
 
 def warn_if_no_gpu(device):
-    if device.type != "cuda":
+    if device.type == "cpu":
         print("WARNING: no GPU in this runtime: training runs on the CPU and is slow "
               "(minutes per epoch). In Colab: Runtime > Change runtime type > GPU, then run all again.")

@@ -13,6 +13,7 @@ repository shows always belongs together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from .model import list_models
-from .notebook import check_params
+from .notebook import check_params, run_name
+from .registry import is_file_spec, parse_file_spec
 from .recipes import PRECISIONS, RECIPES, get_recipe
-from .train import positive_int
+from .train import model_arg, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -205,9 +206,10 @@ def set_repo(repo: str, root: Path | None = None, log=print) -> list[Path]:
     return changed
 
 
-def default_out(recipe: str, seed: int, smoke: bool) -> Path:
-    """One folder per recipe and seed, so runs with other settings never meet the same checkpoint."""
-    return Path("runs") / ("smoke" if smoke else "pipeline") / f"{recipe}-s{seed}"
+def default_out(recipe: str, seed: int, smoke: bool, model=None) -> Path:
+    """One folder per recipe, model and seed (named as the notebooks name them), so runs with other
+    settings never meet the same checkpoint."""
+    return Path("runs") / ("smoke" if smoke else "pipeline") / run_name(recipe, seed, model)
 
 
 def rooted(path) -> str | None:
@@ -216,11 +218,31 @@ def rooted(path) -> str | None:
     return None if path is None else os.path.relpath(Path(path).resolve(), ROOT)
 
 
+@contextlib.contextmanager
+def in_root():
+    """Run a block in the project root, where the notebooks run, and come back."""
+    here = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def rooted_model(model) -> str | None:
+    """--model as the notebooks see it: FILE.py:NAME with FILE relative to the project root."""
+    if not is_file_spec(model):
+        return model
+    path, name = parse_file_spec(model)
+    return f"{rooted(path)}:{name}"
+
+
 def resolve(args) -> tuple[dict, Path]:
     """The notebooks' parameters and the output folder (relative to the project root) for parsed arguments."""
-    out = Path(rooted(args.out)) if args.out else default_out(args.recipe, args.seed, args.smoke)
+    model = rooted_model(args.model)
+    out = Path(rooted(args.out)) if args.out else default_out(args.recipe, args.seed, args.smoke, model)
     params = dict(data=args.data or "cifar10", data_dir=rooted(args.data_dir), recipe=args.recipe,
-                  model=args.model, epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,
+                  model=model, epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,
                   limit=args.limit, device=args.device, seed=args.seed, out_dir=rooted(args.run_dir) or str(out),
                   images_dir=rooted(args.images_dir) or str(out / "images"),
                   compare=[rooted(d) for d in args.compare],
@@ -267,7 +289,8 @@ def get_parser():
                         "(default: cifar10; synthetic with --smoke)")
     p.add_argument("--data-dir", help="ImageFolder root with train/ and test/ (for --data folder)")
     p.add_argument("--recipe", default="seed", choices=sorted(RECIPES), help="training recipe (default: %(default)s)")
-    p.add_argument("--model", help="model name (default: the recipe's)", choices=list_models())
+    p.add_argument("--model", type=model_arg, help="a registered model (seed, fast, wide, air) or your own "
+                                                     "FILE.py:NAME (default: the recipe's)")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default: the recipe's)")
     p.add_argument("--limit", type=positive_int, help="images per split, class-balanced (default: all)")
@@ -314,8 +337,9 @@ def main(argv=None):
     command = shlex.join(["python", "-m", "helpers.pipeline", *argv])
     executed = []
     try:
-        check_params(**{**params, "data_dir": params["data_dir"] and str(ROOT / params["data_dir"])}, cli=True)
-        check_run_dir(params)
+        with in_root():  # paths in params are the notebooks', relative to the project root
+            check_params(**params, cli=True)
+            check_run_dir(params)
         print(f"pipeline: recipe {params['recipe']}, seed {params['seed']}, data {params['data']}; "
               f"run folder {params['out_dir']}")
         t0 = time.perf_counter()

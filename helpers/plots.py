@@ -54,14 +54,17 @@ def class_grid(ds, per_class=8):
 
 
 def show_augmentations(ds, translate=4, flip=True, n=8, variants=3, seed=0):
-    """First row: n training images; next rows: the same images as the training loop augments them."""
+    """First row: one training image of each of the first n classes; next rows: the same images as
+    the training loop augments them."""
     g = torch.Generator().manual_seed(seed)
-    images = ds.images[:n]
+    firsts = [int((ds.labels == c).nonzero()[0]) for c in range(len(ds.classes)) if (ds.labels == c).any()][:n]
+    images = ds.images[firsts]
+    n = len(firsts)
     rows = [images]
     for _ in range(variants):
         x = random_translate(images, translate, g)
         rows.append(random_flip(x, g) if flip else x)
-    titles = ["original"] + [""] * (n - 1) + sum((["augmented"] + [""] * (n - 1) for _ in range(variants)), [])
+    titles = [ds.classes[int(ds.labels[i])] for i in firsts] + ["augmented"] * n * variants
     return show_images(torch.cat(rows), titles, ncols=n)
 
 
@@ -114,7 +117,9 @@ def plot_curves(record):
     name = run_label(record)
     epochs = record.series("epoch")
     a.plot(epochs, [100 * v for v in record.series("train_acc")], "o-", label="train")
-    a.plot(epochs, [100 * v for v in record.series("test_acc")], "o-", label="test")
+    a.plot(epochs, [100 * v for v in record.series("test_acc")], "o-", label="test (plain)")
+    if all("tta_acc" in h for h in record.history) and record.history:
+        a.plot(epochs, [100 * v for v in record.series("tta_acc")], "o--", color="C1", alpha=0.5, label="test with TTA")
     a.axhline(80, color="gray", ls=":", label="80 % target")
     a.set(ylabel="accuracy (%)", title=f"{name}: accuracy")
     b.plot(epochs, record.series("train_loss"), "o-", label="train")
@@ -171,8 +176,9 @@ def plot_confusion(cm, classes):
 def plot_per_class_accuracy(cm, classes):
     acc = (cm.diag().float() / cm.sum(1).clamp(min=1)).tolist()
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.bar(classes, [100 * a for a in acc])
-    ax.set(ylabel="accuracy (%)", title="per-class test accuracy", ylim=(0, 100))
+    bars = ax.bar(classes, [100 * a for a in acc])
+    ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    ax.set(ylabel="accuracy (%)", title="per-class test accuracy (plain)", ylim=(0, 105))
     ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     return fig
@@ -202,13 +208,53 @@ def grad_cam(model, x, layer):
     return cam.detach()
 
 
-def show_grad_cam(images, cams, titles, ncols=6):
-    """Images with their Grad-CAM heat map laid over them."""
-    fig, axes = _grid(len(images), ncols)
-    for img, cam, t, ax in zip(images, cams, titles, axes):
-        ax.imshow(img.permute(1, 2, 0).numpy())
-        ax.imshow(cam.numpy(), cmap="jet", alpha=0.45)
-        ax.set_title(t, fontsize=7)
+def last_conv_stage(model):
+    """(name, module, (H, W)): the model's last ConvBlock stage that runs a conv, and the size of its
+    output: where Grad-CAM looks (the latest maps that still have a spatial layout)."""
+    from .constraints import stage_kind, trace
+
+    ops = [op for op in trace(model) if op.kind == "conv" and op.stages]
+    modules = dict(model.named_modules())
+    for op in reversed(ops):
+        outer = op.stages[0]  # the outermost stage the conv ran in
+        if stage_kind(modules[outer]) == "ConvBlock":
+            return outer, modules[outer], tuple(op.out_shape[1:])
+    raise ValueError("the model has no ConvBlock stage that runs a conv")
+
+
+def show_grad_cam(images, cams, titles, ncols=3):
+    """Each image beside its Grad-CAM heat map laid over it (ncols pairs per row)."""
+    fig, axes = _grid(2 * len(images), 2 * ncols)
+    axes = list(axes)
+    for i, (img, cam, t) in enumerate(zip(images, cams, titles)):
+        left, right = axes[2 * i], axes[2 * i + 1]
+        left.imshow(img.permute(1, 2, 0).numpy())
+        left.set_title(t, fontsize=7)
+        right.imshow(img.permute(1, 2, 0).numpy())
+        right.imshow(cam.numpy(), cmap="jet", alpha=0.45)
+        right.set_title("Grad-CAM", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_schedule(schedule: dict):
+    """The learning rate (both parameter groups) and the momentum at every step, epochs marked:
+    `schedule` from helpers.train.lr_schedule."""
+    steps = schedule["steps_per_epoch"]
+    x = [i / steps for i in range(len(schedule["lr"]))]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
+    a.plot(x, schedule["lr"], label="weights")
+    if schedule["bias_lr"] != schedule["lr"]:
+        a.plot(x, schedule["bias_lr"], "--", label="BatchNorm and biases")
+        a.set_yscale("log")
+        a.legend()
+    a.set(ylabel="learning rate", title="learning rate per step")
+    b.plot(x, schedule["momentum"], color="C2")
+    b.set(ylabel="momentum", title="momentum per step")
+    for ax in (a, b):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .errors import UserError
+
 # "auto" resolves per device at the start of each run (helpers.device.resolve_precision);
 # the others force autocast to that dtype ("fp16" adds a GradScaler)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -78,22 +80,31 @@ class Recipe:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def override(self, **changes) -> "Recipe":
-        """A copy with some fields changed; None values mean 'keep the recipe's'."""
+        """A copy with some fields changed; None values mean 'keep the recipe's'.
+
+        model_kwargs are the arguments of the recipe's own model: another model (yours, say)
+        starts without them unless they are given too. The copy never shares the dict.
+        """
         changes = {k: v for k, v in changes.items() if v is not None}
         bad = set(changes) - {f.name for f in fields(self)}
         if bad:
-            raise ValueError(f"unknown recipe field(s) {sorted(bad)}; known: {[f.name for f in fields(self)]}")
+            raise UserError(f"unknown recipe field(s) {sorted(bad)}; known: {[f.name for f in fields(self)]}")
+        if changes.get("model", self.model) != self.model:
+            changes.setdefault("model_kwargs", {})
+        kwargs = changes.get("model_kwargs", self.model_kwargs)
+        if isinstance(kwargs, dict):  # anything else is left for validate() to name
+            changes["model_kwargs"] = dict(kwargs)
         return replace(self, **changes)
 
     def validate(self) -> "Recipe":
-        from .model import list_models
+        from .registry import model_problem
 
         problems = [f"{f.name} must be {_KIND[f.type]}, got {getattr(self, f.name)!r}"
                     for f in fields(self) if not _has_type(getattr(self, f.name), f.type)]
         if problems:  # wrong types would only fail later, deep inside the scheduler or a model
-            raise ValueError("invalid recipe: " + "; ".join(problems))
-        if self.model not in list_models():
-            problems.append(f"unknown model {self.model!r} (known: {', '.join(list_models())})")
+            raise UserError("invalid recipe: " + "; ".join(problems))
+        if model_problem(self.model):
+            problems.append(model_problem(self.model))
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -130,7 +141,7 @@ class Recipe:
         if self.compile not in COMPILE_MODES:
             problems.append(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if problems:
-            raise ValueError("invalid recipe: " + "; ".join(problems))
+            raise UserError("invalid recipe: " + "; ".join(problems))
         return self
 
 
@@ -191,5 +202,5 @@ RECIPES = {
 
 def get_recipe(name: str, **overrides) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
+        raise UserError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
     return RECIPES[name].override(**overrides).validate()

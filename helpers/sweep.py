@@ -4,7 +4,7 @@
         --data folder --data-dir ../shared/data/cifar10-jpeg-dev --workers 2
 
 Optuna does the searching (TPE sampler), the early stopping (median or successive-halving
-pruner on the per-epoch test accuracy) and the bookkeeping (a study in a database): a SQLite
+pruner on the per-epoch plain test accuracy) and the bookkeeping (a study in a database): a SQLite
 file runs/sweeps/<study>/study.db by default, which the worker processes of one machine share;
 any SQLAlchemy URL (--storage postgresql://...) lets workers on several machines join the same
 study. Running the same command again continues the study. Each trial is a `Trial` of the
@@ -46,6 +46,7 @@ from .recipes import Recipe, get_recipe
 from .train import NonFiniteLossError, Record, Trial, get_args_parser, positive_int
 
 SPACES = Path(__file__).resolve().parent / "spaces"   # example search spaces, found by name
+STUDIES = Path(__file__).resolve().parent / "studies"  # published studies (export_study's JSON), found by name
 ROOT = Path("runs/sweeps")                           # one folder per study, relative to the project root
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)      # trials that count toward --trials
 # a study remembers what it searches; a re-run that changes one of these is another study
@@ -170,7 +171,7 @@ class Space:
 
     def _check_values(self):
         """Every range end and every choice must make a valid recipe and a buildable model."""
-        from .model import build_model
+        from .registry import build_model
 
         for p in self.params:
             for value in p.candidates():
@@ -311,14 +312,56 @@ def open_study(name: str, storage=None, root=ROOT, settings: dict | None = None,
     return study
 
 
-def load_study(name: str, storage=None, root=ROOT) -> optuna.Study:
-    """An existing study, for results (notebook 05)."""
+def load_study(name: str, storage=None, root=ROOT, log=print) -> optuna.Study:
+    """An existing study, for results (notebook 05): from `storage`, else the study's SQLite file in
+    `root`, else the published copy shipped with the package (helpers/studies/NAME.json)."""
     if storage is None and not (study_dir(name, root) / "study.db").is_file():
-        raise SweepError(f"no study {name!r} in {study_dir(name, root)}: run python -m helpers.sweep first")
+        shipped = STUDIES / f"{name}.json"
+        if shipped.is_file():
+            log(f"no study {name!r} in {study_dir(name, root)}: showing the published one shipped with the "
+                f"project (helpers/studies/{shipped.name}); run python -m helpers.sweep for a study of your own")
+            return import_study(shipped)
+        known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.json")))
+        raise SweepError(f"no study {name!r} in {study_dir(name, root)}: run python -m helpers.sweep --study {name} "
+                         f"first, or show a published one ({known})")
     try:
         return optuna.load_study(study_name=name, storage=make_storage(storage, name, root, heartbeat=None))
     except KeyError:
         raise SweepError(f"storage holds no study named {name!r}") from None
+
+
+def export_study(study: optuna.Study, path) -> Path:
+    """The whole study as one JSON file (trials, their values per epoch, attributes, times): readable,
+    diffable, and loadable anywhere by import_study without a database."""
+    trials = [dict(number=t.number, state=t.state.name, value=t.value, params=t.params,
+                   distributions={k: optuna.distributions.distribution_to_json(d) for k, d in t.distributions.items()},
+                   intermediate_values=t.intermediate_values, user_attrs=t.user_attrs,
+                   datetime_start=t.datetime_start.isoformat() if t.datetime_start else None,
+                   datetime_complete=t.datetime_complete.isoformat() if t.datetime_complete else None)
+              for t in study.get_trials(deepcopy=False)]
+    doc = dict(study=study.study_name, direction=study.direction.name, user_attrs=study.user_attrs, trials=trials)
+    path = Path(path)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def import_study(path) -> optuna.Study:
+    """An in-memory study rebuilt from export_study's file."""
+    from datetime import datetime
+
+    doc = json.loads(Path(path).read_text())
+    study = optuna.create_study(study_name=doc["study"], direction=doc["direction"].lower())
+    for k, v in doc["user_attrs"].items():
+        study.set_user_attr(k, v)
+    for t in doc["trials"]:
+        when = [datetime.fromisoformat(t[k]) if t[k] else None for k in ("datetime_start", "datetime_complete")]
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=t["number"], state=TrialState[t["state"]], value=t["value"], datetime_start=when[0],
+            datetime_complete=when[1], params=t["params"],
+            distributions={k: optuna.distributions.json_to_distribution(d) for k, d in t["distributions"].items()},
+            user_attrs=t["user_attrs"], system_attrs={},
+            intermediate_values={int(k): v for k, v in t["intermediate_values"].items()}, trial_id=t["number"]))
+    return study
 
 
 # --------------------------------------------------------------------------- objective
@@ -330,7 +373,8 @@ def _retried_from(trial: optuna.Trial):
 
 
 class Objective:
-    """Train one sampled recipe; report test accuracy per epoch; return the final one."""
+    """Train one sampled recipe; report plain test accuracy per epoch; return the final one (the
+    recipe's TTA accuracy is kept beside it in the trial's history, never optimized)."""
 
     def __init__(self, recipe: Recipe, space: Space, folder: Path, data="synthetic", data_dir=None, limit=None,
                  device="auto", seed=0, threads=None, log=None):
@@ -341,7 +385,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         from . import constraints
-        from .model import build_model
+        from .registry import build_model
 
         overrides = self.space.sample(trial)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -364,8 +408,8 @@ class Objective:
         run_dir = self.folder / f"trial-{trial.number:03d}"
         trial.set_user_attr("run_dir", str(run_dir))
         resume = self._take_over(trial, run_dir)
-        job = Trial(run_dir.name, recipe, self.data, self.data_dir, self.limit, self.device, self.seed,
-                    out_dir=run_dir, progress=False, threads=self.threads)
+        job = Trial(name=run_dir.name, recipe=recipe, data=self.data, data_dir=self.data_dir, limit=self.limit,
+                    device=self.device, seed=self.seed, out_dir=run_dir, progress=False, threads=self.threads)
 
         def on_epoch(stats):
             history = job.trainer.history   # all epochs, those of a resumed run included
@@ -451,7 +495,7 @@ def table(study: optuna.Study, top: int = 5) -> str:
     if not best:
         return "no completed trials yet"
     keys = sorted({k for t in best for k in t.params})
-    head = ["trial", "test acc", *keys, "epochs", "train s"]
+    head = ["trial", "plain acc", *keys, "epochs", "train s"]
     rows = [[str(t.number), f"{t.value:.2%}", *[_fmt(t.params.get(k, "")) for k in keys],
              str(len(t.user_attrs.get("history", []))), f"{t.user_attrs.get('train_seconds', float('nan')):.0f}"]
             for t in best]
@@ -479,7 +523,9 @@ def _figure(ax):
 
 def plot_history(study):
     """Accuracy of every finished trial in order, and the best so far (Optuna's plot)."""
-    return _figure(optuna.visualization.matplotlib.plot_optimization_history(study))
+    fig = _figure(optuna.visualization.matplotlib.plot_optimization_history(study))
+    fig.axes[0].set_ylabel("plain test accuracy")
+    return fig
 
 
 def plot_importances(study):
@@ -491,7 +537,7 @@ def plot_epochs(study):
     """Test accuracy per epoch of every trial: pruned ones stop early (Optuna's intermediate values)."""
     fig = _figure(optuna.visualization.matplotlib.plot_intermediate_values(study))
     ax = fig.axes[0]
-    ax.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy per epoch (pruned trials stop early)")
+    ax.set(xlabel="epoch", ylabel="plain test accuracy", title="Test accuracy per epoch (pruned trials stop early)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     if ax.get_legend():
         ax.get_legend().remove()   # one entry per trial: too many to read
@@ -511,19 +557,24 @@ PLOTS = {"history": plot_history, "importances": plot_importances, "epochs": plo
 def figure(study, name: str, images_dir=None, prefix="sweep_", top=3):
     """One of the PLOTS, saved as IMAGES_DIR/<prefix><name>.png when images_dir is given; None
     (with the reason printed) when Optuna cannot draw it yet, e.g. importances of one trial."""
-    import matplotlib
+    import matplotlib.style
 
     from .plots import save
 
     draw = PLOTS[name] if name != "top_runs" else (lambda s: plot_top_runs(s, top))
+    # Optuna's plots switch matplotlib to its ggplot style: put back what that style sets, and only that.
+    # (Not rc_context: in a notebook whose first figure this is, it would also undo the inline
+    # backend's set-up, and no later figure of the session would show.)
+    styled = {k: matplotlib.rcParams[k] for k in matplotlib.style.library["ggplot"]}
     try:
-        # rc_context: Optuna's plots switch matplotlib to its ggplot style; keep that from leaking into later figures
-        with warnings.catch_warnings(), matplotlib.rc_context():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # "experimental" notices and few-trials caveats
             fig = draw(study)
     except (ValueError, RuntimeError, KeyError) as e:
         print(f"{name} plot skipped: {e}", file=sys.stderr)
         return None
+    finally:
+        matplotlib.rcParams.update(styled)
     if images_dir:
         save(fig, Path(images_dir) / f"{prefix}{name}.png")
     return fig
@@ -668,6 +719,8 @@ def main(argv=None) -> int:
     plots = save_plots(study, study_dir(args.study, args.root) / "plots", prefix="")
     if plots:
         print(f"plots: {', '.join(str(p) for p in plots)}")
+    # the study as one JSON file: to publish it, copy it to helpers/studies/ (notebook 05 finds it there)
+    print(f"study exported to {export_study(study, study_dir(args.study, args.root) / 'study.json')}")
     return 0
 
 

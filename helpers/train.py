@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,10 @@ import torch.nn.functional as F
 
 from .data import SOURCES, Loader, channel_stats, load_splits, reflect_pad
 from .device import DEVICE_HELP, autocast, make_scaler, pick_device, resolve_compile, resolve_precision
-from .model import build_model, count_params, list_models
+from .constraints import check
+from .errors import UserError
+from .model import count_params
+from .registry import build_model, file_source, keep_copy, model_identity, model_problem, rebuild_spec, spec_name
 from .recipes import COMPILE_MODES, PRECISIONS, RECIPES, Recipe, get_recipe
 
 CHECKPOINT = "checkpoint.pt"
@@ -55,7 +57,7 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or resumed; the message names the file and what to do."""
 
 
@@ -70,7 +72,13 @@ def loss_fn(log_probs, target, label_smoothing: float = 0.0):
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident memory of this process in MB (NaN where unknown, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def _progress(iterable, enabled, **kw):
@@ -150,6 +158,66 @@ def set_whiten_bias(model, recipe: Recipe, epoch: int):
     for m in model.modules():
         if isinstance(m, PatchWhitening) and m.conv.bias is not None:
             m.conv.bias.requires_grad_(trains)  # a parameter without a gradient: SGD leaves it alone
+
+
+def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> dict:
+    """The learning rate of both parameter groups and the momentum at every step of a run, read off
+    the recipe's own optimizer and scheduler driven on a stand-in model (one weight, one bias: the
+    two groups a real model has). What plots.plot_schedule draws before training."""
+    probe = torch.nn.Linear(1, 1)
+    optimizer = make_optimizer(probe, recipe)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    seen = dict(lr=[], bias_lr=[], momentum=[])
+    for _ in range(recipe.epochs * steps_per_epoch):
+        weights, others = optimizer.param_groups
+        seen["lr"].append(weights["lr"])
+        seen["bias_lr"].append(others["lr"])
+        seen["momentum"].append(weights["momentum"])
+        optimizer.step()  # no gradients: nothing moves, but the scheduler sees a step taken
+        scheduler.step()
+    return dict(seen, steps_per_epoch=steps_per_epoch)
+
+
+def recipe_table(trainer) -> str:
+    """The training recipe as a run will use it, one line per ingredient, read from the trainer's
+    own optimizer, loader and recipe (so it cannot disagree with what trains)."""
+    r, groups, steps = trainer.recipe, trainer.optimizer.param_groups, len(trainer.train_loader)
+
+    def group(g):
+        return f"{len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} values"
+
+    momentum = (f"{r.momentum:g}, constant" if r.momentum == r.momentum_max else
+                f"{r.momentum_max:g} -> {r.momentum:g} at the lr peak -> {r.momentum_max:g} (against the lr)")
+    flips = "mirror each image on alternate epochs" if r.alternate_flip else "mirror a random half"
+    augment = [f"shift up to {r.translate} px (reflect padding)" if r.translate else "",
+               flips if r.flip else "", f"cutout {r.cutout}x{r.cutout}" if r.cutout else ""]
+    averaging = [f"EMA of the weights, decay {r.ema:g} per step (evaluated)" if r.ema else "",
+                 f"lookahead every {r.lookahead} steps (trails more as training ends)" if r.lookahead else ""]
+    whitening = any(hasattr(m, "init_whitening") for m in trainer.model.modules())
+    rows = [
+        ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"),
+        ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, weight decay {r.weight_decay:g}"),
+        ("  the rest", f"BatchNorm and biases ({group(groups[1])}): peak lr {r.lr * r.bias_lr_scale:g} "
+                       f"(x{r.bias_lr_scale:g}), no weight decay"),
+        ("lr schedule", f"one cycle: {r.lr * r.lr_start:g} -> {r.lr:g} at {r.pct_start:.0%} of the steps -> "
+                        f"{r.lr * r.lr_end:g} ({'cosine' if r.anneal == 'cos' else 'linear'}), stepped every batch"),
+        ("momentum", momentum),
+        ("loss", "nll_loss of the log-softmax output" +
+         (f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ", no label smoothing")),
+        ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
+                    f"{r.epochs} epochs = {r.epochs * steps} steps"),
+        ("augmentation", ", ".join(a for a in augment if a) or "none"),
+        ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
+        *([("whitening layer", "frozen filters; bias trains " + ("every epoch" if r.whiten_bias_epochs < 0 else
+                                                                 f"for the first {r.whiten_bias_epochs} epochs"))]
+          if whitening else []),
+        ("test accuracy", "plain: one view per image" + {0: "", 1: "; TTA beside it: + the mirror (2 views)",
+                                                          2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
+        ("precision", f"{r.precision}{' autocast' if r.precision in ('bf16', 'fp16') else ''}"
+                      f"{' + GradScaler' if r.precision == 'fp16' else ''} on {trainer.device}; torch.compile "
+                      f"{r.compile}; {'channels_last' if r.channels_last else 'NCHW'} memory layout"),
+    ]
+    return "\n".join(f"{k:<18}{v}" for k, v in rows)
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -296,7 +364,13 @@ class Trainer:
 
     @property
     def epoch(self) -> int:
+        """Epochs finished (and saved) so far."""
         return len(self.history)
+
+    @property
+    def config(self) -> dict:
+        """What the run is: recipe, seed, data, model identity ... (stored in every checkpoint)."""
+        return dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info)
 
     # ---- checkpoints
     def checkpoint(self) -> dict:
@@ -305,7 +379,7 @@ class Trainer:
                     ema=self.ema.module.state_dict() if self.ema is not None else None,
                     lookahead=self.lookahead.state_dict() if self.lookahead is not None else None,
                     scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                    config=dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info))
+                    config=self.config)
 
     def save(self):
         """checkpoint.pt (the previous one becomes checkpoint.prev.pt), then history.json."""
@@ -331,8 +405,7 @@ class Trainer:
         steps per epoch differ, naming each difference.
         """
         ckpt = read_checkpoint(path, self.device)
-        now = dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info)
-        diffs = resume_differences(ckpt["config"], now)
+        diffs = resume_differences(ckpt["config"], self.config)
         total = ckpt["scheduler"].get("total_steps") if isinstance(ckpt.get("scheduler"), dict) else None
         if not diffs and total is not None and total != self.scheduler.total_steps:
             # what the identity cannot show for checkpoints written before it was recorded
@@ -361,12 +434,11 @@ class Trainer:
         sync_history(Path(path).parent, ckpt, self.log)
         self.log(f"resumed from {path} at epoch {self.epoch}")
 
-    # ---- the loop
-    def fit(self, resume=False, stop_after=None, on_epoch=None) -> list[dict]:
-        """Train until recipe.epochs (or `stop_after` more epochs); returns the history.
+    # ---- the epoch loop, in the pieces notebook 03 shows (fit runs them in the same order)
+    def restore(self, resume=True) -> int:
+        """Continue from the run folder's checkpoint if there is one; returns the epochs it holds (0: none).
 
-        `on_epoch(stats)` runs after each epoch's checkpoint is written (e.g. to report to a
-        sweep's pruner); an exception it raises stops the run with that epoch kept.
+        resume=False refuses to train over an existing checkpoint (FileExistsError).
         """
         ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
         prev = self.out_dir / PREV_CHECKPOINT if self.out_dir else None
@@ -378,33 +450,66 @@ class Trainer:
             if found == prev:  # save() died between its two renames
                 self.log(f"note: {ckpt} is missing; resuming from the previous epoch's {prev}")
             self.load(found)
+        return self.epoch
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        """Train epoch `epoch` (1-based): its own seeds, so that dropout, batch order and augmentation
+        depend only on (seed, epoch) and a resumed run repeats it exactly; the whitening bias
+        schedule; then the SGD steps along the lr schedule (the module's train_one_epoch)."""
+        torch.manual_seed(self.seed * 100_003 + epoch)
+        self.train_loader.set_epoch(epoch, self.seed)
+        set_whiten_bias(self.model, self.recipe, epoch)
+        try:
+            stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler, self.recipe,
+                                    self.device, epoch, self.progress, self.ema, self.scaler, self.lookahead)
+        except NonFiniteLossError as e:
+            raise self._stopped(e) from None
+        return dict(epoch=epoch, **stats)
+
+    def evaluate(self) -> dict:
+        """Test loss and plain single-view accuracy of the evaluated weights (the moving average when
+        the recipe keeps one), and with the recipe's test-time augmentation tta_loss / tta_acc beside them."""
+        t0 = time.perf_counter()
+        stats = evaluate(self.eval_model, self.test_loader, self.recipe.precision, self.recipe.tta)
+        return stats | dict(eval_seconds=time.perf_counter() - t0)
+
+    def save_epoch(self, stats: dict) -> dict:
+        """Keep a finished epoch: append it to the history, write checkpoint.pt (atomically) and
+        history.json, log one line. A non-finite loss is never saved as an epoch."""
+        if stats.get("epoch") != self.epoch + 1:
+            raise ValueError(f"epoch {stats.get('epoch')} cannot follow epoch {self.epoch}: call restore() "
+                             "first, then train the epochs in order")
+        bad = next((k for k in ("train_loss", "test_loss") if not math.isfinite(stats[k])), None)
+        if bad:
+            raise self._stopped(NonFiniteLossError(f"{bad.replace('_', ' ')} became {stats[bad]} "
+                                                   f"at epoch {stats['epoch']}"))
+        stats = stats | dict(peak_rss_mb=peak_rss_mb())
+        self.history.append(stats)
+        self.save()
+        tta = f" (TTA {stats['tta_acc']:.2%})" if "tta_acc" in stats else ""
+        self.log(f"epoch {stats['epoch']:>3}/{self.recipe.epochs}  train loss {stats['train_loss']:.4f} "
+                 f"acc {stats['train_acc']:.2%}  test loss {stats['test_loss']:.4f} acc {stats['test_acc']:.2%}{tta}"
+                 f"  lr {stats['lr']:.4f}  {stats['train_seconds']:.0f}s")
+        return stats
+
+    def _stopped(self, error: NonFiniteLossError) -> NonFiniteLossError:
+        ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
+        kept = f"the last good checkpoint ({ckpt}, epoch {self.epoch}) is kept" if ckpt and ckpt.exists() \
+            else "no checkpoint was written"
+        return NonFiniteLossError(f"{error}: training stopped; {kept}. Try a lower lr or fp32 precision.")
+
+    def fit(self, resume=False, stop_after=None, on_epoch=None) -> list[dict]:
+        """Train until recipe.epochs (or `stop_after` more epochs); returns the history.
+
+        `on_epoch(stats)` runs after each epoch's checkpoint is written (e.g. to report to a
+        sweep's pruner); an exception it raises stops the run with that epoch kept.
+        """
+        self.restore(resume)
         last = self.recipe.epochs if stop_after is None else min(self.recipe.epochs, self.epoch + stop_after)
         for epoch in range(self.epoch + 1, last + 1):
-            # per-epoch seeds: dropout and batch order depend only on (seed, epoch), so resuming is exact
-            torch.manual_seed(self.seed * 100_003 + epoch)
-            self.train_loader.set_epoch(epoch, self.seed)
-            set_whiten_bias(self.model, self.recipe, epoch)
-            try:
-                stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler,
-                                        self.recipe, self.device, epoch, self.progress, self.ema, self.scaler,
-                                        self.lookahead)
-                t0 = time.perf_counter()
-                stats |= evaluate(self.eval_model, self.test_loader, self.recipe.precision, self.recipe.tta)
-                # a non-finite average or test loss is as bad as a non-finite step: never saved as an epoch
-                bad = next((k for k in ("train_loss", "test_loss") if not math.isfinite(stats[k])), None)
-                if bad:
-                    raise NonFiniteLossError(f"{bad.replace('_', ' ')} became {stats[bad]} at epoch {epoch}")
-            except NonFiniteLossError as e:
-                kept = f"the last good checkpoint ({ckpt}, epoch {self.epoch}) is kept" if ckpt and ckpt.exists() \
-                    else "no checkpoint was written"
-                raise NonFiniteLossError(f"{e}: training stopped; {kept}. Try a lower lr or fp32 precision.") from None
-            stats |= dict(epoch=epoch, eval_seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
-            self.history.append(stats)
-            self.save()
-            self.log(f"epoch {epoch:>3}/{self.recipe.epochs}  train loss {stats['train_loss']:.4f} "
-                     f"acc {stats['train_acc']:.2%}  test loss {stats['test_loss']:.4f} acc {stats['test_acc']:.2%}"
-                     + (f" (TTA {stats['tta_acc']:.2%})" if "tta_acc" in stats else "") +
-                     f"  lr {stats['lr']:.4f}  {stats['train_seconds']:.0f}s")
+            stats = self.train_one_epoch(epoch)
+            stats |= self.evaluate()
+            stats = self.save_epoch(stats)
             if on_epoch is not None:
                 on_epoch(stats)
         return self.history
@@ -496,6 +601,12 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
               if old.get(k) != v and k not in RESUME_MAY_CHANGE]
     if saved.get("seed") != now.get("seed"):
         diffs.append(f"seed (--seed / seed=): checkpoint {saved.get('seed')}, now {now.get('seed')}")
+    old_model, new_model = saved.get("model_identity"), now.get("model_identity")
+    if old_model and new_model and old_model.get("sha1") != new_model.get("sha1"):
+        diffs.append(f"model file {new_model.get('file') or old_model.get('file')}: changed since the checkpoint "
+                     f"(SHA-1 {str(old_model.get('sha1'))[:12]} there, {str(new_model.get('sha1'))[:12]} now)")
+    elif old_model and new_model and old_model["architecture"] != new_model["architecture"]:
+        diffs.append("model architecture (its parameter names and shapes) differs from the checkpoint's")
     before, after = saved.get("data_identity"), now.get("data_identity")
     if after is None:  # a Trainer built by hand, without a Trial: nothing known about its data
         return diffs
@@ -534,7 +645,23 @@ class Record:
         return max(self.series("test_acc"), default=float("nan"))
 
     def first_epoch_reaching(self, acc: float):
+        """The first epoch whose plain test accuracy reaches `acc` (None if none does)."""
         return next((h["epoch"] for h in self.history if h["test_acc"] >= acc), None)
+
+    def table(self) -> str:
+        """The history as a text table, one row per epoch; test accuracy plain, TTA in its own column."""
+        tta = bool(self.history) and all("tta_acc" in h for h in self.history)
+        lines = [f"{'epoch':>5}{'train loss':>12}{'train acc':>11}{'test loss':>11}{'test acc':>10}"
+                 + (f"{'TTA acc':>9}" if tta else "") + f"{'lr':>9}{'train s':>9}"]
+        for h in self.history:
+            lines.append(f"{h['epoch']:>5}{h['train_loss']:>12.4f}{h['train_acc']:>11.2%}{h['test_loss']:>11.4f}"
+                         f"{h['test_acc']:>10.2%}" + (f"{h['tta_acc']:>9.2%}" if tta else "")
+                         + f"{h['lr']:>9.4f}{h['train_seconds']:>9.1f}")
+        reached = self.first_epoch_reaching(0.80)
+        lines.append(f"final test accuracy (plain, single view) {self.final_acc:.2%}"
+                     + (f"; with test-time augmentation {self.final_tta_acc:.2%}" if tta else "")
+                     + (f"; 80 % first reached at epoch {reached}" if reached else "; 80 % not reached"))
+        return "\n".join(lines)
 
     @classmethod
     def load(cls, path, name=None) -> "Record":
@@ -548,23 +675,32 @@ class Record:
 
 
 class Trial:
-    """One named run: builds data, model and Trainer from a recipe, runs it, returns a Record."""
+    """One named run: builds data, model and Trainer from a recipe, runs it, returns a Record.
 
-    def __init__(self, name="run", recipe="seed", data="synthetic", data_dir=None, limit=None,
-                 device="auto", seed=0, out_dir=None, progress=None, threads=None, **overrides):
+    `recipe`: a name from RECIPES or a Recipe; other recipe fields may follow as keyword
+    overrides (epochs=5). `model`: None (the recipe's), a registered name, your own
+    "FILE.py:NAME", or a Python callable returning an nn.Module. A model that breaks one of
+    the assignment's rules is refused before any training (enforce_rules=False is for measuring
+    what a rule costs). Every argument is a keyword.
+    """
+
+    def __init__(self, *, name="run", recipe="seed", model=None, data="synthetic", data_dir=None, limit=None,
+                 device="auto", seed=0, out_dir=None, progress=None, threads=None, enforce_rules=True, **overrides):
         if data not in SOURCES:
-            raise ValueError(f"unknown data source {data!r}; choose one of {', '.join(SOURCES)}")
+            raise UserError(f"unknown data source {data!r}; choose one of {', '.join(SOURCES)}")
         if data == "folder" and not data_dir:
-            raise ValueError("data='folder' needs data_dir (--data-dir DIR on the command line): "
+            raise UserError("data='folder' needs data_dir (--data-dir DIR on the command line): "
                              "a folder holding train/ and test/")
         if limit is not None and limit <= 0:
-            raise ValueError(f"limit must be a positive number of images per split, or None; got {limit}")
+            raise UserError(f"limit must be a positive number of images per split, or None; got {limit}")
         self.name = name
+        self.factory = model if callable(model) else None  # a Python callable cannot live in a Recipe: its name does
         self.recipe = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
-        self.recipe = self.recipe.override(**overrides).validate()
+        self.recipe = self.recipe.override(model=spec_name(model) if model is not None else None, **overrides)
+        self.recipe = self.recipe.validate()
         self.data, self.data_dir, self.limit = data, data_dir, limit
         self.device_name, self.seed, self.out_dir, self.progress = device, seed, out_dir, progress
-        self.threads = threads
+        self.threads, self.enforce_rules = threads, enforce_rules
         self.trainer: Trainer | None = None
 
     def setup(self) -> Trainer:
@@ -577,25 +713,32 @@ class Trial:
         if (precision, compile_mode) != (self.recipe.precision, self.recipe.compile):
             print(f"precision: {self.recipe.precision} -> {precision}; compile: {self.recipe.compile} -> {compile_mode}")
         self.recipe = self.recipe.override(precision=precision, compile=compile_mode)
+        r = self.recipe
+        # the network first: a file that fails or a rule it breaks is one line before any data is read
+        source = file_source(r.model)  # your FILE.py as built, kept in the run folder
+        torch.manual_seed(self.seed)  # model init depends on the seed only
+        model = build_model(self.factory or r.model, **r.model_kwargs)
+        if self.enforce_rules:
+            check(model).require(r.model)
         train_set, test_set = load_splits(self.data, self.data_dir, self.limit)
         mean, std = channel_stats(train_set.images)
-        r = self.recipe
         common = dict(mean=mean, std=std, device=device, channels_last=r.channels_last)
         train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
                               alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
-        torch.manual_seed(self.seed)  # model init depends on the seed only
-        model = build_model(r.model, **r.model_kwargs).to(device)
+        model = model.to(device)
         for m in model.modules():  # data-dependent init (PatchWhitening) from 5,000 training images
             if hasattr(m, "init_whitening"):
                 m.init_whitening(train_loader.normalize(train_set.images[:5000].to(device)).contiguous())
         if r.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        identity = model_identity(self.factory or r.model, model, source)
+        keep_copy(self.out_dir, identity, source)
         compile_seconds = compile_model(model, r, train_loader, test_loader) if r.compile != "off" else 0.0
         info = dict(name=self.name, data=self.data, data_dir=str(self.data_dir) if self.data_dir else None,
                     limit=self.limit, mean=mean, std=std, classes=train_set.classes,
                     params=count_params(model), device=str(device), torch=str(torch.__version__),
-                    compile_seconds=round(compile_seconds, 1))
+                    compile_seconds=round(compile_seconds, 1), model_identity=identity)
         # what the run is trained and evaluated on: a resume must match it (Trainer.load)
         info["data_identity"] = dict(
             source=self.data, folder=str(Path(self.data_dir).resolve()) if self.data_dir else None,
@@ -607,10 +750,14 @@ class Trial:
                                self.progress, info)
         return self.trainer
 
+    def record(self) -> Record:
+        """The run so far: its config and history (after setup)."""
+        return Record(self.name, self.trainer.config, list(self.trainer.history))
+
     def run(self, resume=False, stop_after=None, on_epoch=None) -> Record:
         trainer = self.trainer or self.setup()
         trainer.fit(resume=resume, stop_after=stop_after, on_epoch=on_epoch)
-        return Record(self.name, trainer.checkpoint()["config"], list(trainer.history))
+        return self.record()
 
 
 def compile_model(model, recipe: Recipe, train_loader, test_loader) -> float:
@@ -639,18 +786,32 @@ def compile_model(model, recipe: Recipe, train_loader, test_loader) -> float:
 
 def train(recipe="seed", data="synthetic", resume=False, name=None, **kwargs) -> Record:
     """Train one run and return its Record (see Trial for the arguments)."""
-    return Trial(name or (recipe if isinstance(recipe, str) else "run"), recipe, data, **kwargs).run(resume=resume)
+    name = name or (recipe if isinstance(recipe, str) else "run")
+    return Trial(name=name, recipe=recipe, data=data, **kwargs).run(resume=resume)
 
 
-def load_run(out_dir, device="cpu"):
-    """(model, config, history) from a run folder's checkpoint, for analysis."""
+class RunNotFoundError(UserError):
+    """No trained run where one was looked for; the message says how to make or find it."""
+
+
+def load_run(out_dir, device="cpu", model=None):
+    """(model, config, history) from a run folder's checkpoint, for analysis.
+
+    The network is rebuilt as the run recorded it; your FILE.py:NAME from the run folder's copy
+    when the file is not here (another Colab runtime) or has changed. `model`: the callable, for a
+    run trained with a Python factory (Trial(model=...)).
+    """
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: run notebook 03 or python -m helpers.train first")
+        raise RunNotFoundError(f"no run in {out_dir} (no {CHECKPOINT} there): train it first, with notebook 03 "
+                               "and the same recipe, model and seed (in Colab: use_drive = True in both notebooks, "
+                               f"since each runs on its own machine), or python -m helpers.train --out {out_dir}")
     ckpt = read_checkpoint(path, device)
     sync_history(path.parent, ckpt)  # history.json, which Record.load and plots read, follows the checkpoint
     recipe = Recipe.from_dict(ckpt["config"]["recipe"])
-    model = build_model(recipe.model, **recipe.model_kwargs).to(device)
+    identity = ckpt["config"].get("model_identity") or dict(spec=recipe.model)
+    spec = model if model is not None else rebuild_spec(identity, path.parent)
+    model = build_model(spec, **recipe.model_kwargs).to(device)
     # the moving average, when the run kept one, is the model that was evaluated
     model.load_state_dict(ckpt.get("ema") or ckpt["model"])
     return model.eval(), ckpt["config"], ckpt["history"]
@@ -677,6 +838,14 @@ def positive_int(s):
     return v
 
 
+def model_arg(text):
+    """argparse type of --model: a registered name or your FILE.py:NAME."""
+    problem = model_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def get_args_parser(add_help=True) -> argparse.ArgumentParser:
     """Shared by the training CLI and the benchmark."""
     p = argparse.ArgumentParser(prog="python -m helpers.train", add_help=add_help,
@@ -684,7 +853,8 @@ def get_args_parser(add_help=True) -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="seed", choices=sorted(RECIPES),
                    help="named hyperparameter set (helpers/recipes.py); other flags override it "
                         "(default: %(default)s)")
-    p.add_argument("--model", choices=list_models(), help="model name (default: the recipe's)")
+    p.add_argument("--model", type=model_arg, help="a registered model (seed, fast, wide, air) or your own "
+                                                     "FILE.py:NAME (default: the recipe's)")
     p.add_argument("--data", default="folder", choices=SOURCES,
                    help="cifar10: download via torchvision; folder: ImageFolder root with train/ and test/; "
                         "synthetic: generated images for smoke runs (default: %(default)s)")
@@ -714,9 +884,10 @@ def main(argv=None):
     if args.lr is not None and not args.lr > 0:
         p.error(f"--lr must be > 0, got {args.lr}")
     try:
-        trial = Trial(Path(args.out).name, args.recipe, args.data, args.data_dir, args.limit, args.device,
-                      args.seed, args.out, threads=args.threads, model=args.model, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, precision=args.precision, compile=args.compile)
+        trial = Trial(name=Path(args.out).name, recipe=args.recipe, model=args.model, data=args.data,
+                      data_dir=args.data_dir, limit=args.limit, device=args.device, seed=args.seed, out_dir=args.out,
+                      threads=args.threads, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      precision=args.precision, compile=args.compile)
         record = trial.run(resume=args.resume)
     except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)

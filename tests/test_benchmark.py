@@ -5,7 +5,8 @@ import torch
 
 from helpers import benchmark
 from helpers.constraints import check
-from helpers.model import build_model, count_params
+from helpers.model import count_params
+from helpers.registry import build_model
 from helpers.recipes import RECIPES, Recipe
 from helpers import train as T
 

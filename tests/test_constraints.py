@@ -1,9 +1,10 @@
 """The checker must pass the real models and reject models built to break each rule."""
 import pytest
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import constraints, model as M
+from helpers import constraints, model as M, registry as R
 from helpers.constraints import check, receptive_field, trace
 
 
@@ -119,13 +120,87 @@ def test_receptive_field_arithmetic():
 
 
 def test_seed_final_receptive_field():
-    assert check(M.build_model("seed")).final_receptive_field >= 32
+    assert check(R.build_model("seed")).final_receptive_field >= 32
 
 
 def test_cli_exit_codes(monkeypatch, capsys):
     assert constraints.main(["seed"]) == 0
     assert "final receptive field" in capsys.readouterr().out
     monkeypatch.setitem(M.MODELS, "broken", lambda: net(*good_stages()[:-2]))
-    monkeypatch.setattr(constraints, "list_models", M.list_models)
     assert constraints.main(["broken"]) == 1
     assert "[FAIL] exactly 3 max-pools" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- a student's own stages
+
+class MyStage(M.ConvBlock):
+    """A subclass of ConvBlock, as a student would write a stage."""
+
+
+class MyTransition(M.TransitionBlock):
+    """A TransitionBlock subclass whose pool is a functional call inside its own forward."""
+    def forward(self, x):
+        return F.max_pool2d(x, 2)
+
+
+class ConvBlock(nn.Module):
+    """Plain torch, the original solution's way: a stage class named ConvBlock ..."""
+    def __init__(self, cin, cout, **kw):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=kw.get("dilation", 1), **kw)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+class TransitionBlock(nn.Module):
+    """... and one named TransitionBlock."""
+    def forward(self, x):
+        return F.max_pool2d(x, 2)
+
+
+def test_subclassed_stages_are_judged_like_the_package_blocks():
+    report = check(net(M.ConvReLUBN(3, 32), MyStage([32, 32], dilation=2), MyTransition(32),
+                       MyStage([32, 32], conv=M.DepthwiseSeparableConv), MyTransition(32),
+                       MyStage([32, 32]), M.TransitionBlock(32)))
+    assert report.passed, report.rules_text()
+    structure = next(r for r in report.rules if r.name.startswith("ConvBlock"))
+    assert structure.evidence == "stages C -> T -> C -> T -> C -> T"  # a ConvBlock subclass is a C, not a T
+
+
+def test_plain_torch_stages_named_so_count():
+    class Separable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw, self.pw = nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Conv2d(32, 32, 1)
+
+        def forward(self, x):
+            return self.pw(self.dw(x))
+
+    stages = [ConvBlock(3, 32), TransitionBlock(), ConvBlock(32, 32, dilation=2), TransitionBlock(),
+              nn.Sequential(Separable()), TransitionBlock()]
+    stages[4].__class__ = type("ConvBlock", (nn.Sequential,), {})  # a Sequential stage named ConvBlock
+    assert check(net(*stages)).passed
+
+
+def test_a_functional_pool_in_a_stage_forward_counts_where_it_runs():
+    s = good_stages()
+    s[-1] = MyTransition(32)  # the third pool: functional, inside a TransitionBlock subclass
+    assert check(net(*s)).passed
+    s[-2] = SneakyBlock([32, 32])  # and one more, inside a ConvBlock: 4 pools, one outside a transition
+    assert failed(check(net(*s))) == {"exactly 3 max-pools", "ConvBlock -> TransitionBlock structure"}
+
+
+def test_a_factory_is_checked_like_a_class():
+    def factory():
+        return net(*good_stages())
+
+    assert check(R.build_model(factory)).passed
+
+
+def test_require_names_every_broken_rule_in_one_line():
+    report = check(net(*good_stages()[:-2]))
+    with pytest.raises(constraints.RuleError, match=r"^mine breaks the assignment's rules: exactly 3 max-pools "
+                                                    r"\(2 max-pool calls ran.*python -m helpers.constraints mine$"):
+        report.require("mine")
+    check(net(*good_stages())).require("fine")  # nothing raised

@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from helpers import diagram, model as M  # noqa: E402
+from helpers import diagram, model as M, registry as R  # noqa: E402
 from helpers.constraints import check, trace  # noqa: E402
 
 
@@ -32,9 +32,9 @@ def counts(ops):
                 separable=separable, rows=len(ops) - separable)
 
 
-@pytest.mark.parametrize("name", M.list_models())
+@pytest.mark.parametrize("name", R.list_models())
 def test_diagram_shows_every_traced_layer(name):
-    net = M.build_model(name)
+    net = R.build_model(name)
     ops = trace(net)
     fig = diagram.draw_architecture(net, title=name)
     assert isinstance(fig, Figure)

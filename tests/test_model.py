@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from helpers.constraints import check
-from helpers.model import DepthwiseSeparableConv, build_model, count_params, list_models
+from helpers.model import DepthwiseSeparableConv, count_params
+from helpers.registry import build_model, list_models
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -45,7 +45,7 @@ def test_precision_choices_are_the_recipes():
     action = next(a for a in pipeline.get_parser()._actions if a.dest == "precision")
     assert tuple(action.choices) == PRECISIONS
     for p in PRECISIONS:
-        assert check_params("synthetic", precision=p).precision == p
+        assert check_params(data="synthetic", precision=p).precision == p
 
 
 def test_data_dir_with_another_source_is_one_clear_error(monkeypatch, capsys):
@@ -86,19 +86,22 @@ def test_a_split_smaller_than_a_batch_is_one_clear_error(monkeypatch, capsys):
     assert "--limit 100 keeps fewer training images than one batch of 256" in err
     assert "--batch-size" in err and "Traceback" not in err
     with pytest.raises(ValueError, match=r"limit=100 keeps fewer training images .* set batch_size"):
-        check_params("synthetic", recipe="fast", limit=100)
+        check_params(data="synthetic", recipe="fast", limit=100)
 
 
 def test_changing_only_the_recipe_changes_model_and_epochs():
     # what a Colab user does: recipe = "fast" and nothing else (model, epochs, ... stay None)
     for name, recipe in RECIPES.items():
-        r = check_params("synthetic", model=None, epochs=None, recipe=name)
+        r = check_params(data="synthetic", model=None, epochs=None, recipe=name)
         assert (r.model, r.epochs, r.batch_size) == (recipe.model, recipe.epochs, recipe.batch_size)
 
 
-def test_a_model_the_recipe_does_not_fit_is_a_parameter_error():
-    with pytest.raises(ValueError, match="model='seed' with recipe='fast'"):
-        check_params("synthetic", model="seed", recipe="fast")
+def test_another_model_leaves_the_recipes_model_arguments_behind():
+    # fast's GELU belongs to the fast model: the seed model (or yours) is built without it
+    r = check_params(data="synthetic", model="seed", recipe="fast")
+    assert (r.model, r.model_kwargs, r.epochs) == ("seed", {}, RECIPES["fast"].epochs)
+    assert get_recipe("fast").model_kwargs == {"act": "gelu"}
+    assert get_recipe("fast", epochs=5).model_kwargs is not RECIPES["fast"].model_kwargs  # a copy, never shared
 
 
 # --------------------------------------------------------------------------- run folders

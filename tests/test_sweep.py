@@ -207,7 +207,7 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     trials = trials_of(root, "w")
     assert_no_duplicate_or_lost(trials, 6, root, "w")
     assert len({t.user_attrs["worker"] for t in trials}) == 2   # both processes ran trials
-    assert "test acc" in result.stdout and (root / "w" / "plots" / "history.png").is_file()
+    assert "plain acc" in result.stdout and (root / "w" / "plots" / "history.png").is_file()
 
 
 def test_killed_worker_leaves_a_failed_trial_and_the_rerun_completes(tmp_path):
@@ -322,7 +322,7 @@ def test_committed_notebook_structure():
     params = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert len(params) == 1
     tree = ast.parse(source(params[0]))
-    assert {t.id for node in tree.body for t in node.targets} == {"study", "storage", "root", "top", "images_dir"}
+    assert {t.id for node in tree.body for t in node.targets} == {"study", "storage", "root", "use_drive", "top", "images_dir"}
     for node in tree.body:   # plain literals only, so papermill can override them
         ast.literal_eval(node.value)
     text = NOTEBOOK.read_text()
@@ -345,7 +345,10 @@ def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
         outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
         assert not [o for o in outputs if o["output_type"] == "error"]
         text = "".join("".join(o.get("text", "")) for o in outputs)
-        assert "study nb: " in text and "test acc" in text
+        assert "study nb: " in text and "plain acc" in text
+        figure_cells = [c for c in json.loads(executed.read_text())["cells"] if "H.sweep.figure(" in "".join(c["source"])]
+        assert len(figure_cells) == 4 and all(  # every figure cell shows its figure
+            any(o["output_type"] == "display_data" for o in c["outputs"]) for c in figure_cells)
         assert {p.name for p in (root / "images").glob("*.png")} == {
             "sweep_history.png", "sweep_epochs.png", "sweep_importances.png", "sweep_top_runs.png"}
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",

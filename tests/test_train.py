@@ -6,7 +6,7 @@ import torch
 
 from helpers import train as T
 from helpers.data import Loader, channel_stats, load_split
-from helpers.model import build_model
+from helpers.registry import build_model
 from helpers.recipes import Recipe, get_recipe
 
 SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2)
@@ -207,7 +207,7 @@ def test_bad_settings_raise_clear_errors():
     (["--epochs", "0"], "positive integer"),
     (["--data", "folder"], "--data-dir"),
     (["--lr", "-1", "--data", "synthetic"], "--lr must be > 0"),
-    (["--model", "nope"], "invalid choice"),
+    (["--model", "nope"], "unknown model 'nope'; use one of air, fast, seed, wide, or your own FILE.py:NAME"),
 ])
 def test_cli_rejects_bad_flags_before_work(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

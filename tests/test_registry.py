@@ -1,0 +1,196 @@
+"""Your own network as FILE.py:NAME or a Python factory: checked, trained, resumed, rebuilt elsewhere;
+every mistake one line."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import registry, train as T
+from helpers.constraints import RuleError
+from helpers.errors import UserError
+from helpers.registry import ModelError, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2, recipe="fast")
+
+NET = '''
+import torch.nn as nn
+from helpers.model import ConvBlock, ConvBNReLU, DepthwiseSeparableConv, Head, TransitionBlock
+
+
+class Stage(ConvBlock):
+    """A student's own stage: a subclass of helpers' ConvBlock."""
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10, width=WIDTH):
+        super().__init__()
+        w = width
+        self.block1 = Stage([3, w], unit=ConvBNReLU)
+        self.trans1 = TransitionBlock(w)
+        self.block2 = Stage([w, w], unit=ConvBNReLU, dilation=2)
+        self.trans2 = TransitionBlock(w)
+        self.block3 = Stage([w, w], unit=ConvBNReLU, conv=DepthwiseSeparableConv)
+        self.trans3 = TransitionBlock(w)
+        self.head = Head(w, num_classes)
+
+    def forward(self, x):
+        return self.head(self.trans3(self.block3(self.trans2(self.block2(self.trans1(self.block1(x)))))))
+
+
+def make(num_classes=10):
+    return Net(num_classes, width=8)
+'''
+
+
+def write_net(folder, width=16, name="studentnet.py") -> Path:
+    path = Path(folder) / name
+    path.write_text(NET.replace("WIDTH", str(width)))
+    return path
+
+
+def strip(history):
+    return [{k: v for k, v in h.items() if "seconds" not in k and k != "peak_rss_mb"} for h in history]
+
+
+def test_a_file_model_trains_and_its_run_folder_keeps_a_copy(tmp_path):
+    path = write_net(tmp_path)
+    record = T.train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    assert len(record.history) == 2 and record.config["recipe"]["model"] == f"{path}:Net"
+    assert record.config["recipe"]["model_kwargs"] == {}  # fast's GELU is the fast model's, not yours
+    identity = record.config["model_identity"]
+    assert identity["copy"] == "studentnet.py" and (tmp_path / "run" / "studentnet.py").read_bytes() == path.read_bytes()
+    assert registry.build_model(f"{path}:make").block1[0].conv.out_channels == 8  # a factory function works too
+
+
+def test_resume_refuses_a_changed_file_and_accepts_the_same(tmp_path):
+    path = write_net(tmp_path)
+    T.Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(stop_after=1)
+    write_net(tmp_path, width=24)  # the student edited the network between sessions
+    with pytest.raises(T.CheckpointError, match=r"model file .*studentnet.py: changed since the checkpoint"):
+        T.Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(resume=True)
+    write_net(tmp_path, width=16)  # and put it back as it was
+    resumed = T.Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(resume=True)
+    full = T.train(model=f"{path}:Net", **SMALL)
+    assert strip(resumed.history) == strip(full.history)
+
+
+def test_another_architecture_under_the_same_name_is_refused(tmp_path):
+    T.Trial(model=lambda: build_model("fast"), out_dir=tmp_path / "run", **SMALL).run(stop_after=1)
+    with pytest.raises(T.CheckpointError, match="model architecture"):
+        T.Trial(model=lambda: build_model("fast", widths=(16, 32, 64)), out_dir=tmp_path / "run",
+                **SMALL).run(resume=True)
+
+
+def rebuild_elsewhere(run_dir, cwd):
+    """load_run in a fresh Python process (another runtime), evaluated on the run's test split."""
+    code = ("import json, sys; from helpers import train as T\n"
+            f"model, config, history = T.load_run({str(run_dir)!r})\n"
+            "acc = T.evaluate(model, T.test_loader_for(config), config['recipe']['precision'])['test_acc']\n"
+            "print(json.dumps(dict(acc=acc, recorded=history[-1]['test_acc'])))")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "CIFAR_CACHE": str(cwd / "cache")})
+
+
+@pytest.mark.parametrize("change", ["deleted", "edited"])
+def test_another_runtime_rebuilds_the_network_from_the_run_folders_copy(tmp_path, change):
+    path = write_net(tmp_path)
+    T.train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    if change == "deleted":
+        path.unlink()
+    else:
+        write_net(tmp_path, width=24)
+    result = rebuild_elsewhere(tmp_path / "run", tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["acc"] == pytest.approx(out["recorded"], abs=1e-6)  # the trained network, with its own weights
+    why = "is not here" if change == "deleted" else "has changed since"
+    assert f"{why}: the network is rebuilt from the run folder's copy" in result.stdout
+
+
+def test_no_file_and_no_copy_is_one_line(tmp_path):
+    path = write_net(tmp_path)
+    T.train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    path.unlink()
+    (tmp_path / "run" / "studentnet.py").unlink()
+    with pytest.raises(ModelError, match="is not here and the run folder has no intact copy"):
+        T.load_run(tmp_path / "run")
+
+
+def test_a_factory_from_python_trains_and_is_passed_again_to_rebuild(tmp_path):
+    def my_net():
+        return build_model("fast", widths=(16, 32, 32))
+
+    record = T.train(model=my_net, out_dir=tmp_path / "run", **SMALL)
+    assert record.config["recipe"]["model"].startswith("factory:") and record.config["params"] < 100_000
+    with pytest.raises(ModelError, match="pass the same function again"):
+        T.load_run(tmp_path / "run")
+    model, _, history = T.load_run(tmp_path / "run", model=my_net)
+    assert history == record.history and sum(p.numel() for p in model.parameters()) == record.config["params"]
+
+
+FOUR_POOLS = NET.replace("        self.head = Head(w, num_classes)",
+                         "        self.extra = Stage([w, w])\n        self.trans4 = TransitionBlock(w)\n"
+                         "        self.head = Head(w, num_classes)").replace(
+    "return self.head(self.trans3(", "return self.head(self.trans4(self.extra(self.trans3(").replace(
+    "self.block1(x)))))))", "self.block1(x)))))))))")
+
+
+@pytest.mark.parametrize("spec, source, message", [
+    ("missing.py:Net", None, "there is no file missing.py"),
+    ("studentnet.py", None, "name the class or function to use, as studentnet.py:NAME"),
+    ("studentnet.py:Nope", NET.replace("WIDTH", "16"), "defines no 'Nope'; it defines Net, Stage, make"),
+    ("studentnet.py:Net", "import torch\nclass Net(:\n", "studentnet.py, line 2 fails to import: SyntaxError"),
+    ("studentnet.py:Net", "import torch\nfrom helpers.model import Nothing\n", "line 2 fails to import: ImportError"),
+    ("studentnet.py:Net", "def Net():\n    return 3\n", "returned '3' (int), not an nn.Module"),
+    ("studentnet.py:Net", FOUR_POOLS.replace("WIDTH", "8"), "breaks the assignment's rules: exactly 3 max-pools"),
+])
+def test_bad_models_are_one_line_before_any_data(tmp_path, monkeypatch, spec, source, message):
+    monkeypatch.chdir(tmp_path)
+    if source:
+        (tmp_path / "studentnet.py").write_text(source)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        T.Trial(model=spec, out_dir=tmp_path / "run", **SMALL).setup()
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
+    assert isinstance(e.value, (ModelError, RuleError, ValueError))
+
+
+def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
+    (tmp_path / "studentnet.py").write_text("def Net():\n    return 3\n")
+    assert T.main(["--data", "synthetic", "--model", f"{tmp_path}/studentnet.py:Net", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: model ") and "not an nn.Module" in err[0]
+    with pytest.raises(SystemExit):
+        T.main(["--data", "synthetic", "--model", "nowhere.py:Net", "--out", str(tmp_path / "r")])
+    assert "argument --model: model 'nowhere.py:Net': there is no file nowhere.py" in capsys.readouterr().err
+
+
+def test_the_shipped_example_passes_the_rules_and_trains_a_step():
+    from helpers.constraints import check
+
+    model = build_model(f"{ROOT / 'mynet.py'}:MyNet")
+    assert check(model).passed
+    record = T.train(model=f"{ROOT / 'mynet.py'}:MyNet", **dict(SMALL, epochs=1))
+    assert record.history[0]["train_loss"] > 0
+
+
+def test_rules_can_be_waived_only_on_request(tmp_path):
+    broken = '{"separable": false}'
+    with pytest.raises(RuleError, match="depthwise-separable conv"):
+        T.Trial(model_kwargs=json.loads(broken), **dict(SMALL, epochs=1)).setup()
+    T.Trial(model_kwargs=json.loads(broken), enforce_rules=False, **dict(SMALL, epochs=1)).setup()
+
+
+def test_a_copy_is_written_once_and_atomically(tmp_path):
+    path = write_net(tmp_path)
+    source = path.read_bytes()
+    identity = registry.model_identity(f"{path}:Net", build_model(f"{path}:Net"), source)
+    registry.keep_copy(tmp_path / "run", identity, source)
+    registry.keep_copy(tmp_path / "run", identity, b"something else")  # never overwrites
+    assert (tmp_path / "run" / "studentnet.py").read_bytes() == source
+    assert not list((tmp_path / "run").glob("*.tmp"))
+    shutil.rmtree(tmp_path / "run")
