@@ -814,15 +814,19 @@ def load_run(out_dir, device="cpu", model=None):
     model = build_model(spec, **recipe.model_kwargs).to(device)
     # the moving average, when the run kept one, is the model that was evaluated
     model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    if recipe.channels_last:  # the memory layout it was evaluated in: the same sums, the same predictions
+        model = model.to(memory_format=torch.channels_last)
     return model.eval(), ckpt["config"], ckpt["history"]
 
 
 def test_loader_for(config: dict, device="cpu", batch_size=500) -> Loader:
-    """The test split a run was evaluated on, rebuilt from its checkpoint config."""
+    """The test split a run was evaluated on, rebuilt from its checkpoint config (same normalisation,
+    same memory layout)."""
     from .data import load_split
 
     test_set = load_split(config["data"], "test", config["data_dir"], config["limit"])
-    return Loader(test_set, batch_size, False, config["mean"], config["std"], device)
+    channels_last = Recipe.from_dict(config["recipe"]).channels_last
+    return Loader(test_set, batch_size, False, config["mean"], config["std"], device, channels_last=channels_last)
 
 
 # --------------------------------------------------------------------------- CLI

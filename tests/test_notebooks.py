@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = pipeline.notebook_paths()
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 REQUIRED_PARAMS = {"data", "data_dir", "recipe", "model", "epochs", "batch_size", "precision", "limit", "device",
-                   "seed", "out_dir", "images_dir"}
+                   "seed", "use_drive", "out_dir", "images_dir"}
+# notebook 04 analyses a finished run: recipe, model and seed name it, the rest comes from the run
+ANALYSIS_PARAMS = {"recipe", "model", "seed", "device", "use_drive", "out_dir", "images_dir", "compare"}
 # None = "the recipe's value": changing `recipe` alone switches model, epochs, batch size, precision
 RECIPE_DEFAULTS = ("model", "epochs", "batch_size", "precision")
 
@@ -53,8 +56,9 @@ def test_committed_notebook_structure(path):
     tree = ast.parse(source(params[0]))
     values = {t.id: ast.literal_eval(node.value)  # plain literals only, so papermill can override them
               for node in tree.body for t in node.targets}
-    assert REQUIRED_PARAMS <= set(values)
-    assert all(values[k] is None for k in RECIPE_DEFAULTS)
+    assert (ANALYSIS_PARAMS if path.name.startswith("04") else REQUIRED_PARAMS) <= set(values)
+    assert all(values[k] is None for k in RECIPE_DEFAULTS if k in values) and values["model"] is None
+    assert values["use_drive"] is True  # every Colab notebook runs in its own runtime: runs live on Drive
     setup = next(source(c) for c in nb["cells"] if "google.colab" in source(c))
     assert f'REPO = "{helpers.REPO}"' in setup and "-e" not in setup.split()
     if path.name.startswith("03"):
@@ -185,7 +189,7 @@ def test_bad_parameters_fail_in_the_first_cell_that_uses_them(tmp_path, capsys):
         assert "needs --data-dir" in capsys.readouterr().err
         # past the pipeline's own check, the notebook's check cell stops it with a clear message
         with pytest.raises(pipeline.PipelineError, match=r"01_explore_data.ipynb failed in cell \d+: "
-                                                        r"ValueError: bad notebook parameters"):
+                                                        r"ParameterError: bad notebook parameters"):
             pipeline.run(dict(data="synthetic", model="nope", epochs=-1), out)
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -197,3 +201,36 @@ def test_clean_strips_papermill_and_labels(smoke_run):
     text = json.dumps(nb)
     assert '"papermill"' not in text and "injected-parameters" not in text
     assert source(nb["cells"][0]).endswith(note) and source(nb["cells"][0]).count("**Outputs below**") == 1
+
+
+def test_recipe_lists_come_from_the_code(smoke_run):
+    from helpers.recipes import RECIPES
+
+    for path in NOTEBOOKS:  # no hand-typed list of recipes to go stale in a parameters cell
+        params = next(source(c) for c in load(path)["cells"] if "parameters" in c["metadata"].get("tags", []))
+        for line in params.splitlines():
+            assert sum(f'"{name}"' in line for name in RECIPES) <= 1, (path.name, line)
+    listed = f"recipes: {', '.join(sorted(RECIPES))}"
+    for name in ("01_explore_data", "02_model_summary", "03_train"):
+        assert listed in json.dumps(load(smoke_run["out"] / "notebooks" / f"{name}.ipynb")), name
+
+
+def test_03_shows_the_recipe_the_schedule_and_the_loop(smoke_run):
+    nb = load(smoke_run["out"] / "notebooks" / "03_train.ipynb")
+    code = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "code")
+    for call in ("trainer.restore()", "trainer.train_one_epoch(epoch)", "trainer.evaluate()", "trainer.save_epoch(stats)",
+                 "H.recipe_table(trainer)", "H.lr_schedule("):
+        assert call in code, call
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    for row in ("optimizer", "lr schedule", "momentum", "loss", "augmentation", "test accuracy", "precision"):
+        assert re.search(rf"(?m)^{row}\s", text), row
+    assert (smoke_run["out"] / "images" / "schedule.png").is_file()
+
+
+def test_04_headline_is_the_confusion_matrix_diagonal(smoke_run):
+    nb = load(smoke_run["out"] / "notebooks" / "04_analyze_errors.ipynb")
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    headline = re.search(r"test accuracy \(plain, single view\): ([\d.]+)% of (\d+) images", text)
+    diagonal = re.search(r"diagonal: (\d+) of (\d+) test images = ([\d.]+)%", text)
+    assert headline.group(1) == diagonal.group(3) and headline.group(2) == diagonal.group(2)
+
