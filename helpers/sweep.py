@@ -132,10 +132,11 @@ def _bounds(key, pair):
 def _model_kwarg_is_int(model: str, kwarg: str) -> bool:
     import inspect
 
-    from .model import MODELS, fast_net
+    from .model import fast_net
+    from .registry import get_factory
 
-    sig = inspect.signature(MODELS[model])
-    if kwarg not in sig.parameters:
+    sig = inspect.signature(get_factory(model))  # a registered model or your FILE.py:NAME
+    if kwarg not in sig.parameters and any(q.kind == q.VAR_KEYWORD for q in sig.parameters.values()):
         sig = inspect.signature(fast_net)  # `wide` forwards its keyword arguments to fast_net
     default = sig.parameters[kwarg].default if kwarg in sig.parameters else None
     return isinstance(default, int) and not isinstance(default, bool)

@@ -406,6 +406,8 @@ class Trainer:
         """
         ckpt = read_checkpoint(path, self.device)
         diffs = resume_differences(ckpt["config"], self.config)
+        if self.recipe.tta and ckpt["history"] and "tta_acc" not in ckpt["history"][-1]:
+            diffs.append("its history predates plain accuracy (its test_acc includes test-time augmentation)")
         total = ckpt["scheduler"].get("total_steps") if isinstance(ckpt.get("scheduler"), dict) else None
         if not diffs and total is not None and total != self.scheduler.total_steps:
             # what the identity cannot show for checkpoints written before it was recorded

@@ -204,3 +204,14 @@ def test_require_names_every_broken_rule_in_one_line():
                                                     r"\(2 max-pool calls ran.*python -m helpers.constraints mine$"):
         report.require("mine")
     check(net(*good_stages())).require("fine")  # nothing raised
+
+
+def test_readme_counts_and_names_the_checkers_rules():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    names = [r.name for r in check(R.build_model("seed")).rules]
+    words = {4: "four", 5: "five", 6: "six"}
+    assert f"judges {words[len(names)]} rules" in readme
+    for name in names:
+        assert f"\n| {name} |" in readme, name

@@ -42,7 +42,7 @@ def make_folder(root, n=4, classes=("cat", "dog")):
     (dict(limit=160), "images per split (--limit / limit=): checkpoint 120, now 160"),
     (dict(limit=None), "images per split (--limit / limit=): checkpoint 120, now None"),
     (dict(seed=1), "seed (--seed / seed=): checkpoint 0, now 1"),
-    (dict(lr=0.2), "recipe field lr: checkpoint 0.4, now 0.2"),
+    (dict(lr=0.2), "recipe field lr: checkpoint 0.89, now 0.2"),
     (dict(batch_size=30), "steps per epoch: checkpoint 3, now 4"),
 ])
 def test_resume_refuses_other_settings_and_names_them(tmp_path, change, message):

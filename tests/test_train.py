@@ -306,3 +306,76 @@ def test_lr_starts_and_ends_at_the_recipe_fractions(start, end):
 def test_new_schedule_fields_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         get_recipe("fast", **{field: value})
+
+
+def test_plain_accuracy_is_never_the_tta_one():
+    # a "model" that looks at the left half of the image only: the mirror view changes its answer
+    class LeftHalf(torch.nn.Module):
+        def forward(self, x):
+            left = x[..., : x.shape[-1] // 2].mean((1, 2, 3))
+            return (torch.stack([left, -left], 1) * 10).log_softmax(1)
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    y = (x[..., :4].mean((1, 2, 3)) <= 0).long()  # what the left half says: plain accuracy is 100 %
+    stats = T.evaluate(LeftHalf(), [(x, y)], tta=1)
+    assert stats["test_acc"] == 1.0 and stats["tta_acc"] < 0.9
+    assert T.evaluate(LeftHalf(), [(x, y)])["test_acc"] == 1.0 and "tta_acc" not in T.evaluate(LeftHalf(), [(x, y)])
+    plain, with_tta, labels = T.predict_views(LeftHalf(), [(x, y)], tta=2)
+    assert torch.equal(plain, T.predict(LeftHalf(), [(x, y)])[0]) and not torch.equal(plain, with_tta)
+
+
+def test_history_and_record_keep_plain_and_tta_apart(tmp_path):
+    record = T.train(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1))
+    last = record.history[-1]
+    assert {"test_acc", "tta_acc", "test_loss", "tta_loss"} <= set(last)
+    assert record.final_acc == last["test_acc"] and record.final_tta_acc == last["tta_acc"]
+    table = record.table()
+    assert "TTA acc" in table and "final test accuracy (plain, single view)" in table
+    assert T.train(**dict(SMALL, epochs=1)).final_tta_acc is None  # seed has no TTA
+
+
+def test_the_loop_in_pieces_is_fit(tmp_path):
+    # notebook 03's loop: restore, then train_one_epoch / evaluate / save_epoch per epoch, as fit does
+    trial = T.Trial(out_dir=tmp_path / "pieces", **SMALL)
+    trainer = trial.setup()
+    start = trainer.restore()
+    for epoch in range(start + 1, trainer.recipe.epochs + 1):
+        stats = trainer.train_one_epoch(epoch)
+        stats |= trainer.evaluate()
+        trainer.save_epoch(stats)
+    whole = T.train(out_dir=tmp_path / "fit", **SMALL)
+    strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k and k != "peak_rss_mb"} for e in h]  # noqa: E731
+    assert strip(trial.record().history) == strip(whole.history)
+    again = T.Trial(out_dir=tmp_path / "pieces", **SMALL).setup()
+    assert again.restore() == 2  # a new session continues after the saved epochs
+    with pytest.raises(ValueError, match="cannot follow epoch 2"):
+        again.save_epoch(dict(stats, epoch=1))
+
+
+def test_lr_schedule_is_the_trainers():
+    recipe = get_recipe("best")
+    seen = T.lr_schedule(recipe, steps_per_epoch=10)
+    assert seen["lr"] == _schedule(recipe, "lr")  # the optimizer and scheduler a run steps through
+    assert seen["bias_lr"] == pytest.approx([lr * recipe.bias_lr_scale for lr in seen["lr"]])
+    assert seen["momentum"] == _schedule(recipe, "momentum") and len(seen["lr"]) == recipe.epochs * 10
+
+
+def test_recipe_table_reads_the_run():
+    trainer = T.Trial(**dict(SMALL, recipe="best", batch_size=40)).setup()
+    table = T.recipe_table(trainer)
+    groups = trainer.optimizer.param_groups
+    assert f"{sum(p.numel() for p in groups[0]['params']):,} values): peak lr 1.5" in table
+    assert "(x64)" in table and "lookahead every 5 steps" in table and "label smoothing 0.2" in table
+    assert "first 3 epochs" in table and "+ mirror and 1 px shifts (6 views)" in table and "3 steps per epoch" in table
+
+
+def test_a_run_from_before_plain_accuracy_is_not_resumed(tmp_path):
+    T.Trial(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1)).run(stop_after=1)
+    ckpt = torch.load(tmp_path / "run" / T.CHECKPOINT, weights_only=True)
+    for h in ckpt["history"]:  # as the previous version wrote it: one accuracy, with TTA, as test_acc
+        h["test_acc"] = h.pop("tta_acc")
+        h.pop("tta_loss")
+    torch.save(ckpt, tmp_path / "run" / T.CHECKPOINT)
+    with pytest.raises(T.CheckpointError, match="predates plain accuracy"):
+        T.Trial(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1)).run(resume=True)

@@ -1,0 +1,57 @@
+"""helpers/plots.py: figures that show their values, the classes, both accuracies apart, Grad-CAM where it says."""
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from helpers import plots, train as T  # noqa: E402
+from helpers.data import load_split  # noqa: E402
+from helpers.recipes import get_recipe  # noqa: E402
+from helpers.registry import build_model  # noqa: E402
+
+
+def test_per_class_bars_carry_their_values():
+    cm = torch.tensor([[8, 2], [1, 9]])
+    fig = plots.plot_per_class_accuracy(cm, ["cat", "dog"])
+    labels = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert labels == ["80.0", "90.0"]
+
+
+def test_the_augmentation_figure_shows_one_image_of_each_class():
+    ds = load_split("synthetic", "train", limit=200)
+    fig = plots.show_augmentations(ds, translate=2, n=8, variants=2)
+    top = [ax.get_title() for ax in fig.axes[:8]]
+    assert top == ds.classes[:8]  # not eight images of the first class
+
+
+@pytest.mark.parametrize("name, stage, size", [("seed", "block3", (8, 8)), ("fast", "block4", (3, 3)),
+                                                ("air", "block4", (3, 3))])
+def test_grad_cam_looks_at_the_last_conv_block(name, stage, size):
+    model = build_model(name)
+    found, module, hw = plots.last_conv_stage(model)
+    assert (found, hw) == (stage, size) and module is getattr(model, stage)
+
+
+def test_grad_cam_shows_each_image_beside_its_map():
+    images = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    fig = plots.show_grad_cam(images, torch.rand(3, 32, 32), ["a → b", "c → d", "e → f"], ncols=3)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 6 and [len(ax.images) for ax in shown] == [1, 2] * 3  # image, then image + heat map
+    assert [ax.get_title() for ax in shown[:2]] == ["a → b", "Grad-CAM"]
+
+
+def test_the_schedule_figure_draws_every_step():
+    schedule = T.lr_schedule(get_recipe("best"), steps_per_epoch=5)
+    fig = plots.plot_schedule(schedule)
+    lr_ax, momentum_ax = fig.axes
+    assert len(lr_ax.lines) == 2 and len(lr_ax.lines[0].get_xdata()) == 50  # both groups (x64 apart)
+    assert list(momentum_ax.lines[0].get_ydata()) == schedule["momentum"]
+
+
+def test_curves_label_plain_and_tta_apart():
+    history = [dict(epoch=e, train_acc=0.5, test_acc=0.6, tta_acc=0.62, train_loss=1.0, test_loss=1.1)
+               for e in (1, 2)]
+    record = T.Record("r", dict(recipe=get_recipe("fast").to_dict(), seed=0), history)
+    labels = [t.get_text() for t in plots.plot_curves(record).axes[0].get_legend().get_texts()]
+    assert labels == ["train", "test (plain)", "test with TTA", "80 % target"]
