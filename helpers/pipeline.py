@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 # the main job's notebooks, in order; later notebooks (05_sweep, ...) have their own commands
 MAIN_JOB = ("01_explore_data", "02_model_summary", "03_train", "04_analyze_errors")
+SWEEP_NOTEBOOK = "05_sweep"  # shows a sweep's study; --publish-sweep runs it with its defaults
 # --smoke: a few steps of everything. The batch is small so that every recipe (fast and long
 # batch 256) gets several steps from the 200 images instead of none (drop_last)
 SMOKE = dict(data="synthetic", epochs=1, limit=200, batch_size=50)
@@ -176,6 +177,33 @@ def publish(executed: list[Path], images: Path, note: str, root: Path | None = N
         log("README.md has no <!-- figures-provenance --> block: its figure note was not updated")
 
 
+def publish_sweep(root: Path | None = None, log=print) -> Path:
+    """Run notebook 05 with its defaults, which show the published study (helpers/studies/), and replace
+    its committed copy and images/sweep_*.png with that run's."""
+    import ast
+
+    import papermill as pm
+
+    root = root or ROOT
+    nb = root / "notebooks" / f"{SWEEP_NOTEBOOK}.ipynb"
+    study = ast.literal_eval(pm.inspect_notebook(str(nb))["study"]["default"])
+    with tempfile.TemporaryDirectory(prefix="pipeline-sweep-") as tmp:
+        executed = Path(tmp) / nb.name
+        try:
+            pm.execute_notebook(str(nb), str(executed), parameters=dict(images_dir="images"), cwd=str(root),
+                                kernel_name="python3", progress_bar=False, log_output=False, config=kernel_config(tmp))
+        except pm.PapermillExecutionError as e:
+            raise PipelineError(f"{nb.name} failed in cell {e.exec_count or e.cell_index}: {e.ename}: "
+                                f"{e.evalue.strip()}") from None
+        note = (f"{NOTE_START} come from running this notebook with its defaults on {hardware()} "
+                f"(`python -m helpers.pipeline --publish-sweep`): they show the published study "
+                f"`helpers/studies/{study}.json`. How that sweep ran (hardware, data, command, time): docs/sweeps.md.")
+        text = json.dumps(clean(json.loads(executed.read_text()), note), indent=1, ensure_ascii=False) + "\n"
+    nb.write_text(text.replace(str(root), ".").replace(str(Path.home()), "~"))
+    log(f"published notebooks/{nb.name} and images/sweep_*.png (study {study})")
+    return nb
+
+
 def set_repo(repo: str, root: Path | None = None, log=print) -> list[Path]:
     """Point every Colab badge and setup cell, README's badges and helpers.REPO at github.com/<repo>."""
     root = root or ROOT
@@ -308,6 +336,9 @@ def get_parser():
     p.add_argument("--publish", action="store_true",
                    help="after a successful run, replace notebooks/ 01-04, images/ and README's figure note "
                         "with this run's (then commit them together)")
+    p.add_argument("--publish-sweep", action="store_true",
+                   help="run notebook 05 with its defaults (the published study in helpers/studies/), replace its "
+                        "committed copy and images/sweep_*.png, then exit")
     p.add_argument("--set-repo", metavar="OWNER/NAME",
                    help="point the Colab badges, the notebooks' setup cells and helpers.REPO at "
                         "github.com/OWNER/NAME, then exit")
@@ -323,6 +354,13 @@ def main(argv=None):
             set_repo(args.set_repo)
         except ValueError as e:
             p.error(str(e))
+        return 0
+    if args.publish_sweep:
+        try:
+            publish_sweep()
+        except PipelineError as e:
+            print(f"pipeline stopped: {e}", file=sys.stderr)
+            return 1
         return 0
     if args.data_dir and args.data not in (None, "folder"):
         p.error(f"--data-dir is for --data folder, not --data {args.data}: drop one of them")

@@ -144,7 +144,8 @@ def summary_plot_for_runs(records, metric="acc"):
     for split, ax in zip(("train", "test"), axes):
         for r, lab in zip(records, labels):
             ax.plot(r.series("epoch"), [scale * v for v in r.series(f"{split}_{metric}")], "o-", ms=3, label=lab)
-        ax.set(title=f"{split} {'accuracy (%)' if metric == 'acc' else 'loss'}")
+        what = {"acc": "accuracy (%)", "loss": "loss"}[metric]
+        ax.set(title=f"{split} {what}" + (" (plain)" if split == "test" else ""))
         _epoch_axis(ax, [e for r in records for e in r.series("epoch")])
         ax.grid(alpha=0.3)
         ax.legend()

@@ -334,14 +334,19 @@ def load_study(name: str, storage=None, root=ROOT, log=print) -> optuna.Study:
 def export_study(study: optuna.Study, path) -> Path:
     """The whole study as one JSON file (trials, their values per epoch, attributes, times): readable,
     diffable, and loadable anywhere by import_study without a database."""
+    path = Path(path)
+
+    def portable(attrs):  # a trial's run folder relative to the file's folder: no machine paths in it
+        run_dir = attrs.get("run_dir")
+        return attrs if not run_dir else {**attrs, "run_dir": os.path.relpath(Path(run_dir).resolve(), path.parent.resolve())}
+
     trials = [dict(number=t.number, state=t.state.name, value=t.value, params=t.params,
                    distributions={k: optuna.distributions.distribution_to_json(d) for k, d in t.distributions.items()},
-                   intermediate_values=t.intermediate_values, user_attrs=t.user_attrs,
+                   intermediate_values=t.intermediate_values, user_attrs=portable(t.user_attrs),
                    datetime_start=t.datetime_start.isoformat() if t.datetime_start else None,
                    datetime_complete=t.datetime_complete.isoformat() if t.datetime_complete else None)
               for t in study.get_trials(deepcopy=False)]
     doc = dict(study=study.study_name, direction=study.direction.name, user_attrs=study.user_attrs, trials=trials)
-    path = Path(path)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
@@ -351,7 +356,12 @@ def import_study(path) -> optuna.Study:
     from datetime import datetime
 
     doc = json.loads(Path(path).read_text())
-    study = optuna.create_study(study_name=doc["study"], direction=doc["direction"].lower())
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" line
+    try:
+        study = optuna.create_study(study_name=doc["study"], direction=doc["direction"].lower())
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for k, v in doc["user_attrs"].items():
         study.set_user_attr(k, v)
     for t in doc["trials"]:

@@ -310,6 +310,39 @@ def test_two_worker_processes_share_one_postgres_study(tmp_path, postgres_url):
 
 # --------------------------------------------------------------------------- notebook 05
 
+def test_a_study_exports_to_json_and_comes_back_whole(tmp_path):
+    assert sweep.main([*TINY, "--epochs", "2", "--space", space_file(tmp_path), "--trials", "3", "--study", "x",
+                       "--root", str(tmp_path), "--pruner", "none"]) == 0
+    original = sweep.load_study("x", root=tmp_path)
+    exported = tmp_path / "x" / "study.json"  # written by every sweep, next to its database
+    back = sweep.import_study(exported)
+    key = lambda t: (t.number, t.state, t.value, t.params, t.intermediate_values,  # noqa: E731
+                     {k: v for k, v in t.user_attrs.items() if k != "run_dir"}, t.datetime_start, t.datetime_complete)
+    assert [key(t) for t in back.get_trials()] == [key(t) for t in original.get_trials()]
+    assert [t.user_attrs["run_dir"] for t in back.get_trials()] == ["trial-000", "trial-001", "trial-002"]  # no machine path
+    assert sweep.summary(back) == sweep.summary(original) and sweep.table(back) == sweep.table(original)
+
+
+def test_a_study_not_on_disk_falls_back_to_the_published_copy(tmp_path, capsys):
+    published = sorted(p.stem for p in sweep.STUDIES.glob("*.json"))
+    assert "fast-lr-wd-ls" in published
+    s = sweep.load_study("fast-lr-wd-ls", root=tmp_path)
+    assert "showing the published one shipped with the project" in capsys.readouterr().out
+    assert sweep.counts(s)["complete"] >= 5 and all("history" in t.user_attrs for t in sweep.top_trials(s))
+    with pytest.raises(sweep.SweepError, match=f"no study 'nope'.*or show a published one \\({published[0]}"):
+        sweep.load_study("nope", root=tmp_path)
+
+
+def test_figures_leave_matplotlib_as_they_found_it():
+    import matplotlib
+
+    study = sweep.load_study("fast-lr-wd-ls", root="/nonexistent")
+    before = dict(matplotlib.rcParams)
+    for name in sweep.PLOTS:
+        sweep.figure(study, name)
+    assert {k: v for k, v in matplotlib.rcParams.items() if before[k] != v} == {}  # no ggplot style left
+
+
 def test_committed_notebook_structure():
     nb = json.loads(NOTEBOOK.read_text())
     source = lambda c: "".join(c["source"])  # noqa: E731
