@@ -900,7 +900,7 @@ def main(argv=None):
         return 2
     reached = record.first_epoch_reaching(0.80)
     tta = f" (with TTA {record.final_tta_acc:.2%})" if record.final_tta_acc is not None else ""
-    print(f"final test accuracy {record.final_acc:.2%}{tta}, best epoch {record.best_acc:.2%}; "
+    print(f"final test accuracy (plain, single view) {record.final_acc:.2%}{tta}, best epoch {record.best_acc:.2%}; "
           f"80% first reached at epoch {reached}; outputs in {args.out}")
     return 0
 
