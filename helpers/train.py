@@ -205,7 +205,7 @@ def recipe_table(trainer) -> str:
         ("loss", "nll_loss of the log-softmax output" +
          (f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ", no label smoothing")),
         ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
-                    f"{r.epochs} epochs = {r.epochs * steps} steps"),
+                    f"{r.epochs} epoch{'s' * (r.epochs != 1)} = {r.epochs * steps} steps"),
         ("augmentation", ", ".join(a for a in augment if a) or "none"),
         ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
         *([("whitening layer", "frozen filters; bias trains " + ("every epoch" if r.whiten_bias_epochs < 0 else
