@@ -35,7 +35,7 @@ def get_parser():
                    help="override any recipe field, VALUE as JSON: --set alternate_flip=false "
                         "--set 'model_kwargs={\"bn_after_pool\": false}' (repeatable; for ablations)")
     p.add_argument("--target", type=_accuracy, default=None, metavar="ACC",
-                   help="also report seconds_to_target: training seconds until the first epoch whose test "
+                   help="also report seconds_to_target: training seconds until the first epoch whose plain test "
                         "accuracy reaches ACC (a fraction, e.g. 0.908), null if none does")
     p.add_argument("--out", help="also keep each seed's run (checkpoint.pt, history.json) in OUT/seed-N")
     p.add_argument("--allow-rule-breaking", action="store_true",
