@@ -338,7 +338,9 @@ def export_study(study: optuna.Study, path) -> Path:
 
     def portable(attrs):  # a trial's run folder relative to the file's folder: no machine paths in it
         run_dir = attrs.get("run_dir")
-        return attrs if not run_dir else {**attrs, "run_dir": os.path.relpath(Path(run_dir).resolve(), path.parent.resolve())}
+        if not run_dir:
+            return attrs
+        return {**attrs, "run_dir": os.path.relpath(Path(run_dir).resolve(), path.parent.resolve())}
 
     trials = [dict(number=t.number, state=t.state.name, value=t.value, params=t.params,
                    distributions={k: optuna.distributions.distribution_to_json(d) for k, d in t.distributions.items()},

@@ -196,7 +196,8 @@ def recipe_table(trainer) -> str:
     whitening = any(hasattr(m, "init_whitening") for m in trainer.model.modules())
     rows = [
         ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"),
-        ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, weight decay {r.weight_decay:g}"),
+        ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, "
+                      f"weight decay {r.weight_decay:g}"),
         ("  the rest", f"BatchNorm and biases ({group(groups[1])}): peak lr {r.lr * r.bias_lr_scale:g} "
                        f"(x{r.bias_lr_scale:g}), no weight decay"),
         ("lr schedule", f"one cycle: {r.lr * r.lr_start:g} -> {r.lr:g} at {r.pct_start:.0%} of the steps -> "
@@ -211,8 +212,9 @@ def recipe_table(trainer) -> str:
         *([("whitening layer", "frozen filters; bias trains " + ("every epoch" if r.whiten_bias_epochs < 0 else
                                                                  f"for the first {r.whiten_bias_epochs} epochs"))]
           if whitening else []),
-        ("test accuracy", "plain: one view per image" + {0: "", 1: "; TTA beside it: + the mirror (2 views)",
-                                                          2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
+        ("test accuracy", "plain: one view per image" + {
+            0: "", 1: "; TTA beside it: + the mirror (2 views)",
+            2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
         ("precision", f"{r.precision}{' autocast' if r.precision in ('bf16', 'fp16') else ''}"
                       f"{' + GradScaler' if r.precision == 'fp16' else ''} on {trainer.device}; torch.compile "
                       f"{r.compile}; {'channels_last' if r.channels_last else 'NCHW'} memory layout"),

@@ -218,7 +218,8 @@ def test_recipe_lists_come_from_the_code(smoke_run):
 def test_03_shows_the_recipe_the_schedule_and_the_loop(smoke_run):
     nb = load(smoke_run["out"] / "notebooks" / "03_train.ipynb")
     code = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "code")
-    for call in ("trainer.restore()", "trainer.train_one_epoch(epoch)", "trainer.evaluate()", "trainer.save_epoch(stats)",
+    for call in ("trainer.restore()", "trainer.train_one_epoch(epoch)", "trainer.evaluate()",
+                 "trainer.save_epoch(stats)",
                  "H.recipe_table(trainer)", "H.lr_schedule("):
         assert call in code, call
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
@@ -233,4 +234,3 @@ def test_04_headline_is_the_confusion_matrix_diagonal(smoke_run):
     headline = re.search(r"test accuracy \(plain, single view\): ([\d.]+)% of (\d+) images", text)
     diagonal = re.search(r"diagonal: (\d+) of (\d+) test images = ([\d.]+)%", text)
     assert headline.group(1) == diagonal.group(3) and headline.group(2) == diagonal.group(2)
-

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import registry, train as T
 from helpers.constraints import RuleError
@@ -63,8 +62,9 @@ def test_a_file_model_trains_and_its_run_folder_keeps_a_copy(tmp_path):
     assert len(record.history) == 2 and record.config["recipe"]["model"] == f"{path}:Net"
     assert record.config["recipe"]["model_kwargs"] == {}  # fast's GELU is the fast model's, not yours
     identity = record.config["model_identity"]
-    assert identity["copy"] == "studentnet.py" and (tmp_path / "run" / "studentnet.py").read_bytes() == path.read_bytes()
-    assert registry.build_model(f"{path}:make").block1[0].conv.out_channels == 8  # a factory function works too
+    assert identity["copy"] == "studentnet.py"
+    assert (tmp_path / "run" / "studentnet.py").read_bytes() == path.read_bytes()
+    assert registry.build_model(f"{path}:make").block1[0].conv.out_channels == 8  # a factory function too
 
 
 def test_resume_refuses_a_changed_file_and_accepts_the_same(tmp_path):
@@ -161,7 +161,8 @@ def test_bad_models_are_one_line_before_any_data(tmp_path, monkeypatch, spec, so
 
 def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
     (tmp_path / "studentnet.py").write_text("def Net():\n    return 3\n")
-    assert T.main(["--data", "synthetic", "--model", f"{tmp_path}/studentnet.py:Net", "--out", str(tmp_path / "r")]) == 2
+    argv = ["--data", "synthetic", "--model", f"{tmp_path}/studentnet.py:Net", "--out", str(tmp_path / "r")]
+    assert T.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: model ") and "not an nn.Module" in err[0]
     with pytest.raises(SystemExit):

@@ -319,7 +319,8 @@ def test_a_study_exports_to_json_and_comes_back_whole(tmp_path):
     key = lambda t: (t.number, t.state, t.value, t.params, t.intermediate_values,  # noqa: E731
                      {k: v for k, v in t.user_attrs.items() if k != "run_dir"}, t.datetime_start, t.datetime_complete)
     assert [key(t) for t in back.get_trials()] == [key(t) for t in original.get_trials()]
-    assert [t.user_attrs["run_dir"] for t in back.get_trials()] == ["trial-000", "trial-001", "trial-002"]  # no machine path
+    # no machine path in the file: run folders relative to it
+    assert [t.user_attrs["run_dir"] for t in back.get_trials()] == ["trial-000", "trial-001", "trial-002"]
     assert sweep.summary(back) == sweep.summary(original) and sweep.table(back) == sweep.table(original)
 
 
@@ -355,7 +356,8 @@ def test_committed_notebook_structure():
     params = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert len(params) == 1
     tree = ast.parse(source(params[0]))
-    assert {t.id for node in tree.body for t in node.targets} == {"study", "storage", "root", "use_drive", "top", "images_dir"}
+    names = {t.id for node in tree.body for t in node.targets}
+    assert names == {"study", "storage", "root", "use_drive", "top", "images_dir"}
     for node in tree.body:   # plain literals only, so papermill can override them
         ast.literal_eval(node.value)
     text = NOTEBOOK.read_text()
@@ -379,7 +381,8 @@ def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
         assert not [o for o in outputs if o["output_type"] == "error"]
         text = "".join("".join(o.get("text", "")) for o in outputs)
         assert "study nb: " in text and "plain acc" in text
-        figure_cells = [c for c in json.loads(executed.read_text())["cells"] if "H.sweep.figure(" in "".join(c["source"])]
+        cells = json.loads(executed.read_text())["cells"]
+        figure_cells = [c for c in cells if "H.sweep.figure(" in "".join(c["source"])]
         assert len(figure_cells) == 4 and all(  # every figure cell shows its figure
             any(o["output_type"] == "display_data" for o in c["outputs"]) for c in figure_cells)
         assert {p.name for p in (root / "images").glob("*.png")} == {
