@@ -146,9 +146,17 @@ def test_rerun_with_other_settings_is_refused(tmp_path, capsys):
 def test_rule_breaking_sample_is_rejected_untrained(tmp_path):
     root = tmp_path / "sweeps"
     space = space_file(tmp_path, {"lr": [0.2, 0.4], "model_kwargs.dilated": {"choices": ["none", "block3"]}})
-    assert sweep.main([*TINY, "--epochs", "1", "--space", space, "--trials", "4", "--study", "r",
-                       "--root", str(root)]) == 0
+    args = sweep.get_parser().parse_args([*TINY, "--epochs", "1", "--space", space, "--trials", "3",
+                                          "--study", "r", "--root", str(root)])
+    recipe, space, settings = sweep._prepare(args)
+    study = sweep.open_study("r", None, root, settings, "median", 3, heartbeat=None)
+    # the sampler is not seeded (parallel workers must not draw the same points), so both choices are
+    # queued: a free draw could pick "block3" every time and leave nothing to reject
+    study.enqueue_trial({"model_kwargs.dilated": "none"})
+    study.enqueue_trial({"model_kwargs.dilated": "block3"})
+    sweep.work(args, study, recipe, space)
     trials = trials_of(root, "r")
+    assert {t.params["model_kwargs.dilated"] for t in trials} == {"none", "block3"}
     rejected = [t for t in trials if t.params["model_kwargs.dilated"] == "none"]
     kept = [t for t in trials if t.params["model_kwargs.dilated"] == "block3"]
     assert rejected and all(t.state == TrialState.PRUNED for t in rejected)
