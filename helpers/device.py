@@ -10,7 +10,7 @@
 | CUDA below 8.0 (T4, V100, P100)          | fp16 autocast + GradScaler | fp16 tensor cores; bf16 is emulated there |
 | CPU with native bf16 (AVX-512 bf16, AMX) | bf16 autocast    | ~1.4x faster than fp32 on the project's CPU |
 | any other CPU (most laptops, Colab CPU)  | fp32             | bf16 is emulated: 2x (AVX-512) to 12x (AVX2) slower |
-| Apple MPS                                | fp32             | not measured yet; fp32 is the numerically safe choice |
+| Apple MPS                                | fp32             | not measured yet; fp32 is the numerically safe choice (bf16/fp16 refused; NCHW layout) |
 
 Numbers and how each row was checked: docs/devices.md.
 """
@@ -95,6 +95,11 @@ def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool | Non
     `cpu_bf16` overrides the CPU check (tests force both answers with it).
     """
     if precision != "auto":
+        if device.type == "mps" and precision != "fp32":
+            # torch may run MPS autocast in fp32 without a word (op coverage differs by release and
+            # macOS), and the run would still record the lower precision: refuse instead
+            raise ValueError(f"precision {precision!r} on Apple MPS is not supported here (unmeasured, and "
+                             "autocast there can silently fall back to fp32); use precision 'auto' or 'fp32'")
         return precision  # fp16 on CPU works (GradScaler("cpu")) but is slow: for tests and checks
     if device.type == "cuda":
         return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
@@ -115,9 +120,51 @@ def make_scaler(device: torch.device, precision: str):
     return torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
 
 
-def resolve_compile(mode: str, device: torch.device) -> str:
-    """torch.compile mode for a run: "auto" compiles on CUDA only (measured slower on the
-    project's CPU: docs/devices.md); "off" never; a mode name always."""
+def configure_backends(device: torch.device):
+    """Backend switches for a run on `device`, set when the run starts (never at import).
+
+    CUDA: cuDNN autotuning. Every shape in a run is fixed (training drops the last partial batch),
+    so each conv's kernel search is paid once, in the first steps. It also makes CUDA runs, and
+    resumed runs, not bit-identical: the fastest kernel may differ between runs, and some are
+    nondeterministic (docs/devices.md). CPU runs are unaffected.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def reset_peak_memory(device: torch.device):
+    """Start counting the accelerator's peak memory afresh (CUDA; nothing elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The accelerator memory a run held at its peak, in MB (tensors allocated by torch), since
+    reset_peak_memory; None off CUDA (a CPU run's peak is the process RSS; MPS keeps no peak)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return None
+
+
+def resolve_channels_last(channels_last: bool, device: torch.device) -> bool:
+    """The memory layout a run uses: as the recipe asks (NHWC is ~1.3x faster on the project's CPU
+    and what CUDA tensor cores prefer), except on Apple MPS, where it is unmeasured and NCHW is
+    the backend's native layout."""
+    return bool(channels_last) and device.type != "mps"
+
+
+# "auto" compiles a CUDA run only when it takes at least this many optimizer steps. The compile
+# (forward, backward and eval graphs: about a minute on Colab's 2 vCPUs, by the usual inductor
+# times for nets this size) pays back only over many short steps, where launch overhead rules:
+# `seed` and `long` (7,000+ steps) compile, `fast` and `best` (under 800) do not. An estimate,
+# not yet measured on a GPU: scripts/gpu_check.sh times the on/off pair with the compile included.
+COMPILE_MIN_STEPS = 2000
+
+
+def resolve_compile(mode: str, device: torch.device, steps: int | None = None) -> str:
+    """torch.compile mode for a run of `steps` optimizer steps: "auto" compiles on CUDA only
+    (measured slower on the project's CPU: docs/devices.md), and only for runs of at least
+    COMPILE_MIN_STEPS steps (None: unknown, counts as long); "off" never; a mode name always."""
     if mode == "auto":
-        return "default" if device.type == "cuda" else "off"
+        return "default" if device.type == "cuda" and (steps is None or steps >= COMPILE_MIN_STEPS) else "off"
     return mode

@@ -109,15 +109,20 @@ class PatchWhitening(nn.Module):
 
     @torch.no_grad()
     def init_whitening(self, images, eps=None):
-        """images: normalized float (N, 3, H, W); a few thousand are enough."""
+        """images: normalized float (N, 3, H, W) on any device; a few thousand are enough.
+
+        Computed on the CPU in float64, then copied to the layer's device: Apple's MPS has no
+        float64 and (in most torch releases) no eigh, and the CPU does this in well under a second.
+        """
         eps = self.eps if eps is None else eps
         k = self.conv.kernel_size[0]
+        images = images.detach().to("cpu", torch.float64)
         patches = images.unfold(2, k, 1).unfold(3, k, 1)                   # (N, C, H', W', k, k)
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, patches.shape[1] * k * k).double()
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, patches.shape[1] * k * k)
         patches = patches - patches.mean(0)
         eigval, eigvec = torch.linalg.eigh(patches.T @ patches / len(patches))
         w = (eigvec.T / (eigval + eps).sqrt()[:, None]).view(-1, *self.conv.weight.shape[1:])
-        self.conv.weight.copy_(torch.cat([w, -w]).float())                 # both signs: 2 * dims filters
+        self.conv.weight.copy_(torch.cat([w, -w]))                         # both signs: 2 * dims filters
 
     def forward(self, x):
         return self.act(self.conv(x))

@@ -142,6 +142,9 @@ def summary(model, input_size=(3, 32, 32)):
 
 
 def warn_if_no_gpu(device):
+    if device.type == "mps":
+        print("note: training runs on the Mac's GPU (Apple MPS) in fp32, NCHW layout: slower than a CUDA GPU, "
+              "much faster than the CPU. Precision and layout on MPS are unmeasured (docs/devices.md).")
     if device.type == "cpu":
         print("WARNING: no GPU in this runtime: training runs on the CPU and is slow "
               "(minutes per epoch). In Colab: Runtime > Change runtime type > GPU, then run all again.")

@@ -123,10 +123,11 @@ def clean(nb: dict, note: str | None = None) -> dict:
     return label(nb, note) if note else nb
 
 
-def hardware() -> str:
+def hardware(device="auto") -> str:
+    """The hardware a run used, from its device (a run's "cpu" on a GPU machine is a CPU run)."""
     from .device import describe, pick_device
 
-    return describe(pick_device("auto", verbose=False))
+    return describe(pick_device(device, verbose=False))
 
 
 def describe_data(data: str, data_dir, limit) -> str:
@@ -145,9 +146,10 @@ def provenance(params: dict, run_dir: Path, command: str) -> str:
         r = config["recipe"]
         how = (f"model `{r['model']}`, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, batch {r['batch_size']}, "
                f"precision {r['precision']}")
+        device = config.get("device") or params["device"]
     except (OSError, KeyError, ValueError):  # no finished training (a failed run): say what was asked
-        how = "settings as in the command"
-    return (f"{NOTE_START} come from a real run on {hardware()}; data: "
+        how, device = "settings as in the command", params["device"]
+    return (f"{NOTE_START} come from a real run on {hardware(device)}; data: "
             f"{describe_data(params['data'], params['data_dir'], params['limit'])}; recipe `{params['recipe']}` "
             f"({how}), seed {params['seed']}; command: `{command}`.")
 

@@ -159,9 +159,10 @@ def confusion_matrix(pred, true, num_classes):
 
 
 def plot_confusion(cm, classes):
+    cm = cm.cpu()  # predictions made on a GPU: matplotlib reads host memory
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     frac = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(frac.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
@@ -228,6 +229,7 @@ def show_grad_cam(images, cams, titles, ncols=3):
     fig, axes = _grid(2 * len(images), 2 * ncols)
     axes = list(axes)
     for i, (img, cam, t) in enumerate(zip(images, cams, titles)):
+        img, cam = img.detach().cpu(), cam.detach().cpu()  # grad_cam runs where the model is
         left, right = axes[2 * i], axes[2 * i + 1]
         left.imshow(img.permute(1, 2, 0).numpy())
         left.set_title(t, fontsize=7)

@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from .data import SOURCES, Loader, channel_stats, load_splits, reflect_pad
-from .device import DEVICE_HELP, autocast, make_scaler, pick_device, resolve_compile, resolve_precision
+from .device import (DEVICE_HELP, autocast, configure_backends, make_scaler, pick_device, reset_peak_memory,
+                     resolve_channels_last, resolve_compile, resolve_precision)
 from .constraints import check
 from .errors import UserError
 from .model import count_params
 from .registry import build_model, file_source, keep_copy, model_identity, model_problem, rebuild_spec, spec_name
-from .recipes import COMPILE_MODES, PRECISIONS, RECIPES, Recipe, get_recipe
+from .recipes import COMPILE_MODES, PRECISIONS, RECIPES, RESOLVED_PER_DEVICE, Recipe, get_recipe
 
 CHECKPOINT = "checkpoint.pt"
 PREV_CHECKPOINT = "checkpoint.prev.pt"  # the epoch before CHECKPOINT's, kept in case that one is damaged
@@ -49,8 +50,10 @@ DATA_IDENTITY = {
     "test_fingerprint": "test images' contents (fingerprint)",
     "steps_per_epoch": "steps per epoch",
 }
-# recipe fields that may change on resume: torch.compile changes speed, not what is trained
-RESUME_MAY_CHANGE = {"compile"}
+# recipe fields that may change on resume: torch.compile and the memory layout change speed, not what
+# is trained; a precision the run asked as "auto" may change too (a Colab reconnect can land on
+# another GPU type, or on a CPU): resume_differences
+RESUME_MAY_CHANGE = {"compile", "channels_last"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -419,6 +422,10 @@ class Trainer:
             raise CheckpointError(f"cannot resume {path}: it was written with other settings: " + "; ".join(diffs)
                                   + ". Resume with the checkpoint's settings, or start a new run in another "
                                   "folder (--out / out_dir=)")
+        before = ckpt["config"]["recipe"].get("precision")
+        if before and before != self.recipe.precision:  # allowed only when asked as "auto" (resume_differences)
+            self.log(f"note: epochs 1-{len(ckpt['history'])} trained in {before}; this device resolves precision "
+                     f"'auto' to {self.recipe.precision}, so the run continues in {self.recipe.precision}")
         if "data_identity" not in ckpt["config"]:
             self.log(f"note: {path} predates data fingerprints: only its data source, folder, limit and "
                      "scheduler length could be checked")
@@ -601,8 +608,9 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
     diffs = []
     # from_dict fills fields added since the checkpoint was written with their defaults
     old, new = Recipe.from_dict(saved["recipe"]).to_dict(), now["recipe"]
+    auto = {k for k, v in (now.get("requested") or {}).items() if v == "auto"}  # re-resolved on this device
     diffs += [f"recipe field {k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in new.items()
-              if old.get(k) != v and k not in RESUME_MAY_CHANGE]
+              if old.get(k) != v and k not in RESUME_MAY_CHANGE | auto]
     if saved.get("seed") != now.get("seed"):
         diffs.append(f"seed (--seed / seed=): checkpoint {saved.get('seed')}, now {now.get('seed')}")
     old_model, new_model = saved.get("model_identity"), now.get("model_identity")
@@ -711,12 +719,13 @@ class Trial:
         if self.threads:
             torch.set_num_threads(self.threads)
         device = pick_device(self.device_name)
-        # per-device defaults, decided once and stored resolved (checkpoint config, history, benchmark)
-        precision = resolve_precision(self.recipe.precision, device)
-        compile_mode = resolve_compile(self.recipe.compile, device)
-        if (precision, compile_mode) != (self.recipe.precision, self.recipe.compile):
-            print(f"precision: {self.recipe.precision} -> {precision}; compile: {self.recipe.compile} -> {compile_mode}")
-        self.recipe = self.recipe.override(precision=precision, compile=compile_mode)
+        configure_backends(device)
+        reset_peak_memory(device)  # the benchmark's peak_device_mb covers this run alone
+        # per-device defaults, decided once and stored resolved (checkpoint config, history, benchmark);
+        # what was asked is kept too: a resume on another device may re-resolve an "auto" (Trainer.load)
+        requested = {k: getattr(self.recipe, k) for k in (*RESOLVED_PER_DEVICE, "channels_last")}
+        self.recipe = self.recipe.override(precision=resolve_precision(self.recipe.precision, device),
+                                           channels_last=resolve_channels_last(self.recipe.channels_last, device))
         r = self.recipe
         # the network first: a file that fails or a rule it breaks is one line before any data is read
         source = file_source(r.model)  # your FILE.py as built, kept in the run folder
@@ -730,6 +739,11 @@ class Trial:
         train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
                               alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
+        # torch.compile pays back only over many steps: decided now that the run's length is known
+        self.recipe = r = r.override(compile=resolve_compile(r.compile, device, r.epochs * len(train_loader)))
+        changed = [f"{k}: {v} -> {getattr(r, k)}" for k, v in requested.items() if getattr(r, k) != v]
+        if changed:
+            print("; ".join(changed))
         model = model.to(device)
         for m in model.modules():  # data-dependent init (PatchWhitening) from 5,000 training images
             if hasattr(m, "init_whitening"):
@@ -739,8 +753,8 @@ class Trial:
         identity = model_identity(self.factory or r.model, model, source)
         keep_copy(self.out_dir, identity, source)
         compile_seconds = compile_model(model, r, train_loader, test_loader) if r.compile != "off" else 0.0
-        info = dict(name=self.name, data=self.data, data_dir=str(self.data_dir) if self.data_dir else None,
-                    limit=self.limit, mean=mean, std=std, classes=train_set.classes,
+        info = dict(name=self.name, requested=requested, data=self.data,
+                    data_dir=str(self.data_dir) if self.data_dir else None, limit=self.limit, mean=mean, std=std, classes=train_set.classes,
                     params=count_params(model), device=str(device), torch=str(torch.__version__),
                     compile_seconds=round(compile_seconds, 1), model_identity=identity)
         # what the run is trained and evaluated on: a resume must match it (Trainer.load)
@@ -775,14 +789,21 @@ def compile_model(model, recipe: Recipe, train_loader, test_loader) -> float:
     t0 = time.perf_counter()
     model.compile(mode=recipe.compile, dynamic=False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
     rng = torch.get_rng_state()
     x, y = next(iter(train_loader))
-    model.train()
-    with autocast(x.device, recipe.precision):
-        out = model(x)
-    loss_fn(out.float(), y).backward()   # compiles forward and backward graphs
-    model.zero_grad(set_to_none=True)
-    evaluate(model, test_loader, recipe.precision, recipe.tta)  # and the eval-mode graphs
+    # the graphs depend on which parameters train: a recipe that freezes the whitening bias part-way
+    # (whiten_bias_epochs) needs the frozen graphs too, or they would compile inside that epoch's time
+    for epoch in sorted({1, recipe.epochs}):
+        set_whiten_bias(model, recipe, epoch)
+        model.train()
+        with autocast(x.device, recipe.precision):
+            out = model(x)
+        loss_fn(out.float(), y).backward()   # compiles forward and backward graphs
+        model.zero_grad(set_to_none=True)
+        evaluate(model, test_loader, recipe.precision, recipe.tta)  # and the eval-mode graphs
+    for p, trains in zip(model.parameters(), flags):
+        p.requires_grad_(trains)
     model.load_state_dict(state)
     torch.set_rng_state(rng)
     return time.perf_counter() - t0

@@ -11,7 +11,7 @@ from helpers.recipes import RECIPES, Recipe
 from helpers import train as T
 
 KEYS = {"recipe", "model", "params", "epochs", "seed", "train_seconds", "test_acc", "tta_acc", "tta", "img_per_s",
-        "peak_rss_mb", "device", "threads", "torch"}
+        "peak_rss_mb", "peak_device_mb", "device", "threads", "torch", "compile_seconds", "train_plus_compile_seconds"}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -30,6 +30,8 @@ def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys, tmp_path):
     for r in rows:
         assert KEYS <= set(r) and r["recipe"] == recipe and r["epochs"] == 1
         assert r["train_seconds"] > 0 and r["params"] < 1_000_000
+        assert r["peak_device_mb"] is None  # a CPU run: its peak is peak_rss_mb
+        assert r["train_plus_compile_seconds"] == round(r["train_seconds"] + r["compile_seconds"], 2)
         # test_acc is the saved model's plain single-view accuracy on the run's test split; tta_acc the
         # same with the recipe's test-time augmentation, beside it (null for a recipe without TTA)
         model, config, history = T.load_run(benchmark.seed_dir(tmp_path, r["seed"]))
@@ -99,6 +101,7 @@ def test_target_reports_the_training_seconds_to_reach_it(capsys):
     row = json.loads(capsys.readouterr().out)
     # synthetic data reaches 5 % after epoch 1: its seconds are the first epoch's
     assert row["target"] == 0.05 and row["seconds_to_target"] == row["seconds_per_epoch"][0]
+    assert row["seconds_to_target_plus_compile"] == round(row["seconds_to_target"] + row["compile_seconds"], 1)
     assert len(row["seconds_per_epoch"]) == 2 and row["seconds_per_epoch"][1] >= row["seconds_per_epoch"][0]
     assert benchmark.main(args + ["--target", "0.999"]) == 0
     assert json.loads(capsys.readouterr().out)["seconds_to_target"] is None

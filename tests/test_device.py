@@ -77,8 +77,9 @@ def test_auto_precision_table(device, capability, cpu_bf16, expected, monkeypatc
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_explicit_precision_always_wins(precision, monkeypatch):
+    """On CPU and CUDA; MPS takes fp32 only (test_mps_refuses_autocast_precisions_in_one_line)."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
-    for device in (CPU, CUDA, MPS):
+    for device in (CPU, CUDA):
         assert D.resolve_precision(precision, device, cpu_bf16=True) == precision
 
 
@@ -163,6 +164,64 @@ def test_scaler_skips_a_step_whose_gradients_overflow():
     assert scaler.get_scale() < scale0                                          # scale lowered
 
 
+def test_peak_memory_is_the_gpu_own_on_cuda_and_none_elsewhere(monkeypatch):
+    resets = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: resets.append(d))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2 ** 20)
+    D.reset_peak_memory(CUDA)
+    D.reset_peak_memory(CPU)
+    assert resets == [CUDA]
+    assert D.peak_memory_mb(CUDA) == 3.0 and D.peak_memory_mb(CPU) is None and D.peak_memory_mb(MPS) is None
+
+
+def test_cudnn_autotuning_is_switched_on_for_cuda_runs_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    D.configure_backends(CPU)
+    assert torch.backends.cudnn.benchmark is False
+    D.configure_backends(CUDA)
+    assert torch.backends.cudnn.benchmark is True
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mps_refuses_autocast_precisions_in_one_line(precision):
+    with pytest.raises(ValueError, match="use precision 'auto' or 'fp32'"):
+        D.resolve_precision(precision, MPS)
+    assert D.resolve_precision("fp32", MPS) == "fp32" and D.resolve_precision("auto", MPS) == "fp32"
+
+
+def test_channels_last_is_resolved_per_device():
+    assert D.resolve_channels_last(True, CPU) and D.resolve_channels_last(True, CUDA)
+    assert not D.resolve_channels_last(True, MPS) and not D.resolve_channels_last(False, CUDA)
+
+
+@pytest.mark.parametrize("steps, expected", [(None, "default"), (D.COMPILE_MIN_STEPS, "default"),
+                                             (D.COMPILE_MIN_STEPS - 1, "off")])
+def test_auto_compile_needs_a_long_cuda_run(steps, expected):
+    assert D.resolve_compile("auto", CUDA, steps) == expected
+    assert D.resolve_compile("auto", CPU, steps) == "off" and D.resolve_compile("max-autotune", CPU, 10) == "max-autotune"
+
+
+def test_recipes_compile_by_their_length_on_cuda():
+    """fast and best are over in a few hundred steps: no compile; seed and long take thousands."""
+    steps = {name: r.epochs * (45_000 // r.batch_size) for name, r in RECIPES.items()}
+    assert {n for n, s in steps.items() if D.resolve_compile("auto", CUDA, s) != "off"} == {"seed", "long"}
+
+
+def test_resume_re_resolves_an_auto_precision_on_another_device(tmp_path, monkeypatch, capsys):
+    """A Colab reconnect can land on another GPU type, or a CPU: an 'auto' run continues, saying so."""
+    run = dict(SMALL, model="fast", out_dir=tmp_path / "run")
+    real = D.resolve_precision
+    monkeypatch.setattr(T, "resolve_precision", lambda p, d: "fp16" if p == "auto" else real(p, d))
+    T.Trial(**{**run, "epochs": 2}).run(stop_after=1)   # epoch 1 "on a T4": fp16
+    monkeypatch.setattr(T, "resolve_precision", lambda p, d: "fp32" if p == "auto" else real(p, d))
+    record = T.Trial(**{**run, "epochs": 2}).run(resume=True)
+    assert len(record.history) == 2 and record.config["recipe"]["precision"] == "fp32"
+    assert "epochs 1-1 trained in fp16" in capsys.readouterr().out
+    # a precision chosen by hand still has to match
+    with pytest.raises(T.CheckpointError, match="recipe field precision: checkpoint 'fp32', now 'bf16'"):
+        T.Trial(**{**run, "epochs": 2, "precision": "bf16"}).run(resume=True)
+
+
 # --------------------------------------------------------------------------- torch.compile
 
 @pytest.fixture
@@ -197,6 +256,20 @@ def test_compiled_run_matches_uncompiled_and_checkpoints_load_either_way(tmp_pat
     assert trainer.epoch == 2
 
 
+def test_compile_warms_up_both_whitening_bias_graphs(eager_compile):
+    """`best` freezes the whitening bias after epoch 3; the graphs without its gradient must compile
+    in the warm-up (compile_seconds), not inside that epoch's train_seconds."""
+    from torch._dynamo.utils import counters
+    trial = T.Trial(recipe="best", compile="default", precision="fp32", whiten_bias_epochs=1,
+                    **{**SMALL, "epochs": 3, "batch_size": 50, "limit": 200})
+    trainer = trial.setup()
+    compiled = counters["stats"]["unique_graphs"]
+    bias = next(m.conv.bias for m in trainer.model.modules() if hasattr(m, "init_whitening"))
+    assert bias.requires_grad  # the warm-up leaves the flags as it found them
+    trainer.fit()
+    assert counters["stats"]["unique_graphs"] == compiled  # nothing compiled during training
+
+
 # --------------------------------------------------------------------------- on real accelerators
 # These need the hardware itself; scripts/gpu_check.sh runs them on a CUDA machine.
 
@@ -206,7 +279,8 @@ needs_mps = pytest.mark.skipif(not torch.backends.mps.is_available(), reason="ne
 
 @needs_cuda
 def test_cuda_auto_precision_and_compile_train_and_load_on_cpu(tmp_path):
-    record = T.train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast"})
+    # compile asked for: auto would leave a run this short uncompiled (test_auto_compile_needs_a_long_cuda_run)
+    record = T.train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast", "compile": "default"})
     expected = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
     assert record.config["recipe"]["precision"] == expected
     assert record.config["recipe"]["compile"] == "default" and record.config["compile_seconds"] > 0
@@ -222,7 +296,49 @@ def test_cuda_fp16_scaler_state_is_checkpointed(tmp_path):
     assert torch.load(tmp_path / "run" / T.CHECKPOINT, weights_only=True)["scaler"]["scale"] > 0
 
 
+@needs_cuda
+def test_cuda_resume_across_precisions_and_peak_memory(tmp_path, monkeypatch, capsys):
+    """Epoch 1 as on a T4 (auto = fp16 with a GradScaler), epoch 2 on this GPU's own auto."""
+    from helpers import benchmark
+    run = {**SMALL, "device": "cuda", "model": "fast", "compile": "off", "out_dir": tmp_path / "run"}
+    real = D.resolve_precision
+    with monkeypatch.context() as m:
+        m.setattr(T, "resolve_precision", lambda p, d: "fp16" if p == "auto" else real(p, d))
+        T.Trial(**run).run(stop_after=1)
+    record = T.Trial(**run).run(resume=True)
+    assert len(record.history) == 2 and record.config["recipe"]["precision"] == real("auto", torch.device("cuda"))
+    assert "epochs 1-1 trained in fp16" in capsys.readouterr().out
+    assert benchmark.main(["--data", "synthetic", "--limit", "200", "--epochs", "1", "--batch-size", "50",
+                           "--recipe", "fast", "--device", "cuda"]) == 0
+    import json
+    row = json.loads(capsys.readouterr().out)
+    assert 0 < row["peak_device_mb"] < torch.cuda.get_device_properties(0).total_memory / 2 ** 20
+
+
 @needs_mps
 def test_mps_trains_in_fp32(tmp_path):
     record = T.train(**{**SMALL, "device": "mps", "model": "fast"})
     assert record.config["recipe"]["precision"] == "fp32"
+
+
+# --------------------------------------------------------------------------- scripts/gpu_check.sh
+
+def test_pytest_reads_its_config_without_optional_packages():
+    """A warning filter naming a class makes pytest import its module to read pyproject.toml; Colab,
+    where gpu_check.sh runs, has no Optuna (an extra), and older pytest stops on that."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+    config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    for entry in config["tool"]["pytest"]["ini_options"].get("filterwarnings", []):
+        category = (entry.split(":") + [""] * 3)[2]
+        assert category in ("",) or "." not in category, f"filter {entry!r} imports {category}"
+
+
+def test_gpu_check_installs_what_it_runs_before_running_it():
+    from pathlib import Path
+    script = (Path(__file__).parents[1] / "scripts" / "gpu_check.sh").read_text().splitlines()
+    code = [line.strip() for line in script if line.strip() and not line.lstrip().startswith("#")]
+    install = next(i for i, line in enumerate(code) if "pip install" in line)
+    assert "-e ." in code[install] and "pytest" in code[install]
+    first_run = next(i for i, line in enumerate(code) if "-m pytest" in line or "-m helpers" in line)
+    assert install < first_run

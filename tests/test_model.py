@@ -55,6 +55,29 @@ def test_patch_whitening_decorrelates_patches():
     assert not w.conv.weight.requires_grad
 
 
+def test_patch_whitening_is_computed_on_the_cpu_in_float64(monkeypatch):
+    """MPS has no float64 and no eigh: the images go to the CPU first, whatever their device."""
+    from helpers.model import PatchWhitening
+
+    class Watched(torch.Tensor):  # records every .to() the images get
+        moves = []
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.to:
+                cls.moves.append((args[1:], kwargs or {}))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    seen = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: seen.append((a.device.type, a.dtype)) or eigh(a))
+    w = PatchWhitening()
+    w.init_whitening(torch.randn(64, 3, 8, 8).as_subclass(Watched))
+    assert (("cpu", torch.float64), {}) in Watched.moves      # moved, not computed where the images live
+    assert seen == [("cpu", torch.float64)]
+    assert w.conv.weight.dtype == torch.float32 and torch.isfinite(w.conv.weight).all()
+
+
 def test_dirac_init_starts_3x3_convs_as_identity():
     from helpers.model import dirac_init_
     conv = torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)

@@ -81,3 +81,14 @@ def test_summary_counts_trainable_parameters_one_by_one(capsys):
     out = capsys.readouterr().out
     assert f"Total params: {total:,}" in out and f"Trainable params: {trainable:,}" in out
     assert f"Non-trainable params: {total - trainable:,}" in out
+
+
+def test_the_device_note_says_where_training_runs(capsys):
+    import torch
+    N.warn_if_no_gpu(torch.device("mps"))
+    out = capsys.readouterr().out
+    assert "Apple MPS" in out and "on the CPU" not in out
+    N.warn_if_no_gpu(torch.device("cpu"))
+    assert "training runs on the CPU" in capsys.readouterr().out
+    N.warn_if_no_gpu(torch.device("cuda"))
+    assert capsys.readouterr().out == ""

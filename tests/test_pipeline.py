@@ -265,3 +265,20 @@ def test_epoch_ticks_are_whole_numbers(epochs):
     fig.canvas.draw()
     ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_provenance_names_the_device_the_run_used(tmp_path, monkeypatch):
+    """A CPU run on a GPU machine is published as a CPU run."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Stand-in T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
+    recipe = dict(model="fast", epochs=1, batch_size=50, precision="fp32")
+    (tmp_path / "history.json").write_text(json.dumps(dict(config=dict(recipe=recipe, device="cpu"), history=[])))
+    params = dict(data="synthetic", data_dir=None, limit=100, recipe="fast", seed=0, device="auto")
+    note = pipeline.provenance(params, tmp_path, "python -m helpers.pipeline --device cpu")
+    assert "real run on CPU" in note and "Stand-in T4" not in note
+    # no finished training: the device the command asked for
+    params["device"] = "cuda"
+    assert "real run on Stand-in T4" in pipeline.provenance(params, tmp_path / "none", "cmd")

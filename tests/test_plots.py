@@ -55,3 +55,27 @@ def test_curves_label_plain_and_tta_apart():
     record = T.Record("r", dict(recipe=get_recipe("fast").to_dict(), seed=0), history)
     labels = [t.get_text() for t in plots.plot_curves(record).axes[0].get_legend().get_texts()]
     assert labels == ["train", "test (plain)", "test with TTA", "80 % target"]
+
+
+class OnDevice(torch.Tensor):
+    """Stands in for a CUDA or MPS tensor on a CPU machine: numpy() (what matplotlib calls) fails
+    until .cpu() brings it to the host, as it does for a real accelerator tensor."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.numpy:
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first")
+        if func is torch.Tensor.cpu:
+            return args[0].as_subclass(torch.Tensor).clone()
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_figures_take_tensors_from_an_accelerator():
+    cm = torch.tensor([[8, 2], [1, 9]]).as_subclass(OnDevice)
+    with pytest.raises(TypeError, match="Use Tensor.cpu"):
+        cm.numpy()  # the stand-in behaves like a GPU tensor
+    plots.plot_confusion(cm, ["cat", "dog"])
+    plots.plot_per_class_accuracy(cm, ["cat", "dog"])
+    images = torch.rand(2, 3, 8, 8).as_subclass(OnDevice)
+    cams = torch.rand(2, 8, 8).as_subclass(OnDevice)
+    plots.show_grad_cam(images, cams, ["a", "b"], ncols=2)
