@@ -311,10 +311,20 @@ def random_translate(images: torch.Tensor, pad: int, generator=None) -> torch.Te
     """Shift each image by up to `pad` pixels (reflect padding), the whole batch in one gather."""
     if pad <= 0:
         return images
+    dy, dx = draw_translate(len(images), pad, generator)
+    return translate(images, pad, dy.to(images.device), dx.to(images.device))
+
+
+def draw_translate(n: int, pad: int, generator=None):
+    """Per-image shifts for `translate`, 0 .. 2 * pad (pad means no shift), on the CPU."""
+    return (torch.randint(0, 2 * pad + 1, (n,), generator=generator),
+            torch.randint(0, 2 * pad + 1, (n,), generator=generator))
+
+
+def translate(images: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Crop each reflect-padded image at (dy, dx): a shift by (dy - pad, dx - pad) pixels."""
     n, _, h, w = images.shape
     padded = reflect_pad(images, pad)                                                  # (N, C, H+2p, W+2p)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]   # (N, 1, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]   # (N, 1, 1, W)
     batch = torch.arange(n, device=images.device)[:, None, None, None]
@@ -333,7 +343,15 @@ def reflect_pad(images, pad):
 
 def random_flip(images: torch.Tensor, generator=None) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
-    mask = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
+    return flip_where(images, draw_flip(len(images), generator).to(images.device))
+
+
+def draw_flip(n: int, generator=None) -> torch.Tensor:
+    """Which images `flip_where` mirrors (a fair coin each), on the CPU."""
+    return torch.rand(n, generator=generator) < 0.5
+
+
+def flip_where(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], images.flip(-1), images)
 
 
@@ -344,11 +362,21 @@ def random_cutout(images: torch.Tensor, size: int, generator=None) -> torch.Tens
     """
     if size <= 0:
         return images
-    n, _, h, w = images.shape
+    top, left = draw_cutout(len(images), size, images.shape[-2:], generator)
+    return cutout(images, size, top.to(images.device), left.to(images.device))
+
+
+def draw_cutout(n: int, size: int, hw, generator=None):
+    """Top-left corners for `cutout`, each square inside its image, on the CPU."""
+    h, w = hw
     if size > min(h, w):
         raise DataError(f"cutout size {size} is larger than the {h}x{w} images")
-    top = torch.randint(0, h - size + 1, (n,), generator=generator).to(images.device)
-    left = torch.randint(0, w - size + 1, (n,), generator=generator).to(images.device)
+    return (torch.randint(0, h - size + 1, (n,), generator=generator),
+            torch.randint(0, w - size + 1, (n,), generator=generator))
+
+
+def cutout(images: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    _, _, h, w = images.shape
     rows = torch.arange(h, device=images.device)[None, :] - top[:, None]     # (N, H)
     cols = torch.arange(w, device=images.device)[None, :] - left[:, None]    # (N, W)
     inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]  # (N, H, W)
@@ -405,17 +433,39 @@ class Loader:
     def __iter__(self):
         n = len(self.labels)
         order = (torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)).to(self.device)
+        draws = self._draws()
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            d = {k: v[i * self.batch_size:(i + 1) * self.batch_size] for k, v in draws.items()}
             x = self.images[idx]
             if self.translate:
-                x = random_translate(x, self.translate, self.generator)
+                x = translate(x, self.translate, d["dy"], d["dx"])
             if self.flip and self.flip_base is not None:
-                mask = self.flip_base[idx] ^ bool(self.epoch % 2)
-                x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+                x = flip_where(x, self.flip_base[idx] ^ bool(self.epoch % 2))
             elif self.flip:
-                x = random_flip(x, self.generator)
+                x = flip_where(x, d["flip"].bool())
             x = self.normalize(x)
             if self.cutout:
-                x = random_cutout(x, self.cutout, self.generator)
+                x = cutout(x, self.cutout, d["top"], d["left"])
             yield x, self.labels[idx]
+
+    def _draws(self) -> dict:
+        """The epoch's augmentation randomness, drawn on the CPU batch by batch in the order the
+        augmentations use it, then moved to the device in one copy: per-batch draws would each
+        block on a host-to-device copy, and the CPU could never queue steps ahead of the GPU."""
+        names = (["dy", "dx"] if self.translate else []) + (["flip"] if self.flip and self.flip_base is None else []) \
+            + (["top", "left"] if self.cutout else [])
+        if not names:
+            return {}
+        columns = []
+        for i in range(len(self)):
+            m = min(self.batch_size, len(self.labels) - i * self.batch_size)
+            drawn = []
+            if self.translate:
+                drawn += draw_translate(m, self.translate, self.generator)
+            if self.flip and self.flip_base is None:
+                drawn.append(draw_flip(m, self.generator).long())
+            if self.cutout:
+                drawn += draw_cutout(m, self.cutout, self.images.shape[-2:], self.generator)
+            columns.append(torch.stack(drawn))
+        return dict(zip(names, torch.cat(columns, dim=1).to(self.device)))

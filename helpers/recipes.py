@@ -12,8 +12,8 @@ from .errors import UserError
 # "auto" resolves per device at the start of each run (helpers.device.resolve_precision);
 # the others force autocast to that dtype ("fp16" adds a GradScaler)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# torch.compile: "auto" compiles on CUDA only (helpers.device.resolve_compile), "off" never,
-# a mode name always
+# torch.compile: "auto" compiles CUDA runs of 2,000+ steps only (helpers.device.resolve_compile),
+# "off" never, a mode name always
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # fields a run stores resolved for its device ("auto" -> "bf16"): a stored "bf16" still is the
 # recipe whose value is "auto"

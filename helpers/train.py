@@ -894,7 +894,7 @@ def get_args_parser(add_help=True) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS,
                    help="autocast precision; auto picks per device, see helpers/device.py (default: the recipe's)")
     p.add_argument("--compile", choices=COMPILE_MODES,
-                   help="torch.compile mode; auto compiles on CUDA only (default: the recipe's)")
+                   help="torch.compile mode; auto compiles long CUDA runs only (default: the recipe's)")
     p.add_argument("--limit", type=positive_int, help="use at most this many images per split (class-balanced)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,

@@ -202,3 +202,32 @@ def test_alternating_flip_shows_each_image_both_ways_over_two_epochs():
     for i in range(64):
         a, b, c = (torch.equal(v[i], plain[i]) for v in views)
         assert a != b and a == c  # flipped in exactly one of two consecutive epochs
+
+
+def test_loader_draws_an_epoch_of_augmentation_in_one_copy():
+    """The batches are the ones per-batch draws give (same generator, same order), but the randomness
+    reaches the device in one copy per epoch, not 2-4 blocking copies per step."""
+    from torch.overrides import TorchFunctionMode
+
+    ds = D.load_split("synthetic", "train", limit=230)
+    loader = D.Loader(ds, 50, True, [0.5] * 3, [0.25] * 3, translate=2, flip=True, cutout=8, seed=3)
+    loader.set_epoch(4, seed=3)
+
+    class CountMoves(TorchFunctionMode):
+        moves = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.to:
+                CountMoves.moves += 1
+            return func(*args, **(kwargs or {}))
+
+    with CountMoves():
+        batches = list(loader)
+    assert len(batches) == 4 and CountMoves.moves <= 2  # the shuffled order and the draws: whatever the batches
+    g = torch.Generator().manual_seed(3 * 100_003 + 4)  # what set_epoch seeds
+    order = torch.randperm(230, generator=g)
+    for i, (x, y) in enumerate(batches):
+        idx = order[i * 50:(i + 1) * 50]
+        want = D.random_flip(D.random_translate(ds.images[idx], 2, g), g)
+        want = D.random_cutout(loader.normalize(want), 8, g)
+        assert torch.equal(x, want) and torch.equal(y, ds.labels[idx])
