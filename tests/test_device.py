@@ -174,6 +174,29 @@ def test_peak_memory_is_the_gpu_own_on_cuda_and_none_elsewhere(monkeypatch):
     assert D.peak_memory_mb(CUDA) == 3.0 and D.peak_memory_mb(CPU) is None and D.peak_memory_mb(MPS) is None
 
 
+@pytest.mark.parametrize("platform, maxrss, mb", [("linux", 2048 * 1024, 2048.0), ("darwin", 3 * 2 ** 20, 3.0)])
+def test_peak_rss_reads_kib_on_linux_and_bytes_on_macos(platform, maxrss, mb, monkeypatch):
+    import sys
+    import types
+    fake = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: types.SimpleNamespace(ru_maxrss=maxrss))
+    monkeypatch.setitem(sys.modules, "resource", fake)
+    monkeypatch.setattr(sys, "platform", platform)
+    assert T.peak_rss_mb() == mb
+
+
+def test_the_package_imports_without_resource_as_on_windows():
+    import math
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['resource'] = None  # what Windows has: no such module\n"
+            "import helpers.train, helpers.benchmark, helpers.pipeline\n"
+            "print(helpers.train.peak_rss_mb())")
+    from pathlib import Path
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1]).stdout
+    assert math.isnan(float(out))
+
+
 def test_cudnn_autotuning_is_switched_on_for_cuda_runs_only(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     D.configure_backends(CPU)
