@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .data import data_dir_problem
 from .device import peak_memory_mb
 from .recipes import Recipe, get_recipe
 from .train import NonFiniteLossError, Trial, get_args_parser, peak_rss_mb, positive_int
@@ -145,8 +146,8 @@ def main(argv=None) -> int:
     if args.data == "folder":
         if not args.data_dir:
             p.error("--data-dir DIR is required (a folder holding train/ and test/), or use --data synthetic")
-        if not Path(args.data_dir).is_dir():
-            p.error(f"--data-dir {args.data_dir} does not exist")
+        if data_dir_problem(args.data_dir):
+            p.error(f"--data-dir {args.data_dir} {data_dir_problem(args.data_dir)}")
     if args.out:
         taken = sorted(str(d) for d in (seed_dir(args.out, s) for s in seeds) if d.exists())
         if taken:

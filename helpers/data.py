@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .rundir import atomic_write
+
 SOURCES = ("cifar10", "folder", "synthetic")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -87,11 +89,19 @@ def _cifar10(split: str, cache_dir: Path, download: bool = True) -> ImageSet:
     return ImageSet(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes), "cifar10")
 
 
+def data_dir_problem(data_dir) -> str | None:
+    """What is wrong with a data folder's path, as the end of a sentence naming it (None: a folder)."""
+    path = Path(data_dir)
+    if path.is_dir():
+        return None
+    return "is a file, not a folder: give the folder holding train/ and test/" if path.exists() else "does not exist"
+
+
 def _list_folder(root: Path, split: str):
     """Validate the layout and return (classes, [(path, label), ...]) for one split."""
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; pass --data-dir DIR (in Python: data_dir=DIR), "
-                        "a folder holding train/ and test/")
+    if data_dir_problem(root):
+        raise DataError(f"data folder {root} {data_dir_problem(root)}; pass --data-dir DIR (in Python: "
+                        "data_dir=DIR), a folder holding train/ and test/")
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{split_dir} is missing: a folder dataset needs {root}/train/<class>/*.jpg "
@@ -198,17 +208,19 @@ def _cache_key(source: str, data_dir, split: str, files=()) -> str:
 
     `slot` names the source, resolved folder and split (one cache file is kept per slot);
     `content` hashes the listing of the files that are decoded (`_list_folder`'s), each file
-    stat'ed through its symlinks: a replaced, added or removed image changes the key even
+    stat'ed through its symlinks: a replaced, added, removed or chmod'ed image changes the key even
     inside a symlinked class folder, and so does a link pointed elsewhere (the inode changes).
     Only class folders' direct children are listed, so a link loop cannot make this recurse.
     """
     where = str(Path(data_dir).resolve()) if data_dir else ""
     slot = hashlib.sha1(f"{source}|{where}|{split}".encode()).hexdigest()[:8]
-    h = hashlib.sha1(f"{slot}|v2".encode())
+    h = hashlib.sha1(f"{slot}|v3".encode())
     for f, label in files:
         try:
-            st = os.stat(f)  # follows symlinks: the target's size, mtime and inode
-            h.update(f"{f}:{label}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}\n".encode())
+            # follows symlinks: the target's size, mtime, inode, and permissions (an image skipped
+            # as unreadable is decoded once chmod has made it readable)
+            st = os.stat(f)
+            h.update(f"{f}:{label}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_mode:o}\n".encode())
         except OSError as e:  # a dangling link or a link loop: _decode skips and counts it
             h.update(f"{f}:{label}:errno {e.errno}\n".encode())
     return f"{source}-{split}-{slot}-{h.hexdigest()[:12]}.pt"
@@ -229,10 +241,10 @@ def _read_cache(path: Path):
 
 def _write_cache(path: Path, ds: ImageSet):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(dict(images=ds.images, labels=ds.labels, classes=ds.classes, source=ds.source,
-                    problems=ds.problems), tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written cache
+    # atomic, through a temporary file of this process's own: an interrupted or failed save leaves
+    # neither a half-written cache nor a stray temporary
+    atomic_write(path, lambda f: torch.save(dict(images=ds.images, labels=ds.labels, classes=ds.classes,
+                                                 source=ds.source, problems=ds.problems), f))
     # one file per slot: older versions of this split (~140 MB each for 45k images) are removed,
     # and so are files named by the old key scheme (source-split-<12 hex>.pt), never read again
     source, split, slot = path.name.split("-")[:3]
@@ -276,7 +288,11 @@ def load_split(source: str, split: str, data_dir=None, limit: int | None = None,
     ds = _read_cache(path) if path.exists() else None
     if ds is None:
         ds = _cifar10(split, cache_dir) if source == "cifar10" else _folder(Path(data_dir), split, listing)
-        _write_cache(path, ds)
+        try:
+            _write_cache(path, ds)
+        except OSError as e:  # the cache is a speed-up only: a read-only or full disk must not stop a run
+            print(f"note: the dataset cache {cache_dir} cannot be written ({e.strerror or e}): continuing from "
+                  "memory (the images are decoded again next run); set CIFAR_CACHE to a writable folder")
     if verbose and ds.problems:
         print(f"note: {source}/{split}: {problem_summary(ds)}")
     return balanced_subset(ds, limit)

@@ -223,6 +223,9 @@ def default_out(name: str, images_dir="images") -> str:
     return f"{images_dir}/model_architecture{'' if name == 'seed' else '_' + name}.png"
 
 
+SAVE_FORMATS = {".png", ".pdf", ".svg", ".jpg", ".jpeg"}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m helpers.diagram",
@@ -231,18 +234,27 @@ def main(argv=None) -> int:
     p.add_argument("model", help=f"a registered model ({', '.join(list_models())}) or your own FILE.py:NAME")
     p.add_argument("--out", help="output path (default: images/model_architecture.png for seed, "
                                  "images/model_architecture_MODEL.png otherwise)")
-    p.add_argument("--dpi", type=int, default=DPI, help=f"resolution (default {DPI})")
+    p.add_argument("--dpi", type=int, default=DPI, help=f"resolution, 20 to 600 (default {DPI})")
     args = p.parse_args(argv)
+    if not 20 <= args.dpi <= 600:  # 0 crashes matplotlib; 100000 asks for a gigapixel image
+        p.error(f"--dpi must be between 20 and 600, got {args.dpi}")
+    if args.out and Path(args.out).suffix.lower() not in SAVE_FORMATS:
+        p.error(f"--out {args.out}: the file name must end in one of {', '.join(sorted(SAVE_FORMATS))}")
     try:
         model = build_model(args.model)
     except ValueError as e:  # one line that names the fix
         print(f"error: {e} (e.g. python -m helpers.diagram seed)", file=sys.stderr)
         return 2
     out = Path(args.out or default_out(args.model))
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig = draw_architecture(model, title=args.model)
-    fig.savefig(out, dpi=args.dpi, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=args.dpi, bbox_inches="tight", facecolor="white")
+    except OSError as e:
+        print(f"error: cannot write {out} ({e.strerror or e}): choose another --out", file=sys.stderr)
+        return 2
+    finally:
+        plt.close(fig)
     print(out)
     return 0
 

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from .data import SOURCES
+from .data import SOURCES, data_dir_problem
 from .errors import UserError
 from .recipes import PRECISIONS, RECIPES, get_recipe
 from .registry import FACTORY, ModelError, build_model, is_file_spec, model_problem, parse_file_spec, spec_name
@@ -43,11 +43,14 @@ def check_params(*, data, data_dir=None, recipe="seed", model=None, epochs=None,
     problems = []
     if data not in SOURCES:
         problems.append(f"{name('data', data)}: use one of {', '.join(SOURCES)}")
-    if data == "folder" and not data_dir:
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        problems.append(f"{name('data_dir', data_dir)}: must be a folder path (a string), or None")
+    elif data == "folder" and not data_dir:
         problems.append(f"{name('data', 'folder')} needs {'--data-dir' if cli else 'data_dir'}: "
                         "a folder holding train/<class>/ and test/<class>/")
-    elif data == "folder" and not Path(data_dir).is_dir():
-        problems.append(f"{name('data_dir', data_dir)} does not exist (relative paths start at the project root)")
+    elif data == "folder" and data_dir_problem(data_dir):
+        problems.append(f"{name('data_dir', data_dir)} {data_dir_problem(data_dir)} (relative paths start at the "
+                        "project root)")
     if recipe not in RECIPES:
         problems.append(f"{name('recipe', recipe)}: known recipes are {', '.join(sorted(RECIPES))}")
     if model is not None and model_problem(model):
@@ -115,6 +118,15 @@ def drive_path(path, use_drive: bool) -> str:
 
 def run_folder(*, recipe: str, seed: int, model=None, out_dir=None, use_drive: bool = False) -> str:
     """The run folder every notebook uses: out_dir, or runs/<run_name>; on Drive in Colab with use_drive."""
+    problems = []
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.append(f"seed={seed!r}: must be a whole number (0, 1, ...)")
+    if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
+        problems.append(f"out_dir={out_dir!r}: must be a folder path (a string), or None (runs/{recipe}-s...)")
+    if not isinstance(use_drive, bool):
+        problems.append(f"use_drive={use_drive!r}: must be True or False")
+    if problems:
+        raise ParameterError("bad notebook parameters:\n  " + "\n  ".join(problems))
     folder = drive_path(out_dir or f"runs/{run_name(recipe, seed, model)}", use_drive)
     print(f"run folder: {folder}")
     return folder

@@ -282,13 +282,44 @@ def resolve(args) -> tuple[dict, Path]:
     return params, out
 
 
+def check_out_paths(params: dict, out: Path) -> None:
+    """The committed notebooks and figures change only with --publish: no output folder may be the
+    project root or lie inside notebooks/ or images/."""
+    kept = {ROOT.resolve(): "notebooks 01-05, images and README", (ROOT / "notebooks").resolve(): "notebooks",
+            (ROOT / "images").resolve(): "images"}
+    for flag, path in (("--out", out), ("--run-dir", params["out_dir"]), ("--images-dir", params["images_dir"])):
+        where = (ROOT / path).resolve()
+        hit = next((k for k in kept if where == k or (k != ROOT.resolve() and k in where.parents)), None)
+        if hit is not None:
+            raise PipelineError(f"{flag} {path} would write over the project's committed {kept[hit]}, which change "
+                                f"only with --publish: choose a folder of its own (the default is "
+                                f"{default_out(params['recipe'], params['seed'], False, params['model'])})")
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    """A run folder's config: from history.json, else (damaged or missing) from the checkpoint, which
+    notebook 03 rebuilds history.json from; None when neither can be read."""
+    try:
+        config = json.loads((run_dir / "history.json").read_text())["config"]
+        if isinstance(config, dict) and isinstance(config.get("recipe"), dict):
+            return config
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not (run_dir / "checkpoint.pt").exists():
+        return None
+    try:
+        config = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["config"]
+        return config if isinstance(config, dict) and isinstance(config.get("recipe"), dict) else None
+    except Exception:  # a damaged checkpoint: notebook 03 names it and the previous epoch's in one line
+        return None
+
+
 def check_run_dir(params: dict) -> None:
     """Before any notebook runs: a checkpoint in the run folder must be this run's, or notebook 03 would
     stop half-way. Compares what the user chose; fields resolved per device ("auto") are not compared."""
-    history = ROOT / params["out_dir"] / "history.json"
-    if not history.exists():
+    saved = _saved_config(ROOT / params["out_dir"])
+    if saved is None:
         return
-    saved = json.loads(history.read_text())["config"]
     want = get_recipe(params["recipe"], model=params["model"], epochs=params["epochs"],
                       batch_size=params["batch_size"], precision=params["precision"]).to_dict()
     have = dict(saved["recipe"], seed=saved.get("seed"), data=saved.get("data"), limit=saved.get("limit"),
@@ -372,11 +403,13 @@ def main(argv=None):
     if args.threads:  # the kernels inherit the environment; torch reads it when it starts
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
-    if args.smoke and not (args.out or args.run_dir):
-        shutil.rmtree(ROOT / out, ignore_errors=True)  # a smoke run is disposable: never resume an old one
     command = shlex.join(["python", "-m", "helpers.pipeline", *argv])
     executed = []
+    t0 = time.perf_counter()
     try:
+        check_out_paths(params, out)  # before anything is written or removed
+        if args.smoke and not (args.out or args.run_dir):
+            shutil.rmtree(ROOT / out, ignore_errors=True)  # a smoke run is disposable: never resume an old one
         with in_root():  # paths in params are the notebooks', relative to the project root
             check_params(**params, cli=True)
             check_run_dir(params)

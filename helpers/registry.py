@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from .errors import UserError
+from .rundir import atomic_write
 from .model import MODELS
 
 # recipe.model of a network passed as a Python callable: it cannot be rebuilt from the name alone
@@ -179,9 +179,7 @@ def keep_copy(run_dir, identity: dict, source: bytes | None):
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(source)
-    os.replace(tmp, target)
+    atomic_write(target, lambda f: f.write(source))
 
 
 def rebuild_spec(identity: dict, run_dir, log=print) -> str:

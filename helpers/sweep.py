@@ -42,6 +42,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from .data import data_dir_problem
+from .rundir import LOCK
 from .recipes import Recipe, get_recipe
 from .train import NonFiniteLossError, Record, Trial, get_args_parser, positive_int
 
@@ -457,6 +459,9 @@ class Objective:
         if old is None or not (old / "history.json").is_file() or run_dir.exists():
             return False
         os.replace(old, run_dir)   # atomic: the folder belongs to one trial at a time
+        # Optuna's heartbeat has declared its worker dead: that worker's lock goes with it (on another
+        # host the lock's own staleness test would wait for STALE seconds)
+        (run_dir / LOCK).unlink(missing_ok=True)
         trial.set_user_attr("resumed_from", failed)
         self.log(f"[trial {trial.number}] retries trial {failed} (its worker died): resuming its run folder")
         return True
@@ -647,8 +652,8 @@ def _prepare(args):
         if not args.data_dir:
             raise SweepError("--data folder needs --data-dir DIR (a folder holding train/ and test/), "
                              "or use --data synthetic")
-        if not Path(args.data_dir).is_dir():
-            raise SweepError(f"--data-dir {args.data_dir} does not exist")
+        if data_dir_problem(args.data_dir):
+            raise SweepError(f"--data-dir {args.data_dir} {data_dir_problem(args.data_dir)}")
     if args.lr is not None and not args.lr > 0:
         raise SweepError(f"--lr must be > 0, got {args.lr}")
     base = get_recipe(args.recipe)

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .device import (DEVICE_HELP, autocast, configure_backends, make_scaler, pic
 from .constraints import check
 from .errors import UserError
 from .model import count_params
+from .rundir import RunFolderError, RunLock, atomic_write, check_writable
 from .registry import build_model, file_source, keep_copy, model_identity, model_problem, rebuild_spec, spec_name
 from .recipes import COMPILE_MODES, PRECISIONS, RECIPES, RESOLVED_PER_DEVICE, Recipe, get_recipe
 
@@ -108,9 +110,14 @@ def make_optimizer(model, recipe: Recipe):
 
 
 def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
+    pct_start = recipe.pct_start
+    if pct_start * recipe.epochs * steps_per_epoch == 1:
+        # a warm-up of exactly one step is a zero-length phase to OneCycleLR (ZeroDivisionError):
+        # a hair longer gives the same rates, the peak one step in
+        pct_start *= 1 + 1e-6
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=recipe.epochs,
-        steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start, anneal_strategy=recipe.anneal,
+        steps_per_epoch=steps_per_epoch, pct_start=pct_start, anneal_strategy=recipe.anneal,
         base_momentum=recipe.momentum, max_momentum=recipe.momentum_max, div_factor=1 / recipe.lr_start,
         final_div_factor=recipe.lr_start / recipe.lr_end)
 
@@ -348,10 +355,12 @@ class Trainer:
     """Runs epochs, records history, writes a checkpoint after each epoch, resumes."""
 
     def __init__(self, model, recipe: Recipe, train_loader, test_loader, device, out_dir=None,
-                 seed=0, progress=None, run_info=None, log=print):
+                 seed=0, progress=None, run_info=None, log=print, lock=None):
         self.model, self.recipe, self.device, self.seed = model, recipe, device, seed
         self.train_loader, self.test_loader = train_loader, test_loader
         self.out_dir = Path(out_dir) if out_dir else None
+        # one writer per run folder (helpers/rundir.py): taken by Trial.setup, or here in restore()
+        self.lock = lock or (RunLock(self.out_dir) if self.out_dir else None)
         self.progress = progress_default() if progress is None else progress
         self.run_info = run_info or {}
         self.log = log
@@ -392,16 +401,24 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.checkpoint()
-        # write the new file completely first; then two renames, each atomic: a crash at any
-        # point leaves a readable checkpoint.pt or checkpoint.prev.pt (fit resumes from either)
+        # write the new file completely first (under a temporary name of this process's own); then two
+        # renames, each atomic: a crash at any point leaves a readable checkpoint.pt or
+        # checkpoint.prev.pt (fit resumes from either)
         path = self.out_dir / CHECKPOINT
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-        if path.exists():
-            os.replace(path, self.out_dir / PREV_CHECKPOINT)
-        os.replace(tmp, path)
-        write_history(self.out_dir, ckpt["config"], self.history)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            atomic_write(tmp, lambda f: torch.save(ckpt, f))
+            if path.exists():
+                os.replace(path, self.out_dir / PREV_CHECKPOINT)
+            os.replace(tmp, path)
+            write_history(self.out_dir, ckpt["config"], self.history)
+        except OSError as e:  # a full or read-only disk: one line, and the last good epoch is still there
+            tmp.unlink(missing_ok=True)
+            kept = (f"the previous checkpoint (epoch {self.epoch - 1}) is intact" if self.epoch > 1
+                    else "no earlier epoch was saved")
+            raise CheckpointError(f"could not write {path} ({e.strerror or e}): epoch {self.epoch} is lost and "
+                                  f"{kept}; free some space (or make the folder writable) and resume "
+                                  "(--resume / run the notebook again)") from None
 
     def load(self, path):
         """Restore a checkpoint's state, after checking it was written by this very run.
@@ -451,6 +468,8 @@ class Trainer:
 
         resume=False refuses to train over an existing checkpoint (FileExistsError).
         """
+        if self.lock is not None:
+            self.lock.acquire(self.log)  # before reading the checkpoint another run might be writing
         ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
         prev = self.out_dir / PREV_CHECKPOINT if self.out_dir else None
         found = ckpt if ckpt and ckpt.exists() else prev if prev and prev.exists() else None
@@ -461,6 +480,8 @@ class Trainer:
             if found == prev:  # save() died between its two renames
                 self.log(f"note: {ckpt} is missing; resuming from the previous epoch's {prev}")
             self.load(found)
+        if self.epoch >= self.recipe.epochs and self.lock is not None:
+            self.lock.release()  # nothing left to train: the folder is free
         return self.epoch
 
     def train_one_epoch(self, epoch: int) -> dict:
@@ -496,7 +517,13 @@ class Trainer:
                                                    f"at epoch {stats['epoch']}"))
         stats = stats | dict(peak_rss_mb=peak_rss_mb())
         self.history.append(stats)
-        self.save()
+        try:
+            self.save()
+        except CheckpointError:
+            self.history.pop()  # not saved, so not an epoch of this run
+            raise
+        if self.epoch == self.recipe.epochs and self.lock is not None:
+            self.lock.release()  # the run is complete: the folder is free for analysis or another run
         tta = f" (TTA {stats['tta_acc']:.2%})" if "tta_acc" in stats else ""
         self.log(f"epoch {stats['epoch']:>3}/{self.recipe.epochs}  train loss {stats['train_loss']:.4f} "
                  f"acc {stats['train_acc']:.2%}  test loss {stats['test_loss']:.4f} acc {stats['test_acc']:.2%}{tta}"
@@ -515,14 +542,18 @@ class Trainer:
         `on_epoch(stats)` runs after each epoch's checkpoint is written (e.g. to report to a
         sweep's pruner); an exception it raises stops the run with that epoch kept.
         """
-        self.restore(resume)
-        last = self.recipe.epochs if stop_after is None else min(self.recipe.epochs, self.epoch + stop_after)
-        for epoch in range(self.epoch + 1, last + 1):
-            stats = self.train_one_epoch(epoch)
-            stats |= self.evaluate()
-            stats = self.save_epoch(stats)
-            if on_epoch is not None:
-                on_epoch(stats)
+        try:
+            self.restore(resume)
+            last = self.recipe.epochs if stop_after is None else min(self.recipe.epochs, self.epoch + stop_after)
+            for epoch in range(self.epoch + 1, last + 1):
+                stats = self.train_one_epoch(epoch)
+                stats |= self.evaluate()
+                stats = self.save_epoch(stats)
+                if on_epoch is not None:
+                    on_epoch(stats)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
         return self.history
 
     # ---- examples for plots
@@ -544,15 +575,8 @@ def select_examples(model, loader, correct: bool, n: int = 25, precision="fp32",
                 confidence=conf[idx].cpu(), classes=loader.classes)
 
 
-def _atomic_write(path: Path, write):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous file intact
-
-
 def write_history(out_dir: Path, config: dict, history: list):
-    _atomic_write(Path(out_dir) / HISTORY, lambda f: f.write(json.dumps(
+    atomic_write(Path(out_dir) / HISTORY, lambda f: f.write(json.dumps(
         dict(config=config, history=history), indent=1).encode()))
 
 
@@ -718,6 +742,17 @@ class Trial:
     def setup(self) -> Trainer:
         if self.threads:
             torch.set_num_threads(self.threads)
+        if self.out_dir:  # a file, a parent that is a file, a read-only disk: one line, before any work
+            check_writable(self.out_dir, create=False)
+        self.lock = None
+        try:
+            return self._setup()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()  # nothing will train: the folder is free again
+            raise
+
+    def _setup(self) -> Trainer:
         device = pick_device(self.device_name)
         configure_backends(device)
         reset_peak_memory(device)  # the benchmark's peak_device_mb covers this run alone
@@ -733,6 +768,8 @@ class Trial:
         model = build_model(self.factory or r.model, **r.model_kwargs)
         if self.enforce_rules:
             check(model).require(r.model)
+        if self.out_dir:  # one run per folder: another one training there is one line, before data is read
+            self.lock = RunLock(check_writable(self.out_dir)).acquire()
         train_set, test_set = load_splits(self.data, self.data_dir, self.limit)
         mean, std = channel_stats(train_set.images)
         common = dict(mean=mean, std=std, device=device, channels_last=r.channels_last)
@@ -765,7 +802,7 @@ class Trial:
             steps_per_epoch=len(train_loader))
         info["skipped_files"] = dict(train=train_set.skipped_files(), test=test_set.skipped_files())
         self.trainer = Trainer(model, r, train_loader, test_loader, device, self.out_dir, self.seed,
-                               self.progress, info)
+                               self.progress, info, lock=self.lock)
         return self.trainer
 
     def record(self) -> Record:
@@ -921,10 +958,16 @@ def main(argv=None):
     except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every finished epoch is in the checkpoint
+        done = len(trial.trainer.history) if trial.trainer else 0
+        again = shlex.join(["python", "-m", "helpers.train", *(sys.argv[1:] if argv is None else argv)])
+        print(f"interrupted: {done} epoch(s) saved in {args.out}; to continue: "
+              f"{again}{'' if args.resume else ' --resume'}", file=sys.stderr)
+        return 130
     reached = record.first_epoch_reaching(0.80)
     tta = f" (with TTA {record.final_tta_acc:.2%})" if record.final_tta_acc is not None else ""
     print(f"final test accuracy (plain, single view) {record.final_acc:.2%}{tta}, best epoch {record.best_acc:.2%}; "
-          f"80% first reached at epoch {reached}; outputs in {args.out}")
+          + (f"80% first reached at epoch {reached}" if reached else "80% not reached") + f"; outputs in {args.out}")
     return 0
 
 

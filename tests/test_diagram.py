@@ -80,3 +80,19 @@ def test_cli_rejects_unknown_model(tmp_path, capsys):
 def test_default_out_keeps_models_apart():
     assert diagram.default_out("seed") == "images/model_architecture.png"  # the README's picture
     assert diagram.default_out("wide", "out") == "out/model_architecture_wide.png"
+
+
+@pytest.mark.parametrize("argv, message", [(["--dpi", "0"], "--dpi must be between 20 and 600, got 0"),
+                                           (["--dpi", "100000"], "--dpi must be between 20 and 600"),
+                                           (["--out", "x.txt"], "the file name must end in one of")])
+def test_bad_dpi_or_file_type_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        diagram.main(["fast", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and not any("Traceback" in line for line in err)
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    assert diagram.main(["fast", "--out", str(tmp_path / "f" / "a.png")]) == 2
+    assert "cannot write" in capsys.readouterr().err

@@ -92,3 +92,26 @@ def test_the_device_note_says_where_training_runs(capsys):
     assert "training runs on the CPU" in capsys.readouterr().out
     N.warn_if_no_gpu(torch.device("cuda"))
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(seed="abc"), "seed='abc': must be a whole number"),
+    (dict(seed=True), "seed=True: must be a whole number"),
+    (dict(out_dir=5), "out_dir=5: must be a folder path"),
+    (dict(use_drive="yes"), "use_drive='yes': must be True or False"),
+])
+def test_run_folder_names_a_bad_parameter_in_one_message(params, message):
+    """papermill -p seed abc: the parameters cell's message, not a TypeError deep inside."""
+    with pytest.raises(N.ParameterError, match=message.replace("(", r"\(")):
+        N.run_folder(**{**dict(recipe="fast", seed=0), **params})
+
+
+@pytest.mark.parametrize("data_dir, message", [(5, "data_dir=5: must be a folder path"),
+                                               ("FILE", "is a file, not a folder")])
+def test_check_params_names_a_data_dir_that_is_no_folder(data_dir, message, tmp_path):
+    if data_dir == "FILE":
+        data_dir = tmp_path / "train.zip"
+        data_dir.write_text("")
+        data_dir = str(data_dir)
+    with pytest.raises(N.ParameterError, match=message):
+        N.check_params(data="folder", data_dir=data_dir, recipe="fast")

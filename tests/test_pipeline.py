@@ -282,3 +282,30 @@ def test_provenance_names_the_device_the_run_used(tmp_path, monkeypatch):
     # no finished training: the device the command asked for
     params["device"] = "cuda"
     assert "real run on Stand-in T4" in pipeline.provenance(params, tmp_path / "none", "cmd")
+
+
+@pytest.mark.parametrize("flags", [["--out", "."], ["--out", "notebooks"], ["--run-dir", "."],
+                                   ["--images-dir", "images"], ["--out", "images/x"]])
+def test_outputs_never_land_on_the_committed_notebooks_or_images(flags, capsys, monkeypatch):
+    monkeypatch.chdir(pipeline.ROOT)
+    before = {p: p.stat().st_mtime_ns for d in ("notebooks", "images") for p in (pipeline.ROOT / d).iterdir()}
+    assert pipeline.main(["--smoke", "--recipe", "fast", *flags]) == 1
+    err = capsys.readouterr().err
+    assert "would write over the project's committed" in err and "only with --publish" in err
+    after = {p: p.stat().st_mtime_ns for d in ("notebooks", "images") for p in (pipeline.ROOT / d).iterdir()}
+    assert after == before and not (pipeline.ROOT / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("damage", ["{}", "[]", '{"config": {}}', "not json"])
+def test_a_damaged_history_json_is_read_from_the_checkpoint(tmp_path, damage):
+    from helpers import train as T
+    run = tmp_path / "run"
+    T.train(recipe="fast", data="synthetic", limit=120, batch_size=40, epochs=1, progress=False, out_dir=run)
+    (run / "history.json").write_text(damage)
+    params = dict(out_dir=str(run), recipe="fast", model=None, epochs=1, batch_size=40, precision=None,
+                  seed=0, data="synthetic", limit=120, data_dir=None)
+    pipeline.check_run_dir(params)  # the same run: nothing to say
+    with pytest.raises(pipeline.PipelineError, match="seed 0 there, 1 now"):
+        pipeline.check_run_dir(params | dict(seed=1))
+    (run / "checkpoint.pt").unlink()
+    pipeline.check_run_dir(params | dict(seed=1))  # nothing readable: notebook 03 decides (and says)

@@ -266,3 +266,137 @@ def test_help_names_the_command_and_shows_defaults(module, prog, defaults, capsy
         module.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert out.startswith(f"usage: {prog} ") and all(d in out for d in defaults)
+
+
+# --------------------------------------------------------------------------- issue 20: one writer, full disks
+
+def test_a_run_folder_in_use_is_refused_in_one_line_and_freed_when_done(tmp_path):
+    import subprocess
+    import sys
+    from helpers import rundir
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live "training"
+    try:
+        (run / rundir.LOCK).write_text(json.dumps(dict(pid=other.pid, host=rundir.socket.gethostname(),
+                                                       started="2026-11-30 10:00:00")))
+        with pytest.raises(rundir.RunFolderError, match=f"in use by another run \\(process {other.pid} on") as e:
+            T.Trial(out_dir=run, **SMALL).setup()
+        assert "\n" not in str(e.value) and "choose another folder (--out / out_dir=)" in str(e.value)
+        assert not (run / T.CHECKPOINT).exists()
+    finally:
+        other.kill()
+        other.wait()
+    # its process has ended: the lock is stale, taken over with a note; the finished run frees it
+    record = T.Trial(out_dir=run, **SMALL).run()
+    assert len(record.history) == 2 and not (run / rundir.LOCK).exists()
+
+
+def test_a_lock_from_another_host_is_stale_only_when_its_heartbeat_stopped(tmp_path, capsys):
+    from helpers import rundir
+    (tmp_path / rundir.LOCK).write_text(json.dumps(dict(pid=1, host="colab-vm-a", started="then")))
+    with pytest.raises(rundir.RunFolderError, match="colab-vm-a"):
+        rundir.RunLock(tmp_path).acquire()            # touched just now: that runtime may still train
+    old = os.path.getmtime(tmp_path / rundir.LOCK) - rundir.STALE - 1
+    os.utime(tmp_path / rundir.LOCK, (old, old))       # a disconnected Colab runtime: no heartbeat since
+    lock = rundir.RunLock(tmp_path).acquire()
+    assert "taking over" in capsys.readouterr().out and lock.owner()["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / rundir.LOCK).exists()
+
+
+@pytest.mark.parametrize("layout, message", [("file", "is a file, not a folder"),
+                                             ("parent-file", "is a file; choose another folder")])
+def test_an_unusable_out_folder_is_one_line_before_any_training(tmp_path, layout, message, capsys):
+    (tmp_path / "x").write_text("not a folder")
+    out = tmp_path / "x" if layout == "file" else tmp_path / "x" / "run"
+    assert T.main(["--data", "synthetic", "--limit", "120", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr()
+    assert message in err.err and len(err.err.strip().splitlines()) == 1 and "epoch" not in err.out
+
+
+def test_an_unwritable_out_folder_is_one_line_before_any_training(tmp_path, monkeypatch):
+    from pathlib import Path
+    from helpers import rundir
+
+    def read_only(self, data):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(rundir.RunFolderError, match=r"cannot be written \(Read-only file system\)"):
+        T.Trial(out_dir=tmp_path / "run", **SMALL).setup()
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_only_that_epoch(tmp_path, monkeypatch):
+    import errno
+    run = tmp_path / "run"
+    T.Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(stop_after=1)
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        f.write(b"x" * 1000)  # part of the file made it, then the disk filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(T.CheckpointError) as e:
+        T.Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(resume=True)
+    assert "No space left on device" in str(e.value) and "epoch 2 is lost" in str(e.value)
+    assert "previous checkpoint (epoch 1) is intact" in str(e.value) and "\n" not in str(e.value)
+    assert not list(run.glob("*.tmp")) and not (run / "run.lock").exists()
+    monkeypatch.setattr(torch, "save", real_save)  # space again: the run resumes from epoch 1
+    record = T.Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(resume=True)
+    assert [h["epoch"] for h in record.history] == [1, 2, 3]
+
+
+def test_a_one_step_warm_up_trains(tmp_path):
+    """5 steps with pct_start 0.2: a zero-length warm-up phase to OneCycleLR (ZeroDivisionError before)."""
+    record = T.train(**{**SMALL, "limit": 250, "batch_size": 50, "epochs": 1})
+    assert len(record.history) == 1
+    rates = T.lr_schedule(T.get_recipe("fast", epochs=1), steps_per_epoch=5)["lr"]
+    assert max(rates) == rates[1]  # the peak one step in
+
+
+@pytest.mark.parametrize("how", ["parent is a file", "disk full mid-write"])
+def test_an_unwritable_dataset_cache_falls_back_to_memory(tmp_path, monkeypatch, capsys, how):
+    import errno
+    folder = make_folder(tmp_path / "imgs")
+    if how == "parent is a file":
+        (tmp_path / "blocked").write_text("")
+        cache = tmp_path / "blocked" / "cache"
+    else:
+        cache = tmp_path / "cache"
+
+        def full(obj, f, *a, **k):
+            f.write(b"x" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(torch, "save", full)
+    ds = D.load_split("folder", "train", data_dir=folder, cache_dir=cache)
+    assert len(ds) == 8 and "cannot be written" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("*.tmp"))  # no partial file left in the cache
+
+
+def test_a_chmod_changes_the_cache_key(tmp_path):
+    """An image skipped for a permission error is decoded again once it is readable."""
+    folder = make_folder(tmp_path / "imgs")
+    files = D._list_folder(folder, "train")[1]
+    before = D._cache_key("folder", folder, "train", files)
+    os.chmod(files[0][0], 0o000)
+    try:
+        assert D._cache_key("folder", folder, "train", files) != before
+    finally:
+        os.chmod(files[0][0], 0o644)
+
+
+def test_ctrl_c_during_training_is_one_line_naming_the_resume(tmp_path, monkeypatch, capsys):
+    real = T.Trainer.train_one_epoch
+
+    def interrupted_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+    monkeypatch.setattr(T.Trainer, "train_one_epoch", interrupted_in_epoch_2)
+    argv = ["--data", "synthetic", "--limit", "120", "--batch-size", "40", "--epochs", "3", "--out", str(tmp_path / "r")]
+    assert T.main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted: 1 epoch(s) saved in") and err[0].endswith("--resume")
+    assert not (tmp_path / "r" / "run.lock").exists()  # the folder is free for the resume
+    monkeypatch.setattr(T.Trainer, "train_one_epoch", real)
+    assert T.main([*argv, "--resume"]) == 0
