@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -416,10 +417,18 @@ def main(argv=None):
         print(f"pipeline: recipe {params['recipe']}, seed {params['seed']}, data {params['data']}; "
               f"run folder {params['out_dir']}")
         t0 = time.perf_counter()
+        # Ctrl-C stops the pipeline even when it was started where SIGINT is ignored (a background job of a
+        # script inherits that, and papermill would then run every notebook to the end)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         run(params, out, done=executed)
     except (ValueError, PipelineError) as e:
         print(f"pipeline stopped: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        where = f" in {executed[-1].name}" if executed else ""
+        print(f"pipeline interrupted{where}: every finished epoch is kept in {params['out_dir']}; run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
     finally:  # the copies carry the committed notebooks' note, about another run: say which run they show
         note = provenance(params, params["out_dir"], command)
         for path in (p for p in executed if p.exists()):

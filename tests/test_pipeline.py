@@ -1,6 +1,7 @@
 """The main job's command line, without running notebooks (tests/test_notebooks.py runs them):
 option checks, parameter resolution for every recipe, run folders, --publish, --set-repo, plot labels."""
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -309,3 +310,29 @@ def test_a_damaged_history_json_is_read_from_the_checkpoint(tmp_path, damage):
         pipeline.check_run_dir(params | dict(seed=1))
     (run / "checkpoint.pt").unlink()
     pipeline.check_run_dir(params | dict(seed=1))  # nothing readable: notebook 03 decides (and says)
+
+
+def test_ctrl_c_stops_the_pipeline_in_one_line_even_where_sigint_was_ignored(tmp_path):
+    """A background job of a script inherits SIGINT ignored; papermill then ran every notebook to the end."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "helpers.pipeline", "--smoke", "--recipe", "fast", "--epochs", "200",
+           "--out", str(tmp_path / "out"), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=pipeline.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.time() + 240
+        while not (run_dir / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1]
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole process group
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("pipeline interrupted in 03_train.ipynb: every finished epoch")
+    assert len(json.loads((run_dir / "history.json").read_text())["history"]) < 200
