@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -33,9 +32,6 @@ def get_parser():
     p.set_defaults(recipe="fast")
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="run N seeds, --seed .. --seed+N-1, one JSON line each (default: %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=_field_value,
-                   help="override any recipe field, VALUE as JSON: --set alternate_flip=false "
-                        "--set 'model_kwargs={\"bn_after_pool\": false}' (repeatable; for ablations)")
     p.add_argument("--target", type=_accuracy, default=None, metavar="ACC",
                    help="also report seconds_to_target: training seconds until the first epoch whose plain test "
                         "accuracy reaches ACC (a fraction, e.g. 0.908), null if none does")
@@ -54,37 +50,6 @@ def _accuracy(text: str) -> float:
     if value is None or not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be an accuracy between 0 and 1 (e.g. 0.908), got {text!r}")
     return value
-
-
-def _field_value(text: str):
-    """FIELD=VALUE -> (field, value), VALUE parsed as JSON and checked against the field's type.
-
-    A bare word is a string (precision=bf16) only for string fields: lr=abc, epochs=1.5 or
-    model_kwargs={"act": gelu} (unquoted string, invalid JSON) are refused here, in one line,
-    instead of failing deep inside training. Unknown fields are left to Recipe.override's message.
-    """
-    field, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
-    kind = {f.name: type(getattr(Recipe(), f.name)) for f in fields(Recipe)}.get(field)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        if kind not in (None, str):
-            quotes = ", and strings inside need double quotes" if kind is dict else ""
-            raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not valid JSON; "
-                                             f"{field} needs {_KIND_WORDS[kind]}{quotes}") from None
-        parsed = value  # a bare string such as precision=bf16
-    is_number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
-    ok = (kind is None or (kind is float and is_number) or (kind is int and is_number and parsed == int(parsed))
-          or (kind not in (int, float) and isinstance(parsed, kind)))
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r}: {field} needs {_KIND_WORDS[kind]}, got {parsed!r}")
-    return field, (int(parsed) if kind is int else float(parsed) if kind is float else parsed)
-
-
-_KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
-               dict: 'a JSON object such as {"act": "gelu"}'}
 
 
 def seed_dir(out, seed: int) -> Path:

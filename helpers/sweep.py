@@ -31,10 +31,13 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import socket
+import shlex
 import subprocess
 import sys
 import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -44,7 +47,7 @@ from optuna.trial import TrialState
 
 from .data import data_dir_problem
 from .rundir import LOCK
-from .recipes import Recipe, get_recipe
+from .recipes import RESOLVED_PER_DEVICE, Recipe, get_recipe
 from .train import NonFiniteLossError, Record, Trial, get_args_parser, positive_int
 
 SPACES = Path(__file__).resolve().parent / "spaces"   # example search spaces, found by name
@@ -226,8 +229,20 @@ def load_space(space, recipe: Recipe) -> Space:
 
 # --------------------------------------------------------------------------- storage and study
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_study_name(name) -> str:
+    """A study name is a folder under --root and part of a database URL: letters, digits, '.', '_' and
+    '-', starting with a letter or digit (no '/', '..', '?' or '#', which would escape --root or cut the URL)."""
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
+        raise SweepError(f"study name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or "
+                         "digit), e.g. fast-lr-wd")
+    return name
+
+
 def study_dir(study: str, root=ROOT) -> Path:
-    return Path(root) / study
+    return Path(root) / check_study_name(study)
 
 
 def _retry_callback():
@@ -264,6 +279,29 @@ def make_storage(storage: str | None, study: str, root=ROOT, heartbeat: int | No
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SweepError(f"cannot open storage {_safe_url(storage)}: {first}") from None
+
+
+STORAGE_ENV = "CIFAR_SWEEP_STORAGE"
+
+
+def resolve_storage(storage: str | None, log=print) -> str | None:
+    """The storage URL: `storage` as given, "@FILE" for the URL in FILE's first line, or None for the
+    CIFAR_SWEEP_STORAGE environment variable (unset: the study's own SQLite file).
+
+    A URL with a password on a command line can be read by every user of the machine (`ps`), and in a
+    notebook parameter it is saved with the notebook: PostgreSQL's own ~/.pgpass or PGPASSWORD (libpq
+    reads both; the URL then holds no password), the variable or a file keep it out of both."""
+    if storage is None:
+        return os.environ.get(STORAGE_ENV) or None
+    if storage.startswith("@"):
+        try:
+            return Path(storage[1:]).expanduser().read_text().strip().splitlines()[0]
+        except (OSError, IndexError):
+            raise SweepError(f"--storage {storage}: cannot read a URL from {storage[1:]}") from None
+    if urllib.parse.urlsplit(storage).password:
+        log(f"note: the password in {_safe_url(storage)} is visible to other users (ps) and is saved wherever this "
+            f"command is: use ~/.pgpass or PGPASSWORD, or pass the URL in {STORAGE_ENV} or --storage @FILE")
+    return storage
 
 
 def _with_driver(url: str) -> str:
@@ -316,8 +354,9 @@ def open_study(name: str, storage=None, root=ROOT, settings: dict | None = None,
 
 
 def load_study(name: str, storage=None, root=ROOT, log=print) -> optuna.Study:
-    """An existing study, for results (notebook 05): from `storage`, else the study's SQLite file in
-    `root`, else the published copy shipped with the package (helpers/studies/NAME.json)."""
+    """An existing study, for results (notebook 05): from `storage` (or CIFAR_SWEEP_STORAGE), else the
+    study's SQLite file in `root`, else the published copy shipped with the package (helpers/studies/NAME.json)."""
+    storage = resolve_storage(storage, log)
     if storage is None and not (study_dir(name, root) / "study.db").is_file():
         shipped = STUDIES / f"{name}.json"
         if shipped.is_file():
@@ -350,7 +389,8 @@ def export_study(study: optuna.Study, path) -> Path:
                    datetime_start=t.datetime_start.isoformat() if t.datetime_start else None,
                    datetime_complete=t.datetime_complete.isoformat() if t.datetime_complete else None)
               for t in study.get_trials(deepcopy=False)]
-    doc = dict(study=study.study_name, direction=study.direction.name, user_attrs=study.user_attrs, trials=trials)
+    doc = dict(study=study.study_name, direction=study.direction.name, user_attrs=study.user_attrs,
+               best=best_run(study), trials=trials)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
@@ -522,6 +562,32 @@ def table(study: optuna.Study, top: int = 5) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def best_run(study: optuna.Study) -> dict | None:
+    """The best completed trial as a run anyone can repeat: its recipe in full, and the exact
+    `python -m helpers.train` command (every value that differs from the named recipe as --set, with
+    all its digits) that trains it again. None before a trial has completed."""
+    best = top_trials(study, 1)
+    if not best or not best[0].user_attrs.get("recipe"):
+        return None
+    t, settings = best[0], study.user_attrs.get("settings", {})
+    name = settings.get("recipe", "fast")
+    recipe = Recipe.from_dict(t.user_attrs["recipe"]).to_dict()
+    base = get_recipe(name).to_dict()
+    argv = ["python", "-m", "helpers.train", "--recipe", name, "--data", settings.get("data") or "synthetic"]
+    if settings.get("data_dir"):
+        argv += ["--data-dir", settings["data_dir"]]
+    if settings.get("limit"):
+        argv += ["--limit", str(settings["limit"])]
+    argv += ["--seed", str(settings.get("seed", 0))]
+    if recipe["model"] != base["model"]:
+        argv += ["--model", recipe["model"]]
+    for k, v in recipe.items():
+        if k not in ("model", *RESOLVED_PER_DEVICE) and v != base.get(k):
+            argv += ["--set", f"{k}={json.dumps(v)}"]  # JSON keeps every digit of a float
+    argv += ["--out", f"runs/{study.study_name}-trial-{t.number}"]
+    return dict(trial=t.number, plain_acc=t.value, recipe=recipe, command=shlex.join(argv))
+
+
 def records(study: optuna.Study, top: int = 3) -> list[Record]:
     """Records of the best trials, from the study itself (so also for trials run on other machines)."""
     out = []
@@ -622,9 +688,12 @@ def get_parser() -> argparse.ArgumentParser:
                    f"({', '.join(sorted(s.stem for s in SPACES.glob('*.json')))})")
     p.add_argument("--trials", type=positive_int, required=True,
                    help="finish this many trials (complete or pruned), all workers together")
-    p.add_argument("--study", required=True, help="study name; runs/sweeps/STUDY/ holds its trials' run folders")
+    p.add_argument("--study", required=True, type=_study_arg,
+                   help="study name (letters, digits, . _ -); runs/sweeps/STUDY/ holds its trials' run folders")
     p.add_argument("--storage", help="SQLAlchemy URL shared by workers on several machines, e.g. "
-                                     "postgresql://user:pw@host/db (default: runs/sweeps/STUDY/study.db, SQLite)")
+                                     "postgresql://user@host/db with the password in ~/.pgpass or PGPASSWORD; "
+                                     f"@FILE reads the URL from FILE (default: ${STORAGE_ENV}, else "
+                                     "runs/sweeps/STUDY/study.db, SQLite)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="worker processes on this machine, each with cores/WORKERS threads unless --threads")
     p.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
@@ -637,9 +706,17 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _study_arg(text: str) -> str:
+    try:
+        return check_study_name(text)
+    except SweepError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _settings(args, space: Space) -> dict:
     # every training flag that names a recipe field (--epochs, --lr, --precision, --compile ...) fixes it
     overrides = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name, None) is not None}
+    overrides |= dict(args.set)  # --set FIELD=VALUE fixes any other field the same way
     clash = sorted(set(overrides) & set(space.spec))
     if clash:
         raise SweepError(f"{', '.join(clash)} both fixed by a flag and listed in the space; keep one")
@@ -681,13 +758,29 @@ def work(args, study: optuna.Study, recipe: Recipe, space: Space):
     return study
 
 
+def _without(argv: list, flag: str) -> list:
+    """argv without `flag` and its value (as `flag VALUE` or `flag=VALUE`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
 def spawn(args, argv) -> int:
     """Start --workers processes of this same command on this machine; wait for all of them."""
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    # the storage URL reaches the workers in their environment, never on their command lines (ps shows those)
+    env = {**os.environ, **({STORAGE_ENV: args.storage} if args.storage else {})}
+    argv = _without(argv, "--storage")
     procs = []
     for i in range(args.workers):
         cmd = [sys.executable, "-m", "helpers.sweep", *argv, "--worker-index", str(i), "--threads", str(threads)]
-        procs.append(subprocess.Popen(cmd))
+        procs.append(subprocess.Popen(cmd, env=env))
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:   # Ctrl-C reached the workers too: Optuna marks their trials FAIL
@@ -695,9 +788,9 @@ def spawn(args, argv) -> int:
             p.wait()
         print("interrupted: run the same command again to continue the study", file=sys.stderr)
         return 130
-    bad = [f"worker {i} exited with code {c}" for i, c in enumerate(codes) if c]
-    if bad:
-        print("error: " + "; ".join(bad), file=sys.stderr)
+    bad = [f"worker {i} exited with code {c}" + (" (killed)" if c < 0 else "") for i, c in enumerate(codes) if c]
+    if bad:  # the others' trials are in the study all the same: main still shows them
+        print("error: " + "; ".join(bad) + "; the results of the trials that finished follow", file=sys.stderr)
         return 1
     return 0
 
@@ -708,7 +801,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.INFO if args.worker_index is not None or args.workers == 1
                                  else optuna.logging.WARNING)
+    rc = 0
     try:
+        args.storage = resolve_storage(args.storage, log=lambda m: print(m, file=sys.stderr)) \
+            if args.worker_index is None else resolve_storage(args.storage, log=lambda m: None)
         recipe, space, settings = _prepare(args)
         # create (or check) the study once, before any worker starts
         study = open_study(args.study, args.storage, args.root, settings, args.pruner, args.trials, args.heartbeat)
@@ -719,7 +815,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             rc = spawn(args, argv)
             print(f"{args.workers} workers done in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
-            if rc:
+            if rc == 130:  # interrupted: the user asked to stop
                 return rc
         else:
             study = work(args, study, recipe, space)
@@ -734,12 +830,20 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     print(summary(study))
     print(table(study, args.top))
+    best = best_run(study)
+    if best:
+        print(f"train the best trial ({best['trial']}, {best['plain_acc']:.2%} plain) again:\n  {best['command']}")
     plots = save_plots(study, study_dir(args.study, args.root) / "plots", prefix="")
     if plots:
         print(f"plots: {', '.join(str(p) for p in plots)}")
     # the study as one JSON file: to publish it, copy it to helpers/studies/ (notebook 05 finds it there)
     print(f"study exported to {export_study(study, study_dir(args.study, args.root) / 'study.json')}")
-    return 0
+    running = counts(study)["running"]
+    if running:
+        print(f"note: {running} trial(s) still marked running. A worker that died leaves its trial so until "
+              f"its heartbeat is {3 * args.heartbeat} s old; run this command again after that and the trial "
+              "is failed and retried (from its checkpoint when --root is shared)", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

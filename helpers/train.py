@@ -19,7 +19,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -912,6 +912,37 @@ def model_arg(text):
     return text
 
 
+def field_value(text: str):
+    """FIELD=VALUE -> (field, value), VALUE parsed as JSON and checked against the field's type.
+
+    A bare word is a string (precision=bf16) only for string fields: lr=abc, epochs=1.5 or
+    model_kwargs={"act": gelu} (unquoted string, invalid JSON) are refused here, in one line,
+    instead of failing deep inside training. Unknown fields are left to Recipe.override's message.
+    """
+    field, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    kind = {f.name: type(getattr(Recipe(), f.name)) for f in fields(Recipe)}.get(field)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        if kind not in (None, str):
+            quotes = ", and strings inside need double quotes" if kind is dict else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not valid JSON; "
+                                             f"{field} needs {_KIND_WORDS[kind]}{quotes}") from None
+        parsed = value  # a bare string such as precision=bf16
+    is_number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+    ok = (kind is None or (kind is float and is_number) or (kind is int and is_number and parsed == int(parsed))
+          or (kind not in (int, float) and isinstance(parsed, kind)))
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r}: {field} needs {_KIND_WORDS[kind]}, got {parsed!r}")
+    return field, (int(parsed) if kind is int else float(parsed) if kind is float else parsed)
+
+
+_KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+               dict: 'a JSON object such as {"act": "gelu"}'}
+
+
 def get_args_parser(add_help=True) -> argparse.ArgumentParser:
     """Shared by the training CLI and the benchmark."""
     p = argparse.ArgumentParser(prog="python -m helpers.train", add_help=add_help,
@@ -937,6 +968,9 @@ def get_args_parser(add_help=True) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="random seed for init, batch order, augmentation, dropout (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=field_value,
+                   help="override any recipe field, VALUE as JSON: --set label_smoothing=0.05 --set "
+                        "'model_kwargs={\"bn_after_pool\": false}' (repeatable; wins over the flags above)")
     return p
 
 
@@ -949,11 +983,13 @@ def main(argv=None):
         p.error("--data folder needs --data-dir DIR (a folder holding train/ and test/)")
     if args.lr is not None and not args.lr > 0:
         p.error(f"--lr must be > 0, got {args.lr}")
+    if "model" in dict(args.set):
+        p.error("--set model=...: use --model NAME (or FILE.py:NAME)")
     try:
         trial = Trial(name=Path(args.out).name, recipe=args.recipe, model=args.model, data=args.data,
                       data_dir=args.data_dir, limit=args.limit, device=args.device, seed=args.seed, out_dir=args.out,
-                      threads=args.threads, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      precision=args.precision, compile=args.compile)
+                      threads=args.threads, **{**dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                                    precision=args.precision, compile=args.compile), **dict(args.set)})
         record = trial.run(resume=args.resume)
     except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -401,3 +401,94 @@ def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
         assert result.returncode == 0, result.stdout[-3000:]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- from the best trial to a run
+
+def test_the_best_trial_comes_with_the_exact_command_that_trains_it_again(tmp_path, capsys, monkeypatch):
+    import shlex
+    from helpers import train as T
+    root = tmp_path / "sweeps"
+    space = space_file(tmp_path, {"lr": {"log": [0.2, 1.0]}, "label_smoothing": [0.0, 0.3]})
+    assert sweep.main([*TINY, "--epochs", "1", "--space", space, "--trials", "2", "--study", "b",
+                       "--root", str(root), "--set", "weight_decay=0.0003"]) == 0
+    out = capsys.readouterr().out
+    study = sweep.load_study("b", root=root)
+    best = sweep.best_run(study)
+    assert best["command"] in out and json.loads((root / "b" / "study.json").read_text())["best"] == best
+    argv = shlex.split(best["command"])
+    assert argv[:3] == ["python", "-m", "helpers.train"] and "weight_decay=0.0003" in argv
+    lr = next(a for a in argv if a.startswith("lr="))
+    assert float(lr[3:]) == study.best_trial.params["lr"]  # every digit, not the table's 3
+    # the command, run again (into a new folder, one thread as the sweep's worker had), gives the same accuracy
+    argv[argv.index("--out") + 1] = str(tmp_path / "again")
+    monkeypatch.chdir(tmp_path)
+    assert T.main([*argv[3:], "--threads", "1", "--batch-size", "50"]) == 0
+    again = T.Record.load(tmp_path / "again")
+    assert again.final_acc == study.best_value
+
+
+def test_a_killed_worker_does_not_hide_the_others_results(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "sweeps"
+    args = [*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--trials", "2", "--study", "kw",
+            "--root", str(root), "--workers", "2"]
+
+    def one_worker_then_a_kill(parsed, argv):   # worker 0 finishes the study, worker 1 is SIGKILLed
+        recipe, space, settings = sweep._prepare(parsed)
+        study = sweep.open_study("kw", None, root, settings, "median", 2, heartbeat=None)
+        sweep.work(parsed, study, recipe, space)
+        print("error: worker 1 exited with code -9 (killed); the results of the trials that finished follow",
+              file=sys.stderr)
+        return 1
+    monkeypatch.setattr(sweep, "spawn", one_worker_then_a_kill)
+    assert sweep.main(args) == 1
+    out = capsys.readouterr().out
+    assert "2 complete" in out and "plain acc" in out and "train the best trial" in out
+
+
+def test_a_trial_left_running_is_explained(tmp_path, capsys):
+    root = tmp_path / "sweeps"
+    args = [*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--trials", "1", "--study", "lr",
+            "--root", str(root), "--heartbeat", "30"]
+    parsed = sweep.get_parser().parse_args(args)
+    recipe, space, settings = sweep._prepare(parsed)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: ask() outside optimize() beats no heart
+        sweep.open_study("lr", None, root, settings, "median", 1, heartbeat=30).ask()  # a worker died mid-trial
+    assert sweep.main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 trial(s) still marked running" in err and "heartbeat is 90 s old" in err
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "", "x?y*#", ".hidden", "a/b"])
+def test_a_study_name_is_a_plain_name(name, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main([*TINY, "--space", space_file(tmp_path), "--trials", "1", "--study", name,
+                    "--root", str(tmp_path / "sweeps")])
+    assert "use letters, digits, '.', '_' and '-'" in capsys.readouterr().err
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "sweeps").exists()
+    with pytest.raises(sweep.SweepError):
+        sweep.load_study(name, root=tmp_path / "sweeps")
+
+
+def test_the_storage_url_comes_from_the_environment_or_a_file_and_never_reaches_a_command_line(
+        tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    monkeypatch.setenv(sweep.STORAGE_ENV, url)
+    assert sweep.resolve_storage(None) == url
+    (tmp_path / "url.txt").write_text(url + "\n")
+    assert sweep.resolve_storage(f"@{tmp_path / 'url.txt'}") == url
+    with pytest.raises(sweep.SweepError, match="cannot read a URL"):
+        sweep.resolve_storage(f"@{tmp_path / 'none.txt'}")
+    sweep.resolve_storage("postgresql://me:s3cret@db.example/sweeps")
+    note = capsys.readouterr().out
+    assert "s3cret" not in note and "~/.pgpass or PGPASSWORD" in note
+    sweep.resolve_storage("postgresql://me@db.example/sweeps")   # no password: nothing to say
+    assert capsys.readouterr().out == ""
+    # workers started by --workers get the URL in their environment, not in their arguments
+    started = []
+    monkeypatch.setattr(sweep.subprocess, "Popen", lambda cmd, env: started.append((cmd, env)) or
+                        type("P", (), {"wait": lambda self: 0})())
+    args = sweep.get_parser().parse_args([*TINY, "--space", "x", "--trials", "2", "--study", "s", "--workers", "2",
+                                          "--storage", "postgresql://me:s3cret@db/s"])
+    assert sweep.spawn(args, ["--study", "s", "--storage", "postgresql://me:s3cret@db/s", "--workers", "2"]) == 0
+    assert all("s3cret" not in " ".join(cmd) and env[sweep.STORAGE_ENV].endswith("@db/s") for cmd, env in started)
