@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 import re
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .data import SOURCES, data_dir_problem
 from .errors import UserError
-from .recipes import PRECISIONS, RECIPES, get_recipe
+from .recipes import PRECISIONS, RECIPES, get_recipe, recipe_name
 from .registry import FACTORY, ModelError, build_model, is_file_spec, model_problem, parse_file_spec, spec_name
 
 # the project's folder in "My Drive"
@@ -129,7 +130,24 @@ def run_folder(*, recipe: str, seed: int, model=None, out_dir=None, use_drive: b
         raise ParameterError("bad notebook parameters:\n  " + "\n  ".join(problems))
     folder = drive_path(out_dir or f"runs/{run_name(recipe, seed, model)}", use_drive)
     print(f"run folder: {folder}")
+    _note_other_run(folder, recipe, seed, model)
     return folder
+
+
+def _note_other_run(folder, recipe, seed, model):
+    """Say so when the folder already holds a run of another recipe, model or seed than the parameters
+    name (an out_dir set by hand): notebook 04 analyses the run that is there, and 03 refuses to resume it."""
+    try:
+        config = json.loads((Path(folder) / "history.json").read_text())["config"]
+        there = dict(recipe=recipe_name(config["recipe"]).split(" ")[0], model=config["recipe"]["model"],
+                     seed=config.get("seed"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no run yet, or a damaged history (notebook 03 rebuilds it from the checkpoint)
+    asked = dict(recipe=recipe, model=model or getattr(RECIPES.get(recipe), "model", None), seed=seed)
+    differ = [f"{k}={there[k]!r} there, {asked[k]!r} here" for k in asked if there[k] != asked[k]]
+    if differ:
+        print(f"note: {folder} holds another run ({'; '.join(differ)}): notebook 04 analyses the run that is "
+              "there, and notebook 03 refuses to resume it; set out_dir=None to use the parameters' own folder")
 
 
 def summary(model, input_size=(3, 32, 32)):

@@ -330,7 +330,7 @@ def check_run_dir(params: dict) -> None:
     diffs = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items()
              if v != "auto" and k in have and have[k] != v and
              not (k == "data_dir" and v and have[k] and (ROOT / v).resolve() == (ROOT / have[k]).resolve())]
-    from .plots import recipe_name
+    from .recipes import recipe_name
 
     there, now = recipe_name(saved["recipe"]), recipe_name(want)
     if there.split(" ")[0] != now.split(" ")[0]:  # another recipe altogether: name it, not a dozen fields

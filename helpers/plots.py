@@ -13,6 +13,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from .data import random_flip, random_translate
+from .recipes import recipe_name  # noqa: F401  (plots label runs by it; it lives with the recipes)
 
 
 def _grid(n, ncols):
@@ -75,21 +76,6 @@ def show_examples(examples, title="", n=25, ncols=5):
     titles = [f"{cls[int(a)]} / {cls[int(b)]} ({float(q):.0%})" for a, b, q in zip(t, p, c)]
     colors = ["green" if a == b else "red" for a, b in zip(t, p)]
     return show_images(examples["images"][:n], titles, ncols, title + "\ntrue / predicted (confidence)", colors)
-
-
-def recipe_name(recipe: dict) -> str:
-    """The named recipe a run's stored recipe is, or is closest to: "fast", "seed (epochs=1)"."""
-    from .recipes import RECIPES, RESOLVED_PER_DEVICE, Recipe
-
-    have = Recipe.from_dict(recipe).to_dict()
-
-    def diffs(name):
-        want = RECIPES[name].to_dict()
-        return {k: v for k, v in have.items() if v != want.get(k) and not (k in RESOLVED_PER_DEVICE and want.get(k) == "auto")}
-
-    name = min(RECIPES, key=lambda n: len(diffs(n)))
-    changed = diffs(name)
-    return name + (f" ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
 
 
 def run_label(record) -> str:

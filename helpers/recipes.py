@@ -208,3 +208,16 @@ def get_recipe(name: str, **overrides) -> Recipe:
     if name not in RECIPES:
         raise UserError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}")
     return RECIPES[name].override(**overrides).validate()
+
+
+def recipe_name(recipe: dict) -> str:
+    """The named recipe a run's stored recipe is, or is closest to: "fast", "seed (epochs=1)"."""
+    have = Recipe.from_dict(recipe).to_dict()
+
+    def diffs(name):
+        want = RECIPES[name].to_dict()
+        return {k: v for k, v in have.items() if v != want.get(k) and not (k in RESOLVED_PER_DEVICE and want.get(k) == "auto")}
+
+    name = min(RECIPES, key=lambda n: len(diffs(n)))
+    changed = diffs(name)
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")

@@ -115,3 +115,18 @@ def test_check_params_names_a_data_dir_that_is_no_folder(data_dir, message, tmp_
         data_dir = str(data_dir)
     with pytest.raises(N.ParameterError, match=message):
         N.check_params(data="folder", data_dir=data_dir, recipe="fast")
+
+
+def test_run_folder_says_when_the_folder_holds_another_run(tmp_path, capsys):
+    """Notebook 04 with recipe='seed' on a fast run folder analysed the fast run without a word."""
+    import json
+    from helpers.recipes import RECIPES
+    config = dict(recipe=RECIPES["fast"].override(precision="bf16", compile="off").to_dict(), seed=0)
+    (tmp_path / "history.json").write_text(json.dumps(dict(config=config, history=[])))
+    N.run_folder(recipe="fast", seed=0, out_dir=str(tmp_path))
+    assert "note:" not in capsys.readouterr().out
+    N.run_folder(recipe="seed", seed=0, out_dir=str(tmp_path))
+    out = capsys.readouterr().out
+    assert "holds another run (recipe='fast' there, 'seed' here; model='fast' there, 'seed' here)" in out
+    N.run_folder(recipe="fast", seed=0, model="wide", out_dir=str(tmp_path))
+    assert "model='fast' there, 'wide' here" in capsys.readouterr().out
