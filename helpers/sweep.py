@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -422,9 +423,54 @@ def import_study(path) -> optuna.Study:
 # --------------------------------------------------------------------------- objective
 
 def _retried_from(trial: optuna.Trial):
-    """Number of the trial this one retries (its worker died), or None."""
+    """Number of the trial this one retries (its worker died, or lost its database), or None."""
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    return frozen.system_attrs.get("failed_trial")
+    return frozen.system_attrs.get("failed_trial", frozen.user_attrs.get("retry_of"))
+
+
+def _me() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _without_heartbeat(study: optuna.Study, older_than: float) -> list:
+    """RUNNING trials started over `older_than` seconds ago that have no heartbeat record: their worker
+    died before its first beat, or lost the database (a server restart). Optuna's own stale check skips
+    trials without a record, so they would count as running forever and the study could never finish."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    try:  # Optuna's heartbeat table: no public API lists which trials have a record
+        from optuna.storages._rdb import models
+
+        with backend.scoped_session() as session:
+            beating = {tid for (tid,) in session.query(models.TrialHeartbeatModel.trial_id)}
+    except Exception:
+        return []
+    now = datetime.datetime.now()
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t._trial_id not in beating and t.datetime_start
+            and (now - t.datetime_start).total_seconds() > older_than]
+
+
+def fail_and_retry(study: optuna.Study, trials: list, why: str, log=print) -> None:
+    """Mark `trials` FAIL and queue one retry of each with the same values (which resumes from its run
+    folder when --root is shared), saying so."""
+    for t in trials:
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        if t.params and "retry_of" not in t.user_attrs:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        log(f"trial {t.number} failed ({why}); retried with the same values")
+
+
+def _storage_failure(error: BaseException) -> bool:
+    """Is this (or what it was raised while handling) the study's database failing?"""
+    import sqlalchemy.exc
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class Objective:
@@ -443,7 +489,7 @@ class Objective:
         from .registry import build_model
 
         overrides = self.space.sample(trial)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", _me())
         trial.set_user_attr("overrides", overrides)
         try:  # two sampled fields can clash even when each range end is valid alone
             recipe = self.recipe.override(**overrides).validate()
@@ -503,7 +549,8 @@ class Objective:
         # host the lock's own staleness test would wait for STALE seconds)
         (run_dir / LOCK).unlink(missing_ok=True)
         trial.set_user_attr("resumed_from", failed)
-        self.log(f"[trial {trial.number}] retries trial {failed} (its worker died): resuming its run folder")
+        self.log(f"[trial {trial.number}] retries trial {failed} (its worker died or lost the database): "
+                 "resuming its run folder")
         return True
 
 
@@ -744,18 +791,64 @@ def _finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=DONE))
 
 
+RECONNECT_DELAYS = (2, 4, 8, 16, 32, 60, 60)   # seconds between tries when the database fails (~3 min in all)
+
+
 def work(args, study: optuna.Study, recipe: Recipe, space: Space):
-    """One worker: run trials until the study holds --trials finished ones."""
-    optuna.storages.fail_stale_trials(study)   # trials of dead workers -> FAIL (and a retry), before counting
-    # a running trial counts, so that workers finishing at different times stop at --trials, not past it
-    counted = (*DONE, TrialState.RUNNING)
-    if len(study.get_trials(deepcopy=False, states=counted)) >= args.trials:
-        return study
+    """One worker: run trials until the study holds --trials finished ones.
+
+    When the study's database fails (a PostgreSQL restart), the worker waits and reconnects with growing
+    delays, fails the trial it was running and queues its retry, and carries on."""
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     objective = Objective(recipe, space, study_dir(args.study, args.root), args.data, args.data_dir, args.limit,
                           args.device, args.seed, args.threads)
-    study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=counted)],
-                   gc_after_trial=True)
+    # a running trial counts, so that workers finishing at different times stop at --trials, not past it
+    counted = (*DONE, TrialState.RUNNING)
+    for delay in (*RECONNECT_DELAYS, None):
+        try:
+            optuna.storages.fail_stale_trials(study)   # dead workers' trials -> FAIL (and a retry), before counting
+            grace = 3 * args.heartbeat
+            fail_and_retry(study, _without_heartbeat(study, grace), f"running for over {grace} s without a "
+                           "heartbeat: its worker is gone", log)
+            if len(study.get_trials(deepcopy=False, states=counted)) >= args.trials:
+                return study
+            study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=counted)],
+                           gc_after_trial=True)
+            return study
+        except Exception as e:
+            if not _storage_failure(e) and not isinstance(e, SweepError):
+                raise
+            if delay is None:
+                raise SweepError(f"the study's database kept failing for {sum(RECONNECT_DELAYS)} s: "
+                                 f"{_first_line(e)}; run the command again once it is back") from None
+            log(f"the study's database failed ({_first_line(e)}): reconnecting in {delay} s")
+            time.sleep(delay)
+            try:
+                study = open_study(args.study, args.storage, args.root, None, args.pruner, args.trials, args.heartbeat)
+                mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                        if t.user_attrs.get("worker") == _me()]
+                fail_and_retry(study, mine, "this worker lost the database while running it", log)
+                log("reconnected")
+            except Exception as again:  # still down: the next round waits longer
+                if not _storage_failure(again) and not isinstance(again, SweepError):
+                    raise
     return study
+
+
+def _first_line(e: BaseException) -> str:
+    """The database's own complaint in one line (not what Optuna raised while handling it)."""
+    import sqlalchemy.exc
+
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    root = next((c for c in reversed(chain) if isinstance(c, sqlalchemy.exc.DBAPIError)), None) or \
+        next((c for c in chain if isinstance(c, optuna.exceptions.StorageInternalError)), None) or \
+        next((c for c in chain if str(c).strip()), chain[0])
+    text = str(getattr(root, "orig", None) or root).strip().splitlines()
+    return _safe_url(text[0]) if text else type(root).__name__
 
 
 def _without(argv: list, flag: str) -> list:

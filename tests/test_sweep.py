@@ -262,6 +262,10 @@ def _initdb():
     return Path(found).resolve().parent if found else None   # the real bin folder, not a symlink's
 
 
+class Server(str):
+    """The server's URL, with restart() to restart the server (as a maintenance window would)."""
+
+
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throwaway PostgreSQL server on a private socket, or a skip saying why not."""
@@ -293,7 +297,12 @@ def postgres_url():
                 pytest.skip(f"could not start PostgreSQL ({Path(step[0]).name}): {e}")
             if done.returncode:
                 pytest.skip(f"could not start PostgreSQL ({Path(step[0]).name}): {done.stderr.strip()[:200]}")
-        yield f"postgresql://postgres@/sweeps?host={folder}&port={port}"
+        server = Server(f"postgresql://postgres@/sweeps?host={folder}&port={port}")
+        server.restart = lambda: subprocess.run(
+            as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-m", "fast", "-w",
+                       "-t", "30", "restart"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
+        yield server
     finally:
         subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
@@ -492,3 +501,82 @@ def test_the_storage_url_comes_from_the_environment_or_a_file_and_never_reaches_
                                           "--storage", "postgresql://me:s3cret@db/s"])
     assert sweep.spawn(args, ["--study", "s", "--storage", "postgresql://me:s3cret@db/s", "--workers", "2"]) == 0
     assert all("s3cret" not in " ".join(cmd) and env[sweep.STORAGE_ENV].endswith("@db/s") for cmd, env in started)
+
+
+def test_a_postgres_restart_mid_study_is_survived(tmp_path, postgres_url):
+    """The worker reconnects (with backoff) instead of dying with a 446-line traceback, and its trial
+    does not stay RUNNING forever (it would count toward --trials and the study would never finish)."""
+    root = tmp_path / "sweeps"
+    args = [*TINY, "--epochs", "25", "--space", space_file(tmp_path), "--trials", "2", "--study", "pgr",
+            "--storage", postgres_url, "--heartbeat", "2", "--pruner", "none", "--root", str(root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen([sys.executable, "-m", "helpers.sweep", *args], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:   # until the first trial has reported an epoch
+            time.sleep(0.3)
+            with contextlib.suppress(Exception):
+                trials = trials_of(root, "pgr", postgres_url)
+                if trials and trials[0].intermediate_values:
+                    break
+        postgres_url.restart()
+        out, err = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "the study's database failed (" in err and "reconnected" in err
+    trials = trials_of(root, "pgr", postgres_url)
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+
+
+def test_a_trial_running_without_a_heartbeat_record_is_failed_and_retried(tmp_path, capsys):
+    """Optuna's stale check skips trials that never got a heartbeat record (a worker that died before its
+    first beat, a database restart): they counted as running forever, so the study never finished."""
+    root = tmp_path / "sweeps"
+    args = [*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--trials", "2", "--study", "hb",
+            "--root", str(root), "--heartbeat", "1"]
+    parsed = sweep.get_parser().parse_args(args)
+    recipe, space, settings = sweep._prepare(parsed)
+    study = sweep.open_study("hb", None, root, settings, "median", 2, heartbeat=1)
+    dists = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0, log=True),
+             "label_smoothing": optuna.distributions.FloatDistribution(0.0, 0.3)}
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        orphan = study.ask(dists)   # RUNNING, and no heartbeat record: ask() is not optimize()
+        beating = study.ask(dists)
+    study._storage.record_heartbeat(beating._trial_id)
+    time.sleep(0.2)
+    assert [t.number for t in sweep._without_heartbeat(study, 0.1)] == [orphan.number]
+    study.tell(beating, state=TrialState.FAIL)
+    time.sleep(3.1)   # the grace period: 3 heartbeats of 1 s
+    assert sweep.main(args) == 0
+    assert f"trial {orphan.number} failed (running for over 3 s without a heartbeat" in capsys.readouterr().err
+    trials = trials_of(root, "hb")
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+    assert any(t.user_attrs.get("retry_of") == orphan.number for t in trials)
+
+
+def test_a_worker_reconnects_when_the_database_fails(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "sweeps"
+    args = [*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--trials", "2", "--study", "rc",
+            "--root", str(root)]
+    real, calls = optuna.Study.optimize, []
+
+    def fails_once(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            try:
+                raise optuna.exceptions.StorageInternalError("server closed the connection unexpectedly")
+            except optuna.exceptions.StorageInternalError:
+                raise UnboundLocalError("cannot access local variable 'updated_state'")  # what Optuna raises next
+        return real(self, *a, **k)
+    monkeypatch.setattr(optuna.Study, "optimize", fails_once)
+    monkeypatch.setattr(sweep, "RECONNECT_DELAYS", (0,))
+    assert sweep.main(args) == 0
+    err = capsys.readouterr().err
+    assert "the study's database failed (server closed the connection unexpectedly): reconnecting in 0 s" in err
+    assert "reconnected" in err and len(calls) == 2
+    assert len([t for t in trials_of(root, "rc") if t.state == TrialState.COMPLETE]) == 2
