@@ -298,10 +298,14 @@ def postgres_url():
             if done.returncode:
                 pytest.skip(f"could not start PostgreSQL ({Path(step[0]).name}): {done.stderr.strip()[:200]}")
         server = Server(f"postgresql://postgres@/sweeps?host={folder}&port={port}")
-        server.restart = lambda: subprocess.run(
-            as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-m", "fast", "-w",
-                       "-t", "30", "restart"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
+        def restart(down=3.0):  # stop, stay down a few seconds (so that a worker's call lands in it), start
+            pg_ctl = as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-t", "30"]
+            quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
+            subprocess.run(pg_ctl + ["-m", "fast", "stop"], **quiet)
+            time.sleep(down)
+            subprocess.run(pg_ctl + ["-l", str(folder / "log"), "-o", f"-k {folder} -p {port} -c listen_addresses=''",
+                                     "start"], **quiet)
+        server.restart = restart
         yield server
     finally:
         subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
@@ -507,7 +511,8 @@ def test_a_postgres_restart_mid_study_is_survived(tmp_path, postgres_url):
     """The worker reconnects (with backoff) instead of dying with a 446-line traceback, and its trial
     does not stay RUNNING forever (it would count toward --trials and the study would never finish)."""
     root = tmp_path / "sweeps"
-    args = [*TINY, "--epochs", "25", "--space", space_file(tmp_path), "--trials", "2", "--study", "pgr",
+    # one trial long enough (about 0.1 s an epoch) that the restart lands in the middle of it
+    args = [*TINY, "--epochs", "150", "--space", space_file(tmp_path), "--trials", "1", "--study", "pgr",
             "--storage", postgres_url, "--heartbeat", "2", "--pruner", "none", "--root", str(root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen([sys.executable, "-m", "helpers.sweep", *args], cwd=ROOT, env=env,
@@ -518,8 +523,9 @@ def test_a_postgres_restart_mid_study_is_survived(tmp_path, postgres_url):
             time.sleep(0.3)
             with contextlib.suppress(Exception):
                 trials = trials_of(root, "pgr", postgres_url)
-                if trials and trials[0].intermediate_values:
+                if trials and len(trials[0].intermediate_values) >= 2:
                     break
+        assert worker.poll() is None, "the trial ended before the restart: make it longer"
         postgres_url.restart()
         out, err = worker.communicate(timeout=300)
     finally:
@@ -529,7 +535,8 @@ def test_a_postgres_restart_mid_study_is_survived(tmp_path, postgres_url):
     assert "Traceback" not in err and "the study's database failed (" in err and "reconnected" in err
     trials = trials_of(root, "pgr", postgres_url)
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].user_attrs.get("retry_of") == 0   # trial 0 failed, its retry finished
 
 
 def test_a_trial_running_without_a_heartbeat_record_is_failed_and_retried(tmp_path, capsys):
@@ -555,7 +562,8 @@ def test_a_trial_running_without_a_heartbeat_record_is_failed_and_retried(tmp_pa
     assert f"trial {orphan.number} failed (running for over 3 s without a heartbeat" in capsys.readouterr().err
     trials = trials_of(root, "hb")
     assert trials[orphan.number].state == TrialState.FAIL
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].user_attrs.get("retry_of") == 0   # trial 0 failed, its retry finished
     assert any(t.user_attrs.get("retry_of") == orphan.number for t in trials)
 
 
