@@ -21,7 +21,7 @@ import torch
 
 from .data import data_dir_problem
 from .device import peak_memory_mb
-from .recipes import Recipe, get_recipe
+from .recipes import get_recipe
 from .train import NonFiniteLossError, Trial, get_args_parser, peak_rss_mb, positive_int
 
 

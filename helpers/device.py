@@ -10,7 +10,7 @@
 | CUDA below 8.0 (T4, V100, P100)          | fp16 autocast + GradScaler | fp16 tensor cores; bf16 is emulated there |
 | CPU with native bf16 (AVX-512 bf16, AMX) | bf16 autocast    | ~1.4x faster than fp32 on the project's CPU |
 | any other CPU (most laptops, Colab CPU)  | fp32             | bf16 is emulated: 2x (AVX-512) to 12x (AVX2) slower |
-| Apple MPS                                | fp32             | not measured yet; fp32 is the numerically safe choice (bf16/fp16 refused; NCHW layout) |
+| Apple MPS                                | fp32             | unmeasured; the safe choice (bf16/fp16 refused; NCHW) |
 
 Numbers and how each row was checked: docs/devices.md.
 """

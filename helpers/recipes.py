@@ -216,7 +216,8 @@ def recipe_name(recipe: dict) -> str:
 
     def diffs(name):
         want = RECIPES[name].to_dict()
-        return {k: v for k, v in have.items() if v != want.get(k) and not (k in RESOLVED_PER_DEVICE and want.get(k) == "auto")}
+        return {k: v for k, v in have.items()
+                if v != want.get(k) and not (k in RESOLVED_PER_DEVICE and want.get(k) == "auto")}
 
     name = min(RECIPES, key=lambda n: len(diffs(n)))
     changed = diffs(name)

@@ -47,7 +47,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .data import data_dir_problem
-from .rundir import LOCK
+from .rundir import LOCK, atomic_write
 from .recipes import RESOLVED_PER_DEVICE, Recipe, get_recipe
 from .train import NonFiniteLossError, Record, Trial, get_args_parser, positive_int
 
@@ -392,7 +392,7 @@ def export_study(study: optuna.Study, path) -> Path:
               for t in study.get_trials(deepcopy=False)]
     doc = dict(study=study.study_name, direction=study.direction.name, user_attrs=study.user_attrs,
                best=best_run(study), trials=trials)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write(path, lambda f: f.write((json.dumps(doc, indent=1) + "\n").encode()))
     return path
 
 
@@ -460,17 +460,27 @@ def fail_and_retry(study: optuna.Study, trials: list, why: str, log=print) -> No
         log(f"trial {t.number} failed ({why}); retried with the same values")
 
 
-def _storage_failure(error: BaseException) -> bool:
-    """Is this (or what it was raised while handling) the study's database failing?"""
+def _chain(error: BaseException | None) -> list:
+    """The error, then what it was raised from or while handling, and so on."""
+    chain = []
+    while error is not None and all(error is not c for c in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _storage_errors(error: BaseException) -> list:
+    """The study's database failing, anywhere in the error's chain (Optuna raises its own errors while
+    handling the database's), innermost first."""
     import sqlalchemy.exc
 
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError)):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    chain = _chain(error)
+    return ([c for c in reversed(chain) if isinstance(c, sqlalchemy.exc.DBAPIError)]
+            + [c for c in chain if isinstance(c, optuna.exceptions.StorageInternalError)])
+
+
+def _storage_failure(error: BaseException) -> bool:
+    return bool(_storage_errors(error))
 
 
 class Objective:
@@ -837,16 +847,8 @@ def work(args, study: optuna.Study, recipe: Recipe, space: Space):
 
 def _first_line(e: BaseException) -> str:
     """The database's own complaint in one line (not what Optuna raised while handling it)."""
-    import sqlalchemy.exc
-
-    chain, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    root = next((c for c in reversed(chain) if isinstance(c, sqlalchemy.exc.DBAPIError)), None) or \
-        next((c for c in chain if isinstance(c, optuna.exceptions.StorageInternalError)), None) or \
-        next((c for c in chain if str(c).strip()), chain[0])
+    chain = _chain(e)
+    root = (_storage_errors(e) or [c for c in chain if str(c).strip()] or chain)[0]
     text = str(getattr(root, "orig", None) or root).strip().splitlines()
     return _safe_url(text[0]) if text else type(root).__name__
 

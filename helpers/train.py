@@ -31,7 +31,7 @@ from .device import (DEVICE_HELP, autocast, configure_backends, make_scaler, pic
 from .constraints import check
 from .errors import UserError
 from .model import count_params
-from .rundir import RunFolderError, RunLock, atomic_write, check_writable
+from .rundir import RunLock, atomic_write, check_writable
 from .registry import build_model, file_source, keep_copy, model_identity, model_problem, rebuild_spec, spec_name
 from .recipes import COMPILE_MODES, PRECISIONS, RECIPES, RESOLVED_PER_DEVICE, Recipe, get_recipe
 
@@ -407,7 +407,8 @@ class Trainer:
         path = self.out_dir / CHECKPOINT
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
-            atomic_write(tmp, lambda f: torch.save(ckpt, f))
+            with open(tmp, "wb") as f:
+                torch.save(ckpt, f)
             if path.exists():
                 os.replace(path, self.out_dir / PREV_CHECKPOINT)
             os.replace(tmp, path)
@@ -791,7 +792,8 @@ class Trial:
         keep_copy(self.out_dir, identity, source)
         compile_seconds = compile_model(model, r, train_loader, test_loader) if r.compile != "off" else 0.0
         info = dict(name=self.name, requested=requested, data=self.data,
-                    data_dir=str(self.data_dir) if self.data_dir else None, limit=self.limit, mean=mean, std=std, classes=train_set.classes,
+                    data_dir=str(self.data_dir) if self.data_dir else None, limit=self.limit, mean=mean, std=std,
+                    classes=train_set.classes,
                     params=count_params(model), device=str(device), torch=str(torch.__version__),
                     compile_seconds=round(compile_seconds, 1), model_identity=identity)
         # what the run is trained and evaluated on: a resume must match it (Trainer.load)

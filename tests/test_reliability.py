@@ -393,7 +393,8 @@ def test_ctrl_c_during_training_is_one_line_naming_the_resume(tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(self, epoch)
     monkeypatch.setattr(T.Trainer, "train_one_epoch", interrupted_in_epoch_2)
-    argv = ["--data", "synthetic", "--limit", "120", "--batch-size", "40", "--epochs", "3", "--out", str(tmp_path / "r")]
+    argv = ["--data", "synthetic", "--limit", "120", "--batch-size", "40", "--epochs", "3",
+            "--out", str(tmp_path / "r")]
     assert T.main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("interrupted: 1 epoch(s) saved in") and err[0].endswith("--resume")

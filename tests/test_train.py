@@ -298,7 +298,8 @@ def test_whitening_bias_trains_only_for_its_epochs():
 @pytest.mark.parametrize("start, end", [(0.1, 0.001), (0.2, 0.07)])
 def test_lr_starts_and_ends_at_the_recipe_fractions(start, end):
     seen = _schedule(get_recipe("fast", lr_start=start, lr_end=end, lr=2.0), "lr")
-    assert seen[0] == pytest.approx(2.0 * start) and seen[-1] == pytest.approx(2.0 * end) and max(seen) == pytest.approx(2.0)
+    assert seen[0] == pytest.approx(2.0 * start) and seen[-1] == pytest.approx(2.0 * end)
+    assert max(seen) == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize("field, value", [("lr_start", 0.0), ("lr_end", 0.5), ("lookahead", -1),
