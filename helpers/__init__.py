@@ -19,13 +19,14 @@ _EXPORTS = {
     "notebook": ["check_params", "drive_path", "in_colab", "run_folder", "run_name", "summary", "warn_if_no_gpu"],
     "recipes": ["RECIPES", "Recipe", "get_recipe"],
     "registry": ["build_model", "list_models"],
-    "train": ["Record", "Trainer", "Trial", "accuracy", "evaluate", "load_run", "lr_schedule", "predict",
-              "recipe_table", "select_examples", "test_loader_for", "train"],
+    "loop": ["accuracy", "evaluate", "lr_schedule", "predict", "recipe_table", "select_examples"],
+    "record": ["Record", "load_run", "test_loader_for"],
+    "run": ["Trainer", "Trial", "train"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...), H.sweep.load_study(...)
-_SUBMODULES = ("benchmark", "constraints", "data", "device", "diagram", "model", "plots", "recipes", "registry",
-               "sweep", "train")
+_SUBMODULES = ("benchmark", "checkpoint", "cli", "constraints", "data", "device", "diagram", "loop", "model", "plots",
+               "recipes", "record", "registry", "run", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
 

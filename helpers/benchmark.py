@@ -22,7 +22,10 @@ import torch
 from .data import data_dir_problem
 from .device import peak_memory_mb
 from .recipes import get_recipe
-from .train import NonFiniteLossError, Trial, get_args_parser, peak_rss_mb, positive_int
+from .cli import get_args_parser, positive_int
+from .device import peak_rss_mb
+from .loop import NonFiniteLossError
+from .run import Trial
 
 
 def get_parser():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import torch
 
@@ -168,3 +169,13 @@ def resolve_compile(mode: str, device: torch.device, steps: int | None = None) -
     if mode == "auto":
         return "default" if device.type == "cuda" and (steps is None or steps >= COMPILE_MIN_STEPS) else "off"
     return mode
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (NaN where unknown, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return float("nan")
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)

@@ -30,7 +30,7 @@ import torch
 from .notebook import check_params, run_name
 from .registry import is_file_spec, parse_file_spec
 from .recipes import PRECISIONS, RECIPES, get_recipe
-from .train import model_arg, positive_int
+from .cli import model_arg, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

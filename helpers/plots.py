@@ -228,7 +228,7 @@ def show_grad_cam(images, cams, titles, ncols=3):
 
 def plot_schedule(schedule: dict):
     """The learning rate (both parameter groups) and the momentum at every step, epochs marked:
-    `schedule` from helpers.train.lr_schedule."""
+    `schedule` from helpers.loop.lr_schedule."""
     steps = schedule["steps_per_epoch"]
     x = [i / steps for i in range(len(schedule["lr"]))]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))

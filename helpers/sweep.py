@@ -49,7 +49,10 @@ from optuna.trial import TrialState
 from .data import data_dir_problem
 from .rundir import LOCK, atomic_write
 from .recipes import RESOLVED_PER_DEVICE, Recipe, get_recipe
-from .train import NonFiniteLossError, Record, Trial, get_args_parser, positive_int
+from .cli import get_args_parser, positive_int
+from .loop import NonFiniteLossError
+from .record import Record
+from .run import Trial
 
 SPACES = Path(__file__).resolve().parent / "spaces"   # example search spaces, found by name
 STUDIES = Path(__file__).resolve().parent / "studies"  # published studies (export_study's JSON), found by name

@@ -8,7 +8,8 @@ from helpers.constraints import check
 from helpers.model import count_params
 from helpers.registry import build_model
 from helpers.recipes import RECIPES, Recipe
-from helpers import train as T
+from helpers.loop import evaluate
+from helpers.record import load_run, test_loader_for
 
 KEYS = {"recipe", "model", "params", "epochs", "seed", "train_seconds", "test_acc", "tta_acc", "tta", "img_per_s",
         "peak_rss_mb", "peak_device_mb", "device", "threads", "torch", "compile_seconds", "train_plus_compile_seconds"}
@@ -34,14 +35,14 @@ def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys, tmp_path):
         assert r["train_plus_compile_seconds"] == round(r["train_seconds"] + r["compile_seconds"], 2)
         # test_acc is the saved model's plain single-view accuracy on the run's test split; tta_acc the
         # same with the recipe's test-time augmentation, beside it (null for a recipe without TTA)
-        model, config, history = T.load_run(benchmark.seed_dir(tmp_path, r["seed"]))
+        model, config, history = load_run(benchmark.seed_dir(tmp_path, r["seed"]))
         recipe_used = Recipe.from_dict(config["recipe"])
-        loader = T.test_loader_for(config)
-        plain = T.evaluate(model, loader, recipe_used.precision)["test_acc"]
+        loader = test_loader_for(config)
+        plain = evaluate(model, loader, recipe_used.precision)["test_acc"]
         assert r["test_acc"] == round(plain, 4) == round(history[-1]["test_acc"], 4)
         assert r["tta"] == recipe_used.tta
         if recipe_used.tta:
-            with_tta = T.evaluate(model, loader, recipe_used.precision, recipe_used.tta)
+            with_tta = evaluate(model, loader, recipe_used.precision, recipe_used.tta)
             assert r["tta_acc"] == round(with_tta["tta_acc"], 4) == round(history[-1]["tta_acc"], 4)
             assert with_tta["test_acc"] == plain  # the plain view is computed in the same pass, unchanged
         else:
@@ -83,7 +84,7 @@ def test_benchmark_set_overrides_recipe_fields(capsys, tmp_path):
     row = json.loads(capsys.readouterr().out)
     assert row["overrides"] == {"alternate_flip": False, "model_kwargs": {"bn_after_pool": False}, "ema": 0.5}
     # the run itself used them: the recipe it trained, and the model built from it
-    model, config, _ = T.load_run(benchmark.seed_dir(tmp_path, 0))
+    model, config, _ = load_run(benchmark.seed_dir(tmp_path, 0))
     trained = Recipe.from_dict(config["recipe"])
     assert (trained.alternate_flip, trained.model_kwargs, trained.ema) == (False, {"bn_after_pool": False}, 0.5)
     weights = torch.load(benchmark.seed_dir(tmp_path, 0) / "checkpoint.pt", weights_only=True)["model"]

@@ -8,7 +8,12 @@ import torch
 import torch.nn as nn
 
 from helpers import device as D
-from helpers import train as T
+from helpers.checkpoint import CHECKPOINT, CheckpointError
+from helpers.device import peak_rss_mb
+from helpers.loop import make_optimizer, make_scheduler, train_one_epoch
+from helpers.record import Record, load_run
+from helpers.run import Trial, train
+from helpers.train import main as train_main
 from helpers.recipes import RECIPES, get_recipe
 
 SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2)
@@ -52,7 +57,7 @@ def test_missing_or_unknown_device_is_one_clear_error(name, message, monkeypatch
 def test_cli_reports_a_missing_device_in_one_line(flag, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(D, "_mps_available", lambda: False)
     if flag == "gpu" or not torch.backends.mps.is_available():
-        rc = T.main(["--data", "synthetic", "--device", flag, "--out", str(tmp_path / "r")])
+        rc = train_main(["--data", "synthetic", "--device", flag, "--out", str(tmp_path / "r")])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "device" in err[0]
 
@@ -106,14 +111,14 @@ def test_cpu_bf16_check_respects_older_instruction_set_caps(monkeypatch):
 def test_every_recipe_defaults_to_auto_and_runs_store_the_resolved_value(tmp_path):
     for name in RECIPES:
         assert get_recipe(name).precision == "auto" and get_recipe(name).compile == "auto"
-    record = T.train(out_dir=tmp_path / "run", **SMALL)
+    record = train(out_dir=tmp_path / "run", **SMALL)
     expected = D.resolve_precision("auto", CPU)
     assert record.config["recipe"]["precision"] == expected
     assert record.config["recipe"]["compile"] == "off"   # auto compiles on CUDA only
-    saved = T.Record.load(tmp_path / "run").config["recipe"]
+    saved = Record.load(tmp_path / "run").config["recipe"]
     assert saved["precision"] == expected and saved["compile"] == "off"
     # a resume resolves "auto" the same way, so it matches the stored run
-    assert outcome(T.train(out_dir=tmp_path / "run", resume=True, **SMALL)) == outcome(record)
+    assert outcome(train(out_dir=tmp_path / "run", resume=True, **SMALL)) == outcome(record)
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16),
@@ -130,19 +135,19 @@ def test_autocast_runs_convs_in_the_asked_dtype(precision, dtype):
 # --------------------------------------------------------------------------- fp16 + GradScaler
 
 def test_fp16_trains_with_a_grad_scaler_and_resumes_exactly(tmp_path):
-    straight = T.train(out_dir=tmp_path / "a", **FP16)
+    straight = train(out_dir=tmp_path / "a", **FP16)
     assert straight.history[-1]["train_loss"] < straight.history[0]["train_loss"] * 1.5
-    ckpt = torch.load(tmp_path / "a" / T.CHECKPOINT, weights_only=True)
+    ckpt = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
     assert ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0
     assert ckpt["config"]["recipe"]["precision"] == "fp16"
-    T.Trial(out_dir=tmp_path / "b", **FP16).run(stop_after=1)
-    resumed = T.Trial(out_dir=tmp_path / "b", **FP16).run(resume=True)
+    Trial(out_dir=tmp_path / "b", **FP16).run(stop_after=1)
+    resumed = Trial(out_dir=tmp_path / "b", **FP16).run(resume=True)
     assert outcome(resumed) == outcome(straight)
     # the scale a run had reached is restored with it
     ckpt["scaler"]["scale"] = 1024.0
-    torch.save(ckpt, tmp_path / "a" / T.CHECKPOINT)
-    trainer = T.Trial(out_dir=tmp_path / "a", **FP16).setup()
-    trainer.load(tmp_path / "a" / T.CHECKPOINT)
+    torch.save(ckpt, tmp_path / "a" / CHECKPOINT)
+    trainer = Trial(out_dir=tmp_path / "a", **FP16).setup()
+    trainer.load(tmp_path / "a" / CHECKPOINT)
     assert trainer.scaler.get_scale() == 1024.0
 
 
@@ -150,8 +155,8 @@ def test_scaler_skips_a_step_whose_gradients_overflow():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LogSoftmax(1))
     recipe = get_recipe("seed", precision="fp16")
-    opt = T.make_optimizer(model, recipe)
-    sched = T.make_scheduler(opt, recipe, steps_per_epoch=1)
+    opt = make_optimizer(model, recipe)
+    sched = make_scheduler(opt, recipe, steps_per_epoch=1)
     scaler = D.make_scaler(CPU, "fp16")
     assert scaler.is_enabled() and not D.make_scaler(CPU, "bf16").is_enabled()
     before = [p.detach().clone() for p in model.parameters()]
@@ -159,7 +164,7 @@ def test_scaler_skips_a_step_whose_gradients_overflow():
     batch = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))]
     scale0 = scaler.get_scale()
     with pytest.warns(UserWarning, match="lr_scheduler.step"):  # torch notes the skipped optimizer step
-        T.train_one_epoch(model, batch, opt, sched, recipe, CPU, scaler=scaler)
+        train_one_epoch(model, batch, opt, sched, recipe, CPU, scaler=scaler)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # step skipped
     assert scaler.get_scale() < scale0                                          # scale lowered
 
@@ -181,7 +186,7 @@ def test_peak_rss_reads_kib_on_linux_and_bytes_on_macos(platform, maxrss, mb, mo
     fake = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: types.SimpleNamespace(ru_maxrss=maxrss))
     monkeypatch.setitem(sys.modules, "resource", fake)
     monkeypatch.setattr(sys, "platform", platform)
-    assert T.peak_rss_mb() == mb
+    assert peak_rss_mb() == mb
 
 
 def test_the_package_imports_without_resource_as_on_windows():
@@ -189,8 +194,8 @@ def test_the_package_imports_without_resource_as_on_windows():
     import subprocess
     import sys
     code = ("import sys; sys.modules['resource'] = None  # what Windows has: no such module\n"
-            "import helpers.train, helpers.benchmark, helpers.pipeline\n"
-            "print(helpers.train.peak_rss_mb())")
+            "import helpers.train, helpers.benchmark, helpers.pipeline, helpers.device\n"
+            "print(helpers.device.peak_rss_mb())")
     from pathlib import Path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[1]).stdout
@@ -235,15 +240,15 @@ def test_resume_re_resolves_an_auto_precision_on_another_device(tmp_path, monkey
     """A Colab reconnect can land on another GPU type, or a CPU: an 'auto' run continues, saying so."""
     run = dict(SMALL, model="fast", out_dir=tmp_path / "run")
     real = D.resolve_precision
-    monkeypatch.setattr(T, "resolve_precision", lambda p, d: "fp16" if p == "auto" else real(p, d))
-    T.Trial(**{**run, "epochs": 2}).run(stop_after=1)   # epoch 1 "on a T4": fp16
-    monkeypatch.setattr(T, "resolve_precision", lambda p, d: "fp32" if p == "auto" else real(p, d))
-    record = T.Trial(**{**run, "epochs": 2}).run(resume=True)
+    monkeypatch.setattr("helpers.run.resolve_precision", lambda p, d: "fp16" if p == "auto" else real(p, d))
+    Trial(**{**run, "epochs": 2}).run(stop_after=1)   # epoch 1 "on a T4": fp16
+    monkeypatch.setattr("helpers.run.resolve_precision", lambda p, d: "fp32" if p == "auto" else real(p, d))
+    record = Trial(**{**run, "epochs": 2}).run(resume=True)
     assert len(record.history) == 2 and record.config["recipe"]["precision"] == "fp32"
     assert "epochs 1-1 trained in fp16" in capsys.readouterr().out
     # a precision chosen by hand still has to match
-    with pytest.raises(T.CheckpointError, match="recipe field precision: checkpoint 'fp32', now 'bf16'"):
-        T.Trial(**{**run, "epochs": 2, "precision": "bf16"}).run(resume=True)
+    with pytest.raises(CheckpointError, match="recipe field precision: checkpoint 'fp32', now 'bf16'"):
+        Trial(**{**run, "epochs": 2, "precision": "bf16"}).run(resume=True)
 
 
 # --------------------------------------------------------------------------- torch.compile
@@ -263,20 +268,20 @@ def eager_compile(monkeypatch):
 
 
 def test_compiled_run_matches_uncompiled_and_checkpoints_load_either_way(tmp_path, eager_compile):
-    plain = T.train(out_dir=tmp_path / "plain", compile="off", **SMALL)
-    compiled = T.train(out_dir=tmp_path / "compiled", compile="default", **SMALL)
+    plain = train(out_dir=tmp_path / "plain", compile="off", **SMALL)
+    compiled = train(out_dir=tmp_path / "compiled", compile="default", **SMALL)
     assert eager_compile == ["default"]
     assert compiled.config["compile_seconds"] >= 0 and compiled.config["recipe"]["compile"] == "default"
     # the warm-up that compiles leaves weights, BatchNorm statistics and random state untouched
     assert outcome(compiled) == outcome(plain)
     # a compiled run's checkpoint loads into a plain model, and a plain one into a compiled model
-    model, config, history = T.load_run(tmp_path / "compiled")
+    model, config, history = load_run(tmp_path / "compiled")
     assert len(history) == 2 and not hasattr(model, "_orig_mod")
-    trial = T.Trial(out_dir=tmp_path / "plain", compile="default", **SMALL)
+    trial = Trial(out_dir=tmp_path / "plain", compile="default", **SMALL)
     trial.recipe = trial.recipe.override(compile="off")  # the recipe stored with the plain run
     trainer = trial.setup()
     trainer.model.compile(mode="default")
-    trainer.load(tmp_path / "plain" / T.CHECKPOINT)
+    trainer.load(tmp_path / "plain" / CHECKPOINT)
     assert trainer.epoch == 2
 
 
@@ -284,7 +289,7 @@ def test_compile_warms_up_both_whitening_bias_graphs(eager_compile):
     """`best` freezes the whitening bias after epoch 3; the graphs without its gradient must compile
     in the warm-up (compile_seconds), not inside that epoch's train_seconds."""
     from torch._dynamo.utils import counters
-    trial = T.Trial(recipe="best", compile="default", precision="fp32", whiten_bias_epochs=1,
+    trial = Trial(recipe="best", compile="default", precision="fp32", whiten_bias_epochs=1,
                     **{**SMALL, "epochs": 3, "batch_size": 50, "limit": 200})
     trainer = trial.setup()
     compiled = counters["stats"]["unique_graphs"]
@@ -304,20 +309,20 @@ needs_mps = pytest.mark.skipif(not torch.backends.mps.is_available(), reason="ne
 @needs_cuda
 def test_cuda_auto_precision_and_compile_train_and_load_on_cpu(tmp_path):
     # compile asked for: auto would leave a run this short uncompiled (test_auto_compile_needs_a_long_cuda_run)
-    record = T.train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast", "compile": "default"})
+    record = train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast", "compile": "default"})
     expected = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
     assert record.config["recipe"]["precision"] == expected
     assert record.config["recipe"]["compile"] == "default" and record.config["compile_seconds"] > 0
     assert record.history[-1]["train_loss"] < record.history[0]["train_loss"] * 1.5
-    model, _, _ = T.load_run(tmp_path / "run", device="cpu")  # a GPU checkpoint analysed on a CPU
+    model, _, _ = load_run(tmp_path / "run", device="cpu")  # a GPU checkpoint analysed on a CPU
     assert next(model.parameters()).device.type == "cpu"
 
 
 @needs_cuda
 def test_cuda_fp16_scaler_state_is_checkpointed(tmp_path):
-    T.train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast", "precision": "fp16",
+    train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast", "precision": "fp16",
                                          "compile": "off"})
-    assert torch.load(tmp_path / "run" / T.CHECKPOINT, weights_only=True)["scaler"]["scale"] > 0
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["scaler"]["scale"] > 0
 
 
 @needs_cuda
@@ -327,9 +332,9 @@ def test_cuda_resume_across_precisions_and_peak_memory(tmp_path, monkeypatch, ca
     run = {**SMALL, "device": "cuda", "model": "fast", "compile": "off", "out_dir": tmp_path / "run"}
     real = D.resolve_precision
     with monkeypatch.context() as m:
-        m.setattr(T, "resolve_precision", lambda p, d: "fp16" if p == "auto" else real(p, d))
-        T.Trial(**run).run(stop_after=1)
-    record = T.Trial(**run).run(resume=True)
+        m.setattr("helpers.run.resolve_precision", lambda p, d: "fp16" if p == "auto" else real(p, d))
+        Trial(**run).run(stop_after=1)
+    record = Trial(**run).run(resume=True)
     assert len(record.history) == 2 and record.config["recipe"]["precision"] == real("auto", torch.device("cuda"))
     assert "epochs 1-1 trained in fp16" in capsys.readouterr().out
     assert benchmark.main(["--data", "synthetic", "--limit", "200", "--epochs", "1", "--batch-size", "50",
@@ -341,7 +346,7 @@ def test_cuda_resume_across_precisions_and_peak_memory(tmp_path, monkeypatch, ca
 
 @needs_mps
 def test_mps_trains_in_fp32(tmp_path):
-    record = T.train(**{**SMALL, "device": "mps", "model": "fast"})
+    record = train(**{**SMALL, "device": "mps", "model": "fast"})
     assert record.config["recipe"]["precision"] == "fp32"
 
 

@@ -92,7 +92,7 @@ def test_dirac_init_starts_3x3_convs_as_identity():
 
 def test_frozen_bn_scale_is_left_out_of_training():
     from helpers.recipes import get_recipe
-    from helpers.train import make_optimizer
+    from helpers.loop import make_optimizer
     model = build_model("fast", bn_scale=False)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.weight.requires_grad for m in bns) and all(m.bias.requires_grad for m in bns)

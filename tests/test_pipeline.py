@@ -15,7 +15,7 @@ import helpers  # noqa: E402
 from helpers import pipeline, plots  # noqa: E402
 from helpers.notebook import check_params  # noqa: E402
 from helpers.recipes import PRECISIONS, RECIPES, get_recipe  # noqa: E402
-from helpers.train import Record  # noqa: E402
+from helpers.record import Record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,9 +299,9 @@ def test_outputs_never_land_on_the_committed_notebooks_or_images(flags, capsys, 
 
 @pytest.mark.parametrize("damage", ["{}", "[]", '{"config": {}}', "not json"])
 def test_a_damaged_history_json_is_read_from_the_checkpoint(tmp_path, damage):
-    from helpers import train as T
+    from helpers.run import train
     run = tmp_path / "run"
-    T.train(recipe="fast", data="synthetic", limit=120, batch_size=40, epochs=1, progress=False, out_dir=run)
+    train(recipe="fast", data="synthetic", limit=120, batch_size=40, epochs=1, progress=False, out_dir=run)
     (run / "history.json").write_text(damage)
     params = dict(out_dir=str(run), recipe="fast", model=None, epochs=1, batch_size=40, precision=None,
                   seed=0, data="synthetic", limit=120, data_dir=None)

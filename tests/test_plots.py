@@ -5,7 +5,9 @@ import torch
 
 matplotlib.use("Agg")
 
-from helpers import plots, train as T  # noqa: E402
+from helpers import plots  # noqa: E402
+from helpers.loop import lr_schedule  # noqa: E402
+from helpers.record import Record  # noqa: E402
 from helpers.data import load_split  # noqa: E402
 from helpers.recipes import get_recipe  # noqa: E402
 from helpers.registry import build_model  # noqa: E402
@@ -42,7 +44,7 @@ def test_grad_cam_shows_each_image_beside_its_map():
 
 
 def test_the_schedule_figure_draws_every_step():
-    schedule = T.lr_schedule(get_recipe("best"), steps_per_epoch=5)
+    schedule = lr_schedule(get_recipe("best"), steps_per_epoch=5)
     fig = plots.plot_schedule(schedule)
     lr_ax, momentum_ax = fig.axes
     assert len(lr_ax.lines) == 2 and len(lr_ax.lines[0].get_xdata()) == 50  # both groups (x64 apart)
@@ -52,7 +54,7 @@ def test_the_schedule_figure_draws_every_step():
 def test_curves_label_plain_and_tta_apart():
     history = [dict(epoch=e, train_acc=0.5, test_acc=0.6, tta_acc=0.62, train_loss=1.0, test_loss=1.1)
                for e in (1, 2)]
-    record = T.Record("r", dict(recipe=get_recipe("fast").to_dict(), seed=0), history)
+    record = Record("r", dict(recipe=get_recipe("fast").to_dict(), seed=0), history)
     labels = [t.get_text() for t in plots.plot_curves(record).axes[0].get_legend().get_texts()]
     assert labels == ["train", "test (plain)", "test with TTA", "80 % target"]
 

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import registry, train as T
+from helpers import registry
+from helpers.checkpoint import CheckpointError
+from helpers.record import load_run
+from helpers.run import Trial, train
+from helpers.train import main as train_main
 from helpers.constraints import RuleError
 from helpers.errors import UserError
 from helpers.registry import ModelError, build_model
@@ -58,7 +62,7 @@ def strip(history):
 
 def test_a_file_model_trains_and_its_run_folder_keeps_a_copy(tmp_path):
     path = write_net(tmp_path)
-    record = T.train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    record = train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
     assert len(record.history) == 2 and record.config["recipe"]["model"] == f"{path}:Net"
     assert record.config["recipe"]["model_kwargs"] == {}  # fast's GELU is the fast model's, not yours
     identity = record.config["model_identity"]
@@ -69,28 +73,28 @@ def test_a_file_model_trains_and_its_run_folder_keeps_a_copy(tmp_path):
 
 def test_resume_refuses_a_changed_file_and_accepts_the_same(tmp_path):
     path = write_net(tmp_path)
-    T.Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(stop_after=1)
+    Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(stop_after=1)
     write_net(tmp_path, width=24)  # the student edited the network between sessions
-    with pytest.raises(T.CheckpointError, match=r"model file .*studentnet.py: changed since the checkpoint"):
-        T.Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(resume=True)
+    with pytest.raises(CheckpointError, match=r"model file .*studentnet.py: changed since the checkpoint"):
+        Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(resume=True)
     write_net(tmp_path, width=16)  # and put it back as it was
-    resumed = T.Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(resume=True)
-    full = T.train(model=f"{path}:Net", **SMALL)
+    resumed = Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(resume=True)
+    full = train(model=f"{path}:Net", **SMALL)
     assert strip(resumed.history) == strip(full.history)
 
 
 def test_another_architecture_under_the_same_name_is_refused(tmp_path):
-    T.Trial(model=lambda: build_model("fast"), out_dir=tmp_path / "run", **SMALL).run(stop_after=1)
-    with pytest.raises(T.CheckpointError, match="model architecture"):
-        T.Trial(model=lambda: build_model("fast", widths=(16, 32, 64)), out_dir=tmp_path / "run",
+    Trial(model=lambda: build_model("fast"), out_dir=tmp_path / "run", **SMALL).run(stop_after=1)
+    with pytest.raises(CheckpointError, match="model architecture"):
+        Trial(model=lambda: build_model("fast", widths=(16, 32, 64)), out_dir=tmp_path / "run",
                 **SMALL).run(resume=True)
 
 
 def rebuild_elsewhere(run_dir, cwd):
     """load_run in a fresh Python process (another runtime), evaluated on the run's test split."""
-    code = ("import json, sys; from helpers import train as T\n"
-            f"model, config, history = T.load_run({str(run_dir)!r})\n"
-            "acc = T.evaluate(model, T.test_loader_for(config), config['recipe']['precision'])['test_acc']\n"
+    code = ("import json, sys; from helpers.record import load_run\n"
+            f"model, config, history = load_run({str(run_dir)!r})\n"
+            "acc = evaluate(model, test_loader_for(config), config['recipe']['precision'])['test_acc']\n"
             "print(json.dumps(dict(acc=acc, recorded=history[-1]['test_acc'])))")
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "CIFAR_CACHE": str(cwd / "cache")})
@@ -99,7 +103,7 @@ def rebuild_elsewhere(run_dir, cwd):
 @pytest.mark.parametrize("change", ["deleted", "edited"])
 def test_another_runtime_rebuilds_the_network_from_the_run_folders_copy(tmp_path, change):
     path = write_net(tmp_path)
-    T.train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
     if change == "deleted":
         path.unlink()
     else:
@@ -114,22 +118,22 @@ def test_another_runtime_rebuilds_the_network_from_the_run_folders_copy(tmp_path
 
 def test_no_file_and_no_copy_is_one_line(tmp_path):
     path = write_net(tmp_path)
-    T.train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
     path.unlink()
     (tmp_path / "run" / "studentnet.py").unlink()
     with pytest.raises(ModelError, match="is not here and the run folder has no intact copy"):
-        T.load_run(tmp_path / "run")
+        load_run(tmp_path / "run")
 
 
 def test_a_factory_from_python_trains_and_is_passed_again_to_rebuild(tmp_path):
     def my_net():
         return build_model("fast", widths=(16, 32, 32))
 
-    record = T.train(model=my_net, out_dir=tmp_path / "run", **SMALL)
+    record = train(model=my_net, out_dir=tmp_path / "run", **SMALL)
     assert record.config["recipe"]["model"].startswith("factory:") and record.config["params"] < 100_000
     with pytest.raises(ModelError, match="pass the same function again"):
-        T.load_run(tmp_path / "run")
-    model, _, history = T.load_run(tmp_path / "run", model=my_net)
+        load_run(tmp_path / "run")
+    model, _, history = load_run(tmp_path / "run", model=my_net)
     assert history == record.history and sum(p.numel() for p in model.parameters()) == record.config["params"]
 
 
@@ -154,7 +158,7 @@ def test_bad_models_are_one_line_before_any_data(tmp_path, monkeypatch, spec, so
     if source:
         (tmp_path / "studentnet.py").write_text(source)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
-        T.Trial(model=spec, out_dir=tmp_path / "run", **SMALL).setup()
+        Trial(model=spec, out_dir=tmp_path / "run", **SMALL).setup()
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
     assert isinstance(e.value, (ModelError, RuleError, ValueError))
 
@@ -162,11 +166,11 @@ def test_bad_models_are_one_line_before_any_data(tmp_path, monkeypatch, spec, so
 def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
     (tmp_path / "studentnet.py").write_text("def Net():\n    return 3\n")
     argv = ["--data", "synthetic", "--model", f"{tmp_path}/studentnet.py:Net", "--out", str(tmp_path / "r")]
-    assert T.main(argv) == 2
+    assert train_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: model ") and "not an nn.Module" in err[0]
     with pytest.raises(SystemExit):
-        T.main(["--data", "synthetic", "--model", "nowhere.py:Net", "--out", str(tmp_path / "r")])
+        train_main(["--data", "synthetic", "--model", "nowhere.py:Net", "--out", str(tmp_path / "r")])
     assert "argument --model: model 'nowhere.py:Net': there is no file nowhere.py" in capsys.readouterr().err
 
 
@@ -175,15 +179,15 @@ def test_the_shipped_example_passes_the_rules_and_trains_a_step():
 
     model = build_model(f"{ROOT / 'mynet.py'}:MyNet")
     assert check(model).passed
-    record = T.train(model=f"{ROOT / 'mynet.py'}:MyNet", **dict(SMALL, epochs=1))
+    record = train(model=f"{ROOT / 'mynet.py'}:MyNet", **dict(SMALL, epochs=1))
     assert record.history[0]["train_loss"] > 0
 
 
 def test_rules_can_be_waived_only_on_request(tmp_path):
     broken = '{"separable": false}'
     with pytest.raises(RuleError, match="depthwise-separable conv"):
-        T.Trial(model_kwargs=json.loads(broken), **dict(SMALL, epochs=1)).setup()
-    T.Trial(model_kwargs=json.loads(broken), enforce_rules=False, **dict(SMALL, epochs=1)).setup()
+        Trial(model_kwargs=json.loads(broken), **dict(SMALL, epochs=1)).setup()
+    Trial(model_kwargs=json.loads(broken), enforce_rules=False, **dict(SMALL, epochs=1)).setup()
 
 
 def test_a_copy_is_written_once_and_atomically(tmp_path):

@@ -10,9 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import benchmark
+from helpers import benchmark, train as train_cli
 from helpers import data as D
-from helpers import train as T
+from helpers.checkpoint import CHECKPOINT, CheckpointError, HISTORY, PREV_CHECKPOINT
+from helpers.loop import NonFiniteLossError, evaluate, lr_schedule
+from helpers.recipes import get_recipe
+from helpers.record import Record, load_run
+from helpers.run import Trainer, Trial, train
+from helpers.train import main as train_main
 
 SMALL = dict(recipe="fast", data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2)
 
@@ -46,32 +51,32 @@ def make_folder(root, n=4, classes=("cat", "dog")):
     (dict(batch_size=30), "steps per epoch: checkpoint 3, now 4"),
 ])
 def test_resume_refuses_other_settings_and_names_them(tmp_path, change, message):
-    T.Trial(out_dir=tmp_path / "r", **SMALL).run(stop_after=1)
+    Trial(out_dir=tmp_path / "r", **SMALL).run(stop_after=1)
     files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
-    with pytest.raises(T.CheckpointError) as e:
-        T.Trial(out_dir=tmp_path / "r", **{**SMALL, **change}).run(resume=True)
+    with pytest.raises(CheckpointError) as e:
+        Trial(out_dir=tmp_path / "r", **{**SMALL, **change}).run(resume=True)
     assert message in str(e.value)
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files  # nothing touched
     # and the folder still resumes with the original settings
-    assert len(T.Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True).history) == 2
+    assert len(Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True).history) == 2
 
 
 def test_resume_refuses_changed_folder_data(tmp_path):
     root = make_folder(tmp_path / "ds")
     run = dict(SMALL, data="folder", data_dir=root, limit=None, batch_size=4)
-    T.Trial(out_dir=tmp_path / "r", **run).run(stop_after=1)
-    resume = lambda **kw: T.Trial(out_dir=tmp_path / "r", **{**run, **kw}).run(resume=True)  # noqa: E731
+    Trial(out_dir=tmp_path / "r", **run).run(stop_after=1)
+    resume = lambda **kw: Trial(out_dir=tmp_path / "r", **{**run, **kw}).run(resume=True)  # noqa: E731
     noise(1).save(root / "train" / "cat" / "9.png")                                   # one image more
-    with pytest.raises(T.CheckpointError, match="training images: checkpoint 8, now 9"):
+    with pytest.raises(CheckpointError, match="training images: checkpoint 8, now 9"):
         resume()
     (root / "train" / "cat" / "9.png").unlink()
     original = (root / "train" / "cat" / "0.png").read_bytes()
     noise(2).save(root / "train" / "cat" / "0.png")                                   # same count, new pixels
-    with pytest.raises(T.CheckpointError, match=r"training images' contents \(fingerprint\)"):
+    with pytest.raises(CheckpointError, match=r"training images' contents \(fingerprint\)"):
         resume()
     (root / "train" / "cat" / "0.png").write_bytes(original)                          # back as it was
     copy = make_folder(tmp_path / "copy")
-    with pytest.raises(T.CheckpointError, match=r"data folder \(--data-dir / data_dir=, resolved\)"):
+    with pytest.raises(CheckpointError, match=r"data folder \(--data-dir / data_dir=, resolved\)"):
         resume(data_dir=copy)
     assert len(resume().history) == 2
 
@@ -79,78 +84,78 @@ def test_resume_refuses_changed_folder_data(tmp_path):
 def test_old_checkpoint_without_data_identity_loads_and_checks_scheduler(tmp_path, capsys):
     root = make_folder(tmp_path / "ds")
     run = dict(SMALL, data="folder", data_dir=root, limit=None, batch_size=4)
-    T.Trial(out_dir=tmp_path / "r", **run).run(stop_after=1)
-    path = tmp_path / "r" / T.CHECKPOINT
+    Trial(out_dir=tmp_path / "r", **run).run(stop_after=1)
+    path = tmp_path / "r" / CHECKPOINT
     ckpt = torch.load(path, weights_only=True)
     for key in ("data_identity", "skipped_files"):
         del ckpt["config"][key]                          # as written before issue 9
     torch.save(ckpt, path)
-    T.load_run(tmp_path / "r")                           # analysis still works
+    load_run(tmp_path / "r")                           # analysis still works
     for k in range(4, 8):                                # 12 images: 3 steps per epoch instead of 2
         noise(k).save(root / "train" / "dog" / f"{k}.png")
-    with pytest.raises(T.CheckpointError, match="scheduler length: checkpoint 4 steps, now 6"):
-        T.Trial(out_dir=tmp_path / "r", **run).run(resume=True)
+    with pytest.raises(CheckpointError, match="scheduler length: checkpoint 4 steps, now 6"):
+        Trial(out_dir=tmp_path / "r", **run).run(resume=True)
     for k in range(4, 8):
         (root / "train" / "dog" / f"{k}.png").unlink()
-    assert len(T.Trial(out_dir=tmp_path / "r", **run).run(resume=True).history) == 2
+    assert len(Trial(out_dir=tmp_path / "r", **run).run(resume=True).history) == 2
     assert "predates data fingerprints" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- damaged checkpoints
 
 def test_corrupt_checkpoint_is_one_error_and_the_previous_epoch_is_kept(tmp_path, capsys):
-    full = T.train(out_dir=tmp_path / "full", **{**SMALL, "epochs": 3})
-    T.Trial(out_dir=tmp_path / "r", **{**SMALL, "epochs": 3}).run(stop_after=2)
-    ckpt, prev = tmp_path / "r" / T.CHECKPOINT, tmp_path / "r" / T.PREV_CHECKPOINT
+    full = train(out_dir=tmp_path / "full", **{**SMALL, "epochs": 3})
+    Trial(out_dir=tmp_path / "r", **{**SMALL, "epochs": 3}).run(stop_after=2)
+    ckpt, prev = tmp_path / "r" / CHECKPOINT, tmp_path / "r" / PREV_CHECKPOINT
     assert torch.load(prev, weights_only=True)["epoch"] == 1 and torch.load(ckpt, weights_only=True)["epoch"] == 2
     os.truncate(ckpt, ckpt.stat().st_size // 2)
-    with pytest.raises(T.CheckpointError, match=r"checkpoint .*checkpoint.pt cannot be read.*intact \(epoch 1\).*mv "):
-        T.Trial(out_dir=tmp_path / "r", **{**SMALL, "epochs": 3}).run(resume=True)
-    with pytest.raises(T.CheckpointError, match="cannot be read"):
-        T.load_run(tmp_path / "r")
+    with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint.pt cannot be read.*intact \(epoch 1\).*mv "):
+        Trial(out_dir=tmp_path / "r", **{**SMALL, "epochs": 3}).run(resume=True)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_run(tmp_path / "r")
     args = ["--recipe", "fast", "--data", "synthetic", "--limit", "120", "--batch-size", "40", "--epochs", "3",
             "--device", "cpu", "--out", str(tmp_path / "r"), "--resume"]
     capsys.readouterr()
-    assert T.main(args) == 2
+    assert train_main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "weights_only" not in err
     os.replace(prev, ckpt)                              # what the message says to do
-    resumed = T.Trial(out_dir=tmp_path / "r", **{**SMALL, "epochs": 3}).run(resume=True)
+    resumed = Trial(out_dir=tmp_path / "r", **{**SMALL, "epochs": 3}).run(resume=True)
     assert strip(resumed.history) == strip(full.history)
 
 
 def test_crash_between_the_two_renames_resumes_from_prev(tmp_path):
-    full = T.train(out_dir=tmp_path / "full", **SMALL)
-    T.Trial(out_dir=tmp_path / "r", **SMALL).run(stop_after=1)
-    os.replace(tmp_path / "r" / T.CHECKPOINT, tmp_path / "r" / T.PREV_CHECKPOINT)  # only prev is left
+    full = train(out_dir=tmp_path / "full", **SMALL)
+    Trial(out_dir=tmp_path / "r", **SMALL).run(stop_after=1)
+    os.replace(tmp_path / "r" / CHECKPOINT, tmp_path / "r" / PREV_CHECKPOINT)  # only prev is left
     with pytest.raises(FileExistsError, match="checkpoint.prev.pt"):
-        T.Trial(out_dir=tmp_path / "r", **SMALL).run()
-    resumed = T.Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True)
+        Trial(out_dir=tmp_path / "r", **SMALL).run()
+    resumed = Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True)
     assert strip(resumed.history) == strip(full.history)
 
 
 def test_history_json_is_rebuilt_from_the_checkpoint(tmp_path):
-    T.train(out_dir=tmp_path / "r", **SMALL)
-    hist = tmp_path / "r" / T.HISTORY
+    train(out_dir=tmp_path / "r", **SMALL)
+    hist = tmp_path / "r" / HISTORY
     behind = json.loads(hist.read_text())
     behind["history"] = behind["history"][:1]           # died between the two writes of the last epoch
     hist.write_text(json.dumps(behind))
-    T.load_run(tmp_path / "r")                          # notebook 04's path
-    assert len(T.Record.load(tmp_path / "r").history) == 2
+    load_run(tmp_path / "r")                          # notebook 04's path
+    assert len(Record.load(tmp_path / "r").history) == 2
     hist.write_text(json.dumps(behind))
-    record = T.Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True)  # already finished: nothing to train
+    record = Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True)  # already finished: nothing to train
     assert len(record.history) == 2 and json.loads(hist.read_text())["history"] == record.history
 
 
 def test_non_finite_test_loss_is_not_saved_as_an_epoch(tmp_path, monkeypatch):
-    T.Trial(out_dir=tmp_path / "r", **SMALL).run(stop_after=1)
-    before = (tmp_path / "r" / T.CHECKPOINT).read_bytes()
-    real = T.evaluate
-    monkeypatch.setattr(T, "evaluate", lambda *a, **k: real(*a, **k) | dict(test_loss=float("nan")))
-    with pytest.raises(T.NonFiniteLossError, match="test loss became nan at epoch 2.*last good checkpoint.*epoch 1"):
-        T.Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True)
-    assert (tmp_path / "r" / T.CHECKPOINT).read_bytes() == before
-    assert len(json.loads((tmp_path / "r" / T.HISTORY).read_text())["history"]) == 1
+    Trial(out_dir=tmp_path / "r", **SMALL).run(stop_after=1)
+    before = (tmp_path / "r" / CHECKPOINT).read_bytes()
+    real = evaluate
+    monkeypatch.setattr("helpers.run.evaluate", lambda *a, **k: real(*a, **k) | dict(test_loss=float("nan")))
+    with pytest.raises(NonFiniteLossError, match="test loss became nan at epoch 2.*last good checkpoint.*epoch 1"):
+        Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True)
+    assert (tmp_path / "r" / CHECKPOINT).read_bytes() == before
+    assert len(json.loads((tmp_path / "r" / HISTORY).read_text())["history"]) == 1
 
 
 # --------------------------------------------------------------------------- caches
@@ -196,10 +201,10 @@ def test_broken_symlinks_are_skipped_counted_and_named(tmp_path, capsys):
     assert sorted(os.path.basename(f) for f in train.skipped_files()) == ["gone.jpg", "loop.jpg"]
     out = capsys.readouterr().out
     assert "loop.jpg" in out and "gone.jpg" in out
-    record = T.train(out_dir=tmp_path / "r", **dict(SMALL, data="folder", data_dir=root, limit=None,
+    record = train(out_dir=tmp_path / "r", **dict(SMALL, data="folder", data_dir=root, limit=None,
                                                      batch_size=4, epochs=1))
     assert len(record.config["skipped_files"]["train"]) == 2
-    saved = json.loads((tmp_path / "r" / T.HISTORY).read_text())["config"]["skipped_files"]
+    saved = json.loads((tmp_path / "r" / HISTORY).read_text())["config"]["skipped_files"]
     assert sorted(os.path.basename(f) for f in saved["train"]) == ["gone.jpg", "loop.jpg"]
 
 
@@ -213,15 +218,15 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
 
 def test_split_smaller_than_one_batch_says_so(tmp_path, capsys):
     with pytest.raises(D.DataError, match=r"20 images, fewer than one batch \(batch_size 40\).*--limit.*--batch-size"):
-        T.Trial(**{**SMALL, "limit": 20}).setup()
-    assert T.main(["--data", "synthetic", "--limit", "20", "--batch-size", "40", "--out", str(tmp_path / "x")]) == 2
+        Trial(**{**SMALL, "limit": 20}).setup()
+    assert train_main(["--data", "synthetic", "--limit", "20", "--batch-size", "40", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fewer than one batch" in err
 
 
 def test_data_errors_name_the_cli_flag_and_the_python_argument(tmp_path):
     for call in (lambda: D.load_split("folder", "train"), lambda: D.load_split("folder", "train", tmp_path / "no"),
-                 lambda: T.Trial(data="folder")):
+                 lambda: Trial(data="folder")):
         with pytest.raises(ValueError) as e:
             call()
         assert "--data-dir" in str(e.value) and "data_dir" in str(e.value).replace("--data-dir", "")
@@ -232,7 +237,7 @@ def test_data_errors_name_the_cli_flag_and_the_python_argument(tmp_path):
 COUNT_FLAGS = ["--epochs", "--batch-size", "--limit", "--threads"]
 
 
-@pytest.mark.parametrize("main, flag", [(T.main, f) for f in COUNT_FLAGS]
+@pytest.mark.parametrize("main, flag", [(train_main, f) for f in COUNT_FLAGS]
                          + [(benchmark.main, f) for f in COUNT_FLAGS + ["--seeds"]],
                          ids=lambda v: v if isinstance(v, str) else v.__module__.split(".")[-1])
 @pytest.mark.parametrize("value", ["0", "-2", "1.5"])
@@ -258,7 +263,7 @@ def test_benchmark_set_checks_the_value_type(setting, message, capsys):
 
 
 @pytest.mark.parametrize("module, prog, defaults", [
-    (T, "python -m helpers.train", ["(default: seed)", "(default: folder)", "(default: auto)", "(default: 0)"]),
+    (train_cli, "python -m helpers.train", ["(default: seed)", "(default: folder)", "(default: auto)", "(default: 0)"]),
     (benchmark, "python -m helpers.benchmark", ["(default: fast)", "(default: folder)", "(default: 1)"]),
 ])
 def test_help_names_the_command_and_shows_defaults(module, prog, defaults, capsys):
@@ -281,14 +286,14 @@ def test_a_run_folder_in_use_is_refused_in_one_line_and_freed_when_done(tmp_path
         (run / rundir.LOCK).write_text(json.dumps(dict(pid=other.pid, host=rundir.socket.gethostname(),
                                                        started="2026-11-30 10:00:00")))
         with pytest.raises(rundir.RunFolderError, match=f"in use by another run \\(process {other.pid} on") as e:
-            T.Trial(out_dir=run, **SMALL).setup()
+            Trial(out_dir=run, **SMALL).setup()
         assert "\n" not in str(e.value) and "choose another folder (--out / out_dir=)" in str(e.value)
-        assert not (run / T.CHECKPOINT).exists()
+        assert not (run / CHECKPOINT).exists()
     finally:
         other.kill()
         other.wait()
     # its process has ended: the lock is stale, taken over with a note; the finished run frees it
-    record = T.Trial(out_dir=run, **SMALL).run()
+    record = Trial(out_dir=run, **SMALL).run()
     assert len(record.history) == 2 and not (run / rundir.LOCK).exists()
 
 
@@ -310,7 +315,7 @@ def test_a_lock_from_another_host_is_stale_only_when_its_heartbeat_stopped(tmp_p
 def test_an_unusable_out_folder_is_one_line_before_any_training(tmp_path, layout, message, capsys):
     (tmp_path / "x").write_text("not a folder")
     out = tmp_path / "x" if layout == "file" else tmp_path / "x" / "run"
-    assert T.main(["--data", "synthetic", "--limit", "120", "--epochs", "1", "--out", str(out)]) == 2
+    assert train_main(["--data", "synthetic", "--limit", "120", "--epochs", "1", "--out", str(out)]) == 2
     err = capsys.readouterr()
     assert message in err.err and len(err.err.strip().splitlines()) == 1 and "epoch" not in err.out
 
@@ -323,34 +328,34 @@ def test_an_unwritable_out_folder_is_one_line_before_any_training(tmp_path, monk
         raise OSError(30, "Read-only file system")
     monkeypatch.setattr(Path, "write_bytes", read_only)
     with pytest.raises(rundir.RunFolderError, match=r"cannot be written \(Read-only file system\)"):
-        T.Trial(out_dir=tmp_path / "run", **SMALL).setup()
+        Trial(out_dir=tmp_path / "run", **SMALL).setup()
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_only_that_epoch(tmp_path, monkeypatch):
     import errno
     run = tmp_path / "run"
-    T.Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(stop_after=1)
+    Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(stop_after=1)
     real_save = torch.save
 
     def full(obj, f, *a, **k):
         f.write(b"x" * 1000)  # part of the file made it, then the disk filled up
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(T.CheckpointError) as e:
-        T.Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(resume=True)
+    with pytest.raises(CheckpointError) as e:
+        Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(resume=True)
     assert "No space left on device" in str(e.value) and "epoch 2 is lost" in str(e.value)
     assert "previous checkpoint (epoch 1) is intact" in str(e.value) and "\n" not in str(e.value)
     assert not list(run.glob("*.tmp")) and not (run / "run.lock").exists()
     monkeypatch.setattr(torch, "save", real_save)  # space again: the run resumes from epoch 1
-    record = T.Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(resume=True)
+    record = Trial(out_dir=run, **{**SMALL, "epochs": 3}).run(resume=True)
     assert [h["epoch"] for h in record.history] == [1, 2, 3]
 
 
 def test_a_one_step_warm_up_trains(tmp_path):
     """5 steps with pct_start 0.2: a zero-length warm-up phase to OneCycleLR (ZeroDivisionError before)."""
-    record = T.train(**{**SMALL, "limit": 250, "batch_size": 50, "epochs": 1})
+    record = train(**{**SMALL, "limit": 250, "batch_size": 50, "epochs": 1})
     assert len(record.history) == 1
-    rates = T.lr_schedule(T.get_recipe("fast", epochs=1), steps_per_epoch=5)["lr"]
+    rates = lr_schedule(get_recipe("fast", epochs=1), steps_per_epoch=5)["lr"]
     assert max(rates) == rates[1]  # the peak one step in
 
 
@@ -386,18 +391,18 @@ def test_a_chmod_changes_the_cache_key(tmp_path):
 
 
 def test_ctrl_c_during_training_is_one_line_naming_the_resume(tmp_path, monkeypatch, capsys):
-    real = T.Trainer.train_one_epoch
+    real = Trainer.train_one_epoch
 
     def interrupted_in_epoch_2(self, epoch):
         if epoch == 2:
             raise KeyboardInterrupt
         return real(self, epoch)
-    monkeypatch.setattr(T.Trainer, "train_one_epoch", interrupted_in_epoch_2)
+    monkeypatch.setattr(Trainer, "train_one_epoch", interrupted_in_epoch_2)
     argv = ["--data", "synthetic", "--limit", "120", "--batch-size", "40", "--epochs", "3",
             "--out", str(tmp_path / "r")]
-    assert T.main(argv) == 130
+    assert train_main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("interrupted: 1 epoch(s) saved in") and err[0].endswith("--resume")
     assert not (tmp_path / "r" / "run.lock").exists()  # the folder is free for the resume
-    monkeypatch.setattr(T.Trainer, "train_one_epoch", real)
-    assert T.main([*argv, "--resume"]) == 0
+    monkeypatch.setattr(Trainer, "train_one_epoch", real)
+    assert train_main([*argv, "--resume"]) == 0

@@ -424,7 +424,8 @@ def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
 
 def test_the_best_trial_comes_with_the_exact_command_that_trains_it_again(tmp_path, capsys, monkeypatch):
     import shlex
-    from helpers import train as T
+    from helpers.record import Record
+    from helpers.train import main as train_main
     root = tmp_path / "sweeps"
     space = space_file(tmp_path, {"lr": {"log": [0.2, 1.0]}, "label_smoothing": [0.0, 0.3]})
     assert sweep.main([*TINY, "--epochs", "1", "--space", space, "--trials", "2", "--study", "b",
@@ -440,8 +441,8 @@ def test_the_best_trial_comes_with_the_exact_command_that_trains_it_again(tmp_pa
     # the command, run again (into a new folder, one thread as the sweep's worker had), gives the same accuracy
     argv[argv.index("--out") + 1] = str(tmp_path / "again")
     monkeypatch.chdir(tmp_path)
-    assert T.main([*argv[3:], "--threads", "1", "--batch-size", "50"]) == 0
-    again = T.Record.load(tmp_path / "again")
+    assert train_main([*argv[3:], "--threads", "1", "--batch-size", "50"]) == 0
+    again = Record.load(tmp_path / "again")
     assert again.final_acc == study.best_value
 
 

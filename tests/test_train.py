@@ -4,7 +4,13 @@ import math
 import pytest
 import torch
 
-from helpers import train as T
+from helpers.checkpoint import CHECKPOINT, CheckpointError, HISTORY
+from helpers.device import pick_device
+from helpers.loop import (Lookahead, NonFiniteLossError, evaluate, loss_fn, lr_schedule, make_optimizer, make_scheduler,
+                          predict, predict_views, recipe_table, select_examples, tta_views)
+from helpers.record import Record, load_run
+from helpers.run import Trial, train
+from helpers.train import main as train_main
 from helpers.data import Loader, channel_stats, load_split
 from helpers.registry import build_model
 from helpers.recipes import Recipe, get_recipe
@@ -21,7 +27,7 @@ def test_loss_goes_down_on_synthetic_data():
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
     for _ in range(15):
-        loss = T.loss_fn(model(x), y)
+        loss = loss_fn(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -32,28 +38,28 @@ def test_loss_goes_down_on_synthetic_data():
 def test_label_smoothing_matches_torch():
     logits = torch.randn(8, 10)
     y = torch.randint(0, 10, (8,))
-    ours = T.loss_fn(logits.log_softmax(1), y, 0.1)
+    ours = loss_fn(logits.log_softmax(1), y, 0.1)
     assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1))
 
 
 def test_train_returns_record_with_history(tmp_path):
-    record = T.train(out_dir=tmp_path / "run", **SMALL)
+    record = train(out_dir=tmp_path / "run", **SMALL)
     assert [h["epoch"] for h in record.history] == [1, 2]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "train_seconds", "peak_rss_mb"):
         assert all(math.isfinite(h[key]) for h in record.history), key
-    saved = json.loads((tmp_path / "run" / T.HISTORY).read_text())
+    saved = json.loads((tmp_path / "run" / HISTORY).read_text())
     assert saved["history"] == record.history and saved["config"]["recipe"]["epochs"] == 2
-    model, config, history = T.load_run(tmp_path / "run")
+    model, config, history = load_run(tmp_path / "run")
     assert history == record.history and config["classes"][0] == "class0"
-    assert T.Record.load(tmp_path / "run").final_acc == record.final_acc
+    assert Record.load(tmp_path / "run").final_acc == record.final_acc
 
 
 def test_same_seed_same_history():
-    a = T.train(**SMALL).history
-    b = T.train(**SMALL).history
+    a = train(**SMALL).history
+    b = train(**SMALL).history
     strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k and k != "peak_rss_mb"} for e in h]  # noqa: E731
     assert strip(a) == strip(b)
-    c = T.train(seed=1, **SMALL).history
+    c = train(seed=1, **SMALL).history
     assert strip(a) != strip(c)
 
 
@@ -61,34 +67,34 @@ def test_same_seed_same_history():
 def test_resume_equals_uninterrupted(tmp_path, ema, lookahead):
     strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k and k != "peak_rss_mb"} for e in h]  # noqa: E731
     small = dict(SMALL, ema=ema, lookahead=lookahead)
-    full = T.train(out_dir=tmp_path / "full", **small)
-    first = T.Trial(out_dir=tmp_path / "split", **small).run(stop_after=1)  # "interrupted" after epoch 1
+    full = train(out_dir=tmp_path / "full", **small)
+    first = Trial(out_dir=tmp_path / "split", **small).run(stop_after=1)  # "interrupted" after epoch 1
     assert len(first.history) == 1
-    resumed = T.Trial(out_dir=tmp_path / "split", **small).run(resume=True)
+    resumed = Trial(out_dir=tmp_path / "split", **small).run(resume=True)
     assert strip(resumed.history) == strip(full.history)
-    a = torch.load(tmp_path / "full" / T.CHECKPOINT, weights_only=True)
-    b = torch.load(tmp_path / "split" / T.CHECKPOINT, weights_only=True)
+    a = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=True)
     for key in ("model", "ema") if ema else ("model",):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
 
 
 def test_ema_is_what_gets_evaluated_and_loaded(tmp_path):
-    trial = T.Trial(out_dir=tmp_path / "run", **dict(SMALL, ema=0.9))
+    trial = Trial(out_dir=tmp_path / "run", **dict(SMALL, ema=0.9))
     record = trial.run()
     trainer = trial.trainer
     ema, raw = trainer.eval_model.state_dict(), trainer.model.state_dict()
     assert trainer.eval_model is not trainer.model and not torch.equal(ema["head.fc.weight"], raw["head.fc.weight"])
-    acc = T.evaluate(trainer.eval_model, trainer.test_loader)["test_acc"]
+    acc = evaluate(trainer.eval_model, trainer.test_loader)["test_acc"]
     assert acc == pytest.approx(record.final_acc)
-    model, _, _ = T.load_run(tmp_path / "run")
+    model, _, _ = load_run(tmp_path / "run")
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
 
 
 def test_bias_lr_scale_follows_the_schedule():
     model = build_model("fast")
     recipe = get_recipe("fast", bias_lr_scale=8.0)
-    opt = T.make_optimizer(model, recipe)
-    sched = T.make_scheduler(opt, recipe, steps_per_epoch=10)
+    opt = make_optimizer(model, recipe)
+    sched = make_scheduler(opt, recipe, steps_per_epoch=10)
     decay, no_decay = opt.param_groups
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
@@ -100,8 +106,8 @@ def test_bias_lr_scale_follows_the_schedule():
 
 def _schedule(recipe, key, steps_per_epoch=10):
     """The value of optimizer setting `key` at every step of the recipe's schedule."""
-    opt = T.make_optimizer(build_model("fast"), recipe)
-    sched = T.make_scheduler(opt, recipe, steps_per_epoch=steps_per_epoch)
+    opt = make_optimizer(build_model("fast"), recipe)
+    sched = make_scheduler(opt, recipe, steps_per_epoch=steps_per_epoch)
     seen = []
     for _ in range(recipe.epochs * steps_per_epoch):
         seen.append(opt.param_groups[0][key])
@@ -128,10 +134,10 @@ def test_old_checkpoint_config_records_the_momentum_it_used():
 def test_tta_views_weights_and_shifts():
     x = torch.randn(2, 3, 8, 8)
     for level, count in ((0, 1), (1, 2), (2, 6)):
-        views = T.tta_views(x, level)
+        views = tta_views(x, level)
         assert len(views) == count and sum(w for w, _ in views) == pytest.approx(1.0)
         assert all(v.shape == x.shape for _, v in views)
-    shifted = [v for _, v in T.tta_views(x, 2)[2:]]
+    shifted = [v for _, v in tta_views(x, 2)[2:]]
     assert torch.equal(shifted[0][..., 1:, 1:], x[..., :-1, :-1])   # moved down-right by one pixel
     assert torch.equal(shifted[2][..., :-1, :-1], x[..., 1:, 1:])   # moved up-left by one pixel
     assert torch.equal(shifted[1], shifted[0].flip(-1))
@@ -139,39 +145,40 @@ def test_tta_views_weights_and_shifts():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10, bias=True), torch.nn.LogSoftmax(1))
     torch.nn.init.zeros_(model[1].weight)
     loader = [(x, torch.tensor([0, 1]))]
-    outs = [T.predict(model, loader, tta=level)[0] for level in (0, 1, 2)]
+    outs = [predict(model, loader, tta=level)[0] for level in (0, 1, 2)]
     assert torch.allclose(outs[0], outs[1], atol=1e-6) and torch.allclose(outs[0], outs[2], atol=1e-6)
 
 
 def test_existing_run_needs_resume_and_same_settings(tmp_path):
-    T.train(out_dir=tmp_path / "run", **SMALL)
+    train(out_dir=tmp_path / "run", **SMALL)
     with pytest.raises(FileExistsError, match="resume"):
-        T.train(out_dir=tmp_path / "run", **SMALL)
-    with pytest.raises(T.CheckpointError, match="recipe field epochs: checkpoint 2, now 3"):
-        T.train(out_dir=tmp_path / "run", resume=True, **{**SMALL, "epochs": 3})
+        train(out_dir=tmp_path / "run", **SMALL)
+    with pytest.raises(CheckpointError, match="recipe field epochs: checkpoint 2, now 3"):
+        train(out_dir=tmp_path / "run", resume=True, **{**SMALL, "epochs": 3})
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    trial = T.Trial(out_dir=tmp_path / "run", **SMALL)
+    trial = Trial(out_dir=tmp_path / "run", **SMALL)
     trial.run(stop_after=1)
-    before = (tmp_path / "run" / T.CHECKPOINT).read_bytes()
-    monkeypatch.setattr(T, "loss_fn", lambda *a: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(T.NonFiniteLossError, match="epoch 2.*last good checkpoint.*epoch 1"):
-        T.Trial(out_dir=tmp_path / "run", **SMALL).run(resume=True)
-    assert (tmp_path / "run" / T.CHECKPOINT).read_bytes() == before
+    before = (tmp_path / "run" / CHECKPOINT).read_bytes()
+    monkeypatch.setattr("helpers.loop.loss_fn", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(NonFiniteLossError, match="epoch 2.*last good checkpoint.*epoch 1"):
+        Trial(out_dir=tmp_path / "run", **SMALL).run(resume=True)
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == before
 
 
 def test_examples_split_correct_and_wrong():
-    trial = T.Trial(**SMALL)
+    trial = Trial(**SMALL)
     trial.run()
-    right, wrong = trial.trainer.examples(True, 200), trial.trainer.examples(False, 200)
+    t = trial.trainer
+    right, wrong = (select_examples(t.eval_model, t.test_loader, c, 200) for c in (True, False))
     assert len(right["true"]) + len(wrong["true"]) == 120
     assert torch.equal(right["true"], right["pred"]) and not (wrong["true"] == wrong["pred"]).any()
     assert right["images"].dtype == torch.uint8 and (right["confidence"].diff() <= 0).all()
 
 
 def test_bf16_autocast_trains():
-    trial = T.Trial(precision="bf16", **SMALL)
+    trial = Trial(precision="bf16", **SMALL)
     trainer = trial.setup()
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
     dtypes = []
@@ -197,10 +204,10 @@ def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="momentum must satisfy"):
         get_recipe("seed", momentum=0.95, momentum_max=0.9)
     with pytest.raises(ValueError, match="needs data_dir"):
-        T.Trial(data="folder")
+        Trial(data="folder")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
-            T.pick_device("cuda")
+            pick_device("cuda")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -211,16 +218,16 @@ def test_bad_settings_raise_clear_errors():
 ])
 def test_cli_rejects_bad_flags_before_work(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        T.main(argv + ["--out", str(tmp_path / "x")])
+        train_main(argv + ["--out", str(tmp_path / "x")])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
 def test_cli_runs_and_resumes(tmp_path, capsys):
     args = ["--data", "synthetic", "--limit", "80", "--epochs", "1", "--batch-size", "40", "--out", str(tmp_path / "r")]
-    assert T.main(args) == 0
-    assert T.main(args) == 2 and "--resume" in capsys.readouterr().err
-    assert T.main(args + ["--resume"]) == 0
+    assert train_main(args) == 0
+    assert train_main(args) == 2 and "--resume" in capsys.readouterr().err
+    assert train_main(args + ["--resume"]) == 0
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -232,7 +239,7 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
 ])
 def test_recipe_rejects_wrong_types_from_python_too(field, value, message):
     with pytest.raises(ValueError, match=message):
-        T.Trial(**{**SMALL, field: value})
+        Trial(**{**SMALL, field: value})
 
 
 def test_a_constant_colour_channel_still_trains():
@@ -259,13 +266,13 @@ def _steps(model, lookahead, n):
 def test_lookahead_leaves_early_steps_alone_and_ends_on_the_slow_copy():
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
-    la = T.Lookahead(model, every=1, total_steps=1000)
+    la = Lookahead(model, every=1, total_steps=1000)
     _steps(model, la, 10)  # decay = 0.95 * (t / 1000)^3: about 1e-6, so the weights keep their pace
     assert model.weight.flatten().tolist() == pytest.approx([10.0, 10.0], abs=1e-3)
 
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
-    la = T.Lookahead(model, every=5, total_steps=12)
+    la = Lookahead(model, every=5, total_steps=12)
     _steps(model, la, 11)
     slow = la.slow["weight"].clone()
     _steps(model, la, 1)  # the last step: the weights become the slow copy, not 12
@@ -273,9 +280,9 @@ def test_lookahead_leaves_early_steps_alone_and_ends_on_the_slow_copy():
 
 
 def test_lookahead_trains_and_is_stored_in_the_checkpoint(tmp_path):
-    trial = T.Trial(out_dir=tmp_path / "run", **dict(SMALL, lookahead=3))
+    trial = Trial(out_dir=tmp_path / "run", **dict(SMALL, lookahead=3))
     trial.run()
-    ckpt = torch.load(tmp_path / "run" / T.CHECKPOINT, weights_only=True)
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
     assert ckpt["lookahead"]["step"] == trial.trainer.lookahead.total
     # after the last step the weights are the slow copy
     assert all(torch.equal(ckpt["model"][k], v) for k, v in ckpt["lookahead"]["slow"].items())
@@ -284,7 +291,7 @@ def test_lookahead_trains_and_is_stored_in_the_checkpoint(tmp_path):
 def test_whitening_bias_trains_only_for_its_epochs():
     from helpers.model import PatchWhitening
 
-    trainer = T.Trial(**dict(SMALL, recipe="fast", epochs=2, whiten_bias_epochs=1)).setup()
+    trainer = Trial(**dict(SMALL, recipe="fast", epochs=2, whiten_bias_epochs=1)).setup()
     bias = next(m for m in trainer.model.modules() if isinstance(m, PatchWhitening)).conv.bias
     head = trainer.model.head.fc.weight
     before = bias.detach().clone()
@@ -319,36 +326,36 @@ def test_plain_accuracy_is_never_the_tta_one():
     torch.manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
     y = (x[..., :4].mean((1, 2, 3)) <= 0).long()  # what the left half says: plain accuracy is 100 %
-    stats = T.evaluate(LeftHalf(), [(x, y)], tta=1)
+    stats = evaluate(LeftHalf(), [(x, y)], tta=1)
     assert stats["test_acc"] == 1.0 and stats["tta_acc"] < 0.9
-    assert T.evaluate(LeftHalf(), [(x, y)])["test_acc"] == 1.0 and "tta_acc" not in T.evaluate(LeftHalf(), [(x, y)])
-    plain, with_tta, labels = T.predict_views(LeftHalf(), [(x, y)], tta=2)
-    assert torch.equal(plain, T.predict(LeftHalf(), [(x, y)])[0]) and not torch.equal(plain, with_tta)
+    assert evaluate(LeftHalf(), [(x, y)])["test_acc"] == 1.0 and "tta_acc" not in evaluate(LeftHalf(), [(x, y)])
+    plain, with_tta, labels = predict_views(LeftHalf(), [(x, y)], tta=2)
+    assert torch.equal(plain, predict(LeftHalf(), [(x, y)])[0]) and not torch.equal(plain, with_tta)
 
 
 def test_history_and_record_keep_plain_and_tta_apart(tmp_path):
-    record = T.train(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1))
+    record = train(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1))
     last = record.history[-1]
     assert {"test_acc", "tta_acc", "test_loss", "tta_loss"} <= set(last)
     assert record.final_acc == last["test_acc"] and record.final_tta_acc == last["tta_acc"]
     table = record.table()
     assert "TTA acc" in table and "final test accuracy (plain, single view)" in table
-    assert T.train(**dict(SMALL, epochs=1)).final_tta_acc is None  # seed has no TTA
+    assert train(**dict(SMALL, epochs=1)).final_tta_acc is None  # seed has no TTA
 
 
 def test_the_loop_in_pieces_is_fit(tmp_path):
     # notebook 03's loop: restore, then train_one_epoch / evaluate / save_epoch per epoch, as fit does
-    trial = T.Trial(out_dir=tmp_path / "pieces", **SMALL)
+    trial = Trial(out_dir=tmp_path / "pieces", **SMALL)
     trainer = trial.setup()
     start = trainer.restore()
     for epoch in range(start + 1, trainer.recipe.epochs + 1):
         stats = trainer.train_one_epoch(epoch)
         stats |= trainer.evaluate()
         trainer.save_epoch(stats)
-    whole = T.train(out_dir=tmp_path / "fit", **SMALL)
+    whole = train(out_dir=tmp_path / "fit", **SMALL)
     strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k and k != "peak_rss_mb"} for e in h]  # noqa: E731
     assert strip(trial.record().history) == strip(whole.history)
-    again = T.Trial(out_dir=tmp_path / "pieces", **SMALL).setup()
+    again = Trial(out_dir=tmp_path / "pieces", **SMALL).setup()
     assert again.restore() == 2  # a new session continues after the saved epochs
     with pytest.raises(ValueError, match="cannot follow epoch 2"):
         again.save_epoch(dict(stats, epoch=1))
@@ -356,15 +363,15 @@ def test_the_loop_in_pieces_is_fit(tmp_path):
 
 def test_lr_schedule_is_the_trainers():
     recipe = get_recipe("best")
-    seen = T.lr_schedule(recipe, steps_per_epoch=10)
+    seen = lr_schedule(recipe, steps_per_epoch=10)
     assert seen["lr"] == _schedule(recipe, "lr")  # the optimizer and scheduler a run steps through
     assert seen["bias_lr"] == pytest.approx([lr * recipe.bias_lr_scale for lr in seen["lr"]])
     assert seen["momentum"] == _schedule(recipe, "momentum") and len(seen["lr"]) == recipe.epochs * 10
 
 
 def test_recipe_table_reads_the_run():
-    trainer = T.Trial(**dict(SMALL, recipe="best", batch_size=40)).setup()
-    table = T.recipe_table(trainer)
+    trainer = Trial(**dict(SMALL, recipe="best", batch_size=40)).setup()
+    table = recipe_table(trainer)
     groups = trainer.optimizer.param_groups
     assert f"{sum(p.numel() for p in groups[0]['params']):,} values): peak lr 1.5" in table
     assert "(x64)" in table and "lookahead every 5 steps" in table and "label smoothing 0.2" in table
@@ -372,11 +379,11 @@ def test_recipe_table_reads_the_run():
 
 
 def test_a_run_from_before_plain_accuracy_is_not_resumed(tmp_path):
-    T.Trial(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1)).run(stop_after=1)
-    ckpt = torch.load(tmp_path / "run" / T.CHECKPOINT, weights_only=True)
+    Trial(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1)).run(stop_after=1)
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
     for h in ckpt["history"]:  # as the previous version wrote it: one accuracy, with TTA, as test_acc
         h["test_acc"] = h.pop("tta_acc")
         h.pop("tta_loss")
-    torch.save(ckpt, tmp_path / "run" / T.CHECKPOINT)
-    with pytest.raises(T.CheckpointError, match="predates plain accuracy"):
-        T.Trial(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1)).run(resume=True)
+    torch.save(ckpt, tmp_path / "run" / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="predates plain accuracy"):
+        Trial(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1)).run(resume=True)

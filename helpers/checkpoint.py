@@ -1,0 +1,159 @@
+"""What survives a crash: the checkpoint written atomically after every epoch, history.json beside
+it, and the checks that a resume continues the very run that wrote them.
+
+A checkpoint is a dict: model, optimizer, scheduler (and ema, lookahead, scaler when the recipe
+uses them), epoch, history and config (recipe, seed, data identity, model identity ...).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .recipes import Recipe
+from .rundir import atomic_write
+
+CHECKPOINT = "checkpoint.pt"
+PREV_CHECKPOINT = "checkpoint.prev.pt"  # the epoch before CHECKPOINT's, kept in case that one is damaged
+HISTORY = "history.json"
+
+# What a resumed run must share with the run that wrote the checkpoint, besides recipe and seed:
+# config["data_identity"] key -> how a refusal names it. Steps per epoch decide OneCycleLR's
+# length; the rest decide which images it trains and is evaluated on.
+DATA_IDENTITY = {
+    "source": "data source (--data / data=)",
+    "folder": "data folder (--data-dir / data_dir=, resolved)",
+    "limit": "images per split (--limit / limit=)",
+    "train_images": "training images",
+    "test_images": "test images",
+    "train_fingerprint": "training images' contents (fingerprint)",
+    "test_fingerprint": "test images' contents (fingerprint)",
+    "steps_per_epoch": "steps per epoch",
+}
+# recipe fields that may change on resume: torch.compile and the memory layout change speed, not what
+# is trained; a precision the run asked as "auto" may change too (a Colab reconnect can land on
+# another GPU type, or on a CPU): resume_differences
+RESUME_MAY_CHANGE = {"compile", "channels_last"}
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or resumed; the message names the file and what to do."""
+
+
+def save_checkpoint(out_dir: Path, ckpt: dict) -> None:
+    """out_dir/checkpoint.pt (the previous one becomes checkpoint.prev.pt), then history.json.
+
+    The new file is written completely first, under a temporary name of this process's own; then two
+    renames, each atomic: a crash at any point leaves a readable checkpoint.pt or checkpoint.prev.pt
+    (a resume starts from either). A full or read-only disk is one CheckpointError line.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CHECKPOINT
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+        if path.exists():
+            os.replace(path, out_dir / PREV_CHECKPOINT)
+        os.replace(tmp, path)
+        write_history(out_dir, ckpt["config"], ckpt["history"])
+    except OSError as e:  # the last good epoch is still there
+        tmp.unlink(missing_ok=True)
+        epoch = ckpt["epoch"]
+        kept = f"the previous checkpoint (epoch {epoch - 1}) is intact" if epoch > 1 else "no earlier epoch was saved"
+        raise CheckpointError(f"could not write {path} ({e.strerror or e}): epoch {epoch} is lost and "
+                              f"{kept}; free some space (or make the folder writable) and resume "
+                              "(--resume / run the notebook again)") from None
+
+
+def find_checkpoint(out_dir) -> Path | None:
+    """The checkpoint a resume starts from: checkpoint.pt, else checkpoint.prev.pt (a save that died
+    between its two renames), else None."""
+    if not out_dir:
+        return None
+    found = [Path(out_dir) / name for name in (CHECKPOINT, PREV_CHECKPOINT)]
+    return next((p for p in found if p.exists()), None)
+
+
+def write_history(out_dir: Path, config: dict, history: list):
+    atomic_write(Path(out_dir) / HISTORY, lambda f: f.write(json.dumps(
+        dict(config=config, history=history), indent=1).encode()))
+
+
+def sync_history(out_dir: Path, ckpt: dict, log=print):
+    """Rewrite out_dir/history.json from the checkpoint when it says something else (or is missing)."""
+    path = Path(out_dir) / HISTORY
+    try:
+        on_disk = json.loads(path.read_text())["history"]
+    except (OSError, ValueError, KeyError, TypeError):
+        on_disk = None
+    if on_disk == ckpt["history"]:
+        return
+    try:
+        write_history(out_dir, ckpt["config"], ckpt["history"])
+    except OSError as e:  # a read-only folder: analysis still works from the checkpoint
+        log(f"note: {path} differs from the checkpoint but cannot be rewritten ({e})")
+        return
+    had = "missing or unreadable" if on_disk is None else f"{len(on_disk)} epochs"
+    log(f"note: {path} ({had}) rebuilt from the checkpoint ({len(ckpt['history'])} epochs)")
+
+
+def read_checkpoint(path, device="cpu") -> dict:
+    """A checkpoint dict, or one CheckpointError naming the file and what to do.
+
+    Never falls back to weights_only=False (which runs arbitrary pickled code).
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        missing = {"model", "optimizer", "scheduler", "history", "config"} - set(ckpt)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
+    except Exception as e:  # truncated, overwritten, not a checkpoint: torch's messages vary
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: truncated or corrupt); "
+                              + _prev_hint(path)) from None
+    return ckpt
+
+
+def _prev_hint(path: Path) -> str:
+    prev = path.with_name(PREV_CHECKPOINT)
+    if path.name != CHECKPOINT or not prev.exists():
+        return "start the run again in a new folder (--out / out_dir=)"
+    try:
+        epoch = torch.load(prev, map_location="cpu", weights_only=True)["epoch"]
+    except Exception:
+        return f"the previous epoch's {prev} is damaged too: start the run again in a new folder"
+    return (f"the previous epoch's checkpoint is intact (epoch {epoch}): to resume from it, "
+            f"move it over the damaged one (mv {prev} {path}) and resume again")
+
+
+def resume_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between a checkpoint's config and this run's: one phrase per setting."""
+    diffs = []
+    # from_dict fills fields added since the checkpoint was written with their defaults
+    old, new = Recipe.from_dict(saved["recipe"]).to_dict(), now["recipe"]
+    auto = {k for k, v in (now.get("requested") or {}).items() if v == "auto"}  # re-resolved on this device
+    diffs += [f"recipe field {k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in new.items()
+              if old.get(k) != v and k not in RESUME_MAY_CHANGE | auto]
+    if saved.get("seed") != now.get("seed"):
+        diffs.append(f"seed (--seed / seed=): checkpoint {saved.get('seed')}, now {now.get('seed')}")
+    old_model, new_model = saved.get("model_identity"), now.get("model_identity")
+    if old_model and new_model and old_model.get("sha1") != new_model.get("sha1"):
+        diffs.append(f"model file {new_model.get('file') or old_model.get('file')}: changed since the checkpoint "
+                     f"(SHA-1 {str(old_model.get('sha1'))[:12]} there, {str(new_model.get('sha1'))[:12]} now)")
+    elif old_model and new_model and old_model["architecture"] != new_model["architecture"]:
+        diffs.append("model architecture (its parameter names and shapes) differs from the checkpoint's")
+    before, after = saved.get("data_identity"), now.get("data_identity")
+    if after is None:  # a Trainer built by hand, without a Trial: nothing known about its data
+        return diffs
+    if before is None:  # written before the data identity existed: what it did record
+        before = dict(source=saved.get("data"), limit=saved.get("limit"),
+                      folder=str(Path(saved["data_dir"]).resolve()) if saved.get("data_dir") else None)
+    diffs += [f"{label}: checkpoint {before[k]!r}, now {after.get(k)!r}" for k, label in DATA_IDENTITY.items()
+              if k in before and before[k] != after.get(k)]
+    return diffs
+

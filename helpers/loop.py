@@ -1,0 +1,339 @@
+"""The training step, read top to bottom: loss, optimizer and its two parameter groups, the one-cycle
+schedule, Lookahead, EMA, the whitening-bias toggle, one epoch, then prediction and evaluation
+(plain single-view accuracy, test-time augmentation beside it), and torch.compile's warm-up.
+
+Nothing here knows about run folders, checkpoints or the command line (helpers/run.py and
+helpers/checkpoint.py do): every function takes a model, a loader and a Recipe.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .data import reflect_pad
+from .device import autocast
+from .recipes import Recipe
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+
+def loss_fn(log_probs, target, label_smoothing: float = 0.0):
+    """nll_loss on log-softmax outputs, optionally label-smoothed (mix in the uniform target)."""
+    nll = F.nll_loss(log_probs, target)
+    if label_smoothing:
+        return (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1).mean()
+    return nll
+
+
+
+def _progress(iterable, enabled, **kw):
+    from tqdm import tqdm
+    return tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kw)
+
+
+def progress_default() -> bool:
+    """Progress bars on a terminal or in a notebook, never in CI logs."""
+    if os.environ.get("CI"):
+        return False
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def make_optimizer(model, recipe: Recipe):
+    # no weight decay on BatchNorm parameters and biases: decaying them only adds noise;
+    # their lr can be scaled up (bias_lr_scale; airbench uses 64 for BatchNorm shifts)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return torch.optim.SGD([dict(params=decay, weight_decay=recipe.weight_decay),
+                            dict(params=no_decay, weight_decay=0.0, lr=recipe.lr * recipe.bias_lr_scale)],
+                           lr=recipe.lr, momentum=recipe.momentum_max, nesterov=recipe.nesterov)
+
+
+def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
+    pct_start = recipe.pct_start
+    if pct_start * recipe.epochs * steps_per_epoch == 1:
+        # a warm-up of exactly one step is a zero-length phase to OneCycleLR (ZeroDivisionError):
+        # a hair longer gives the same rates, the peak one step in
+        pct_start *= 1 + 1e-6
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=recipe.epochs,
+        steps_per_epoch=steps_per_epoch, pct_start=pct_start, anneal_strategy=recipe.anneal,
+        base_momentum=recipe.momentum, max_momentum=recipe.momentum_max, div_factor=1 / recipe.lr_start,
+        final_div_factor=recipe.lr_start / recipe.lr_end)
+
+
+class Lookahead:
+    """airbench's lookahead: every `every` steps a slow copy of the weights (and BatchNorm
+    statistics) moves toward the weights, and the weights jump back to it.
+
+    The slow copy trails by decay = 0.95^every * (step / total)^3: nothing early on, when fast
+    progress matters, and heavy averaging near the end, where it smooths out SGD's noise like a
+    lower learning rate would. The last step leaves the weights equal to the slow copy.
+    """
+
+    def __init__(self, model, every: int, total_steps: int):
+        self.every, self.total, self.step = every, total_steps, 0
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model):
+        self.step += 1
+        last = self.step >= self.total
+        if self.step % self.every and not last:
+            return
+        decay = 0.95 ** self.every * min(self.step / self.total, 1.0) ** 3 if self.step % self.every == 0 else 1.0
+        state = model.state_dict()
+        for k, slow in self.slow.items():
+            slow.lerp_(state[k], 1 - decay)
+            state[k].copy_(slow)
+
+    def state_dict(self) -> dict:
+        return dict(step=self.step, slow=self.slow)
+
+    def load_state_dict(self, d: dict):
+        self.step = d["step"]
+        for k, v in d["slow"].items():
+            self.slow[k].copy_(v)
+
+
+def make_lookahead(model, recipe: Recipe, steps_per_epoch: int):
+    return Lookahead(model, recipe.lookahead, recipe.epochs * steps_per_epoch) if recipe.lookahead else None
+
+
+def set_whiten_bias(model, recipe: Recipe, epoch: int):
+    """Train the whitening layer's bias only for the recipe's first whiten_bias_epochs epochs."""
+    from .model import PatchWhitening
+
+    trains = recipe.whiten_bias_epochs < 0 or epoch <= recipe.whiten_bias_epochs
+    for m in model.modules():
+        if isinstance(m, PatchWhitening) and m.conv.bias is not None:
+            m.conv.bias.requires_grad_(trains)  # a parameter without a gradient: SGD leaves it alone
+
+
+def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> dict:
+    """The learning rate of both parameter groups and the momentum at every step of a run, read off
+    the recipe's own optimizer and scheduler driven on a stand-in model (one weight, one bias: the
+    two groups a real model has). What plots.plot_schedule draws before training."""
+    probe = torch.nn.Linear(1, 1)
+    optimizer = make_optimizer(probe, recipe)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    seen = dict(lr=[], bias_lr=[], momentum=[])
+    for _ in range(recipe.epochs * steps_per_epoch):
+        weights, others = optimizer.param_groups
+        seen["lr"].append(weights["lr"])
+        seen["bias_lr"].append(others["lr"])
+        seen["momentum"].append(weights["momentum"])
+        optimizer.step()  # no gradients: nothing moves, but the scheduler sees a step taken
+        scheduler.step()
+    return dict(seen, steps_per_epoch=steps_per_epoch)
+
+
+def recipe_table(trainer) -> str:
+    """The training recipe as a run will use it, one line per ingredient, read from the trainer's
+    own optimizer, loader and recipe (so it cannot disagree with what trains)."""
+    r, groups, steps = trainer.recipe, trainer.optimizer.param_groups, len(trainer.train_loader)
+
+    def group(g):
+        return f"{len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} values"
+
+    momentum = (f"{r.momentum:g}, constant" if r.momentum == r.momentum_max else
+                f"{r.momentum_max:g} -> {r.momentum:g} at the lr peak -> {r.momentum_max:g} (against the lr)")
+    flips = "mirror each image on alternate epochs" if r.alternate_flip else "mirror a random half"
+    augment = [f"shift up to {r.translate} px (reflect padding)" if r.translate else "",
+               flips if r.flip else "", f"cutout {r.cutout}x{r.cutout}" if r.cutout else ""]
+    averaging = [f"EMA of the weights, decay {r.ema:g} per step (evaluated)" if r.ema else "",
+                 f"lookahead every {r.lookahead} steps (trails more as training ends)" if r.lookahead else ""]
+    whitening = any(hasattr(m, "init_whitening") for m in trainer.model.modules())
+    rows = [
+        ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"),
+        ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, "
+                      f"weight decay {r.weight_decay:g}"),
+        ("  the rest", f"BatchNorm and biases ({group(groups[1])}): peak lr {r.lr * r.bias_lr_scale:g} "
+                       f"(x{r.bias_lr_scale:g}), no weight decay"),
+        ("lr schedule", f"one cycle: {r.lr * r.lr_start:g} -> {r.lr:g} at {r.pct_start:.0%} of the steps -> "
+                        f"{r.lr * r.lr_end:g} ({'cosine' if r.anneal == 'cos' else 'linear'}), stepped every batch"),
+        ("momentum", momentum),
+        ("loss", "nll_loss of the log-softmax output" +
+         (f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ", no label smoothing")),
+        ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
+                    f"{r.epochs} epoch{'s' * (r.epochs != 1)} = {r.epochs * steps} steps"),
+        ("augmentation", ", ".join(a for a in augment if a) or "none"),
+        ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
+        *([("whitening layer", "frozen filters; bias trains " + ("every epoch" if r.whiten_bias_epochs < 0 else
+                                                                 f"for the first {r.whiten_bias_epochs} epochs"))]
+          if whitening else []),
+        ("test accuracy", "plain: one view per image" + {
+            0: "", 1: "; TTA beside it: + the mirror (2 views)",
+            2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
+        ("precision", f"{r.precision}{' autocast' if r.precision in ('bf16', 'fp16') else ''}"
+                      f"{' + GradScaler' if r.precision == 'fp16' else ''} on {trainer.device}; torch.compile "
+                      f"{r.compile}; {'channels_last' if r.channels_last else 'NCHW'} memory layout"),
+    ]
+    return "\n".join(f"{k:<18}{v}" for k, v in rows)
+
+
+def make_ema(model, recipe: Recipe):
+    """An exponential moving average of `model` (weights and BatchNorm buffers), or None."""
+    if not recipe.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False,
+                    ema=None, scaler=None, lookahead=None):
+    """One pass over `loader`, updating `ema` and `lookahead` (if given) after each step.
+
+    `scaler`: a GradScaler for fp16 (helpers.device.make_scaler); a disabled one, or None, is plain SGD.
+
+    Returns {"train_loss", "train_acc", "lr", "train_seconds"}.
+    """
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = _progress(loader, progress, desc=f"epoch {epoch}", total=len(loader))
+    for step, (x, y) in enumerate(bar):
+        with autocast(device, recipe.precision):
+            out = model(x)
+        loss = loss_fn(out.float(), y, recipe.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used (reported per epoch)
+        if scaler is not None and scaler.is_enabled():
+            # fp16: scale the loss so small gradients survive; a step whose gradients
+            # overflowed is skipped and the scale lowered (the schedule still advances)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if lookahead is not None:
+            lookahead.update(model)
+        if ema is not None:
+            ema.update_parameters(model)
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if step % 20 == 0 or step == len(loader) - 1:
+            value = loss.item()  # one sync every 20 steps: cheap, and catches divergence early
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss became {value} at epoch {epoch}, step {step}")
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.4f}")
+    return dict(train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen,
+                lr=lr, train_seconds=time.perf_counter() - t0)
+
+
+def tta_views(x: torch.Tensor, level: int) -> list[tuple[float, torch.Tensor]]:
+    """(weight, batch) views of a normalized batch that test-time augmentation averages over.
+
+    level 0: the image; 1: + its mirror; 2: + both of them shifted 1 px up-left and down-right
+    (reflect padding), the shifted views sharing half the weight.
+    """
+    views = [(1.0, x)] if level == 0 else [(0.5, x), (0.5, x.flip(-1))]
+    if level >= 2:
+        h, w = x.shape[-2:]
+        padded = reflect_pad(x, 1)                                  # (N, C, H+2, W+2)
+        shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]         # each (N, C, H, W)
+        views = [(wt / 2, v) for wt, v in views] + [(0.125, v) for s in shifted for v in (s, s.flip(-1))]
+    return views
+
+
+@torch.no_grad()
+def predict_views(model, loader, precision="fp32", tta=0):
+    """One pass over `loader`: (plain, tta, labels) log-probabilities for every image, in order.
+
+    plain: the image alone (single view), what "test accuracy" means throughout the project;
+    tta: the views of `tta_views(level)` averaged in probability (None when tta is 0). Both come
+    from the same forward passes: the plain view is the first of the TTA views.
+    """
+    model.eval()
+    plain, combined, labels = [], [], []
+    for x, y in loader:
+        with autocast(x.device, precision):
+            views = tta_views(x, int(tta))
+            logs = torch.stack([model(v).float() for _, v in views])  # (V, N, classes)
+        plain.append(logs[0])
+        if tta:
+            weights = torch.tensor([math.log(wt) for wt, _ in views], device=logs.device)[:, None, None]
+            combined.append(torch.logsumexp(logs + weights, 0))
+        labels.append(y)
+    return torch.cat(plain), (torch.cat(combined) if tta else None), torch.cat(labels)
+
+
+def predict(model, loader, precision="fp32", tta=0):
+    """Log-probabilities for every image of `loader` (in order) and the labels.
+
+    tta: test-time augmentation level (see tta_views); 0, the default, is the plain single view.
+    """
+    plain, combined, y = predict_views(model, loader, precision, tta)
+    return (combined if tta else plain), y
+
+
+def accuracy(log_probs, labels) -> float:
+    return (log_probs.argmax(1) == labels).float().mean().item()
+
+
+def evaluate(model, loader, precision="fp32", tta=0):
+    """{"test_loss", "test_acc"}: plain single-view loss and accuracy over the whole loader; with
+    tta > 0 also {"tta_loss", "tta_acc"}, the same images with test-time augmentation (never instead)."""
+    plain, combined, y = predict_views(model, loader, precision, tta)
+    stats = dict(test_loss=F.nll_loss(plain, y).item(), test_acc=accuracy(plain, y))
+    if combined is not None:
+        stats |= dict(tta_loss=F.nll_loss(combined, y).item(), tta_acc=accuracy(combined, y))
+    return stats
+
+
+
+def select_examples(model, loader, correct: bool, n: int = 25, precision="fp32", predictions=None):
+    """`predictions`: (log_probs, labels) from `predict`, to reuse one pass over the test set."""
+    log_probs, y = predictions if predictions is not None else predict(model, loader, precision)
+    conf, pred = log_probs.exp().max(1)
+    idx = ((pred == y) == correct).nonzero().flatten()
+    idx = idx[conf[idx].argsort(descending=True)][:n]
+    return dict(images=loader.images[idx].cpu(), true=y[idx].cpu(), pred=pred[idx].cpu(),
+                confidence=conf[idx].cpu(), classes=loader.classes)
+
+
+
+def compile_model(model, recipe: Recipe, train_loader, test_loader) -> float:
+    """torch.compile `model` in place and compile it now, so that the compile time is
+    measured here (returned, in seconds) rather than hidden in the first epoch's.
+
+    In place (`nn.Module.compile`) keeps the state_dict keys unchanged, so checkpoints load
+    into compiled and uncompiled models alike. The warm-up passes leave no trace: weights,
+    BatchNorm statistics and the random state are restored, and no optimizer step is taken.
+    """
+    t0 = time.perf_counter()
+    model.compile(mode=recipe.compile, dynamic=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    rng = torch.get_rng_state()
+    x, y = next(iter(train_loader))
+    # the graphs depend on which parameters train: a recipe that freezes the whitening bias part-way
+    # (whiten_bias_epochs) needs the frozen graphs too, or they would compile inside that epoch's time
+    for epoch in sorted({1, recipe.epochs}):
+        set_whiten_bias(model, recipe, epoch)
+        model.train()
+        with autocast(x.device, recipe.precision):
+            out = model(x)
+        loss_fn(out.float(), y).backward()   # compiles forward and backward graphs
+        model.zero_grad(set_to_none=True)
+        evaluate(model, test_loader, recipe.precision, recipe.tta)  # and the eval-mode graphs
+    for p, trains in zip(model.parameters(), flags):
+        p.requires_grad_(trains)
+    model.load_state_dict(state)
+    torch.set_rng_state(rng)
+    return time.perf_counter() - t0
+

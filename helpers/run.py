@@ -1,0 +1,327 @@
+"""One named run: Trial builds the data, the network and a Trainer from a recipe; the Trainer runs
+the epochs (helpers/loop.py's pieces), keeps their history and writes a checkpoint after each one
+(helpers/checkpoint.py), so an interrupted run loses at most the epoch in progress and resumes
+to the same history as a run that was never interrupted.
+
+    record = train(recipe="seed", data="synthetic", epochs=1)
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import (CHECKPOINT, PREV_CHECKPOINT, CheckpointError, find_checkpoint, read_checkpoint,
+                         resume_differences, save_checkpoint, sync_history)
+from .constraints import check
+from .data import SOURCES, Loader, channel_stats, load_splits
+from .device import (configure_backends, make_scaler, peak_rss_mb, pick_device, reset_peak_memory,
+                     resolve_channels_last, resolve_compile, resolve_precision)
+from .errors import UserError
+from .loop import (NonFiniteLossError, compile_model, evaluate, make_ema, make_lookahead, make_optimizer,
+                   make_scheduler, progress_default, set_whiten_bias, train_one_epoch)
+from .model import count_params
+from .record import Record
+from .recipes import RESOLVED_PER_DEVICE, Recipe, get_recipe
+from .registry import build_model, file_source, keep_copy, model_identity, spec_name
+from .rundir import RunLock, check_writable
+
+
+class Trainer:
+    """Runs epochs, records history, writes a checkpoint after each epoch, resumes."""
+
+    def __init__(self, model, recipe: Recipe, train_loader, test_loader, device, out_dir=None,
+                 seed=0, progress=None, run_info=None, log=print, lock=None):
+        self.model, self.recipe, self.device, self.seed = model, recipe, device, seed
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.out_dir = Path(out_dir) if out_dir else None
+        # one writer per run folder (helpers/rundir.py): taken by Trial.setup, or here in restore()
+        self.lock = lock or (RunLock(self.out_dir) if self.out_dir else None)
+        self.progress = progress_default() if progress is None else progress
+        self.run_info = run_info or {}
+        self.log = log
+        self.optimizer = make_optimizer(model, recipe)
+        self.scheduler = make_scheduler(self.optimizer, recipe, len(train_loader))
+        self.ema = make_ema(model, recipe)
+        self.lookahead = make_lookahead(model, recipe, len(train_loader))
+        self.scaler = make_scaler(device, recipe.precision)
+        self.history: list[dict] = []
+
+    @property
+    def eval_model(self):
+        """The weights that are evaluated: the moving average when the recipe keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def epoch(self) -> int:
+        """Epochs finished (and saved) so far."""
+        return len(self.history)
+
+    @property
+    def config(self) -> dict:
+        """What the run is: recipe, seed, data, model identity ... (stored in every checkpoint)."""
+        return dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info)
+
+    # ---- checkpoints
+    def checkpoint(self) -> dict:
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), epoch=self.epoch, history=self.history,
+                    ema=self.ema.module.state_dict() if self.ema is not None else None,
+                    lookahead=self.lookahead.state_dict() if self.lookahead is not None else None,
+                    scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                    config=self.config)
+
+    def save(self):
+        """checkpoint.pt (atomically; the previous one kept as checkpoint.prev.pt) and history.json."""
+        if self.out_dir:
+            save_checkpoint(self.out_dir, self.checkpoint())
+
+    def load(self, path):
+        """Restore a checkpoint's state, after checking it was written by this very run.
+
+        Refuses (CheckpointError, nothing loaded or written) when the recipe, seed, data or
+        steps per epoch differ, naming each difference.
+        """
+        ckpt = read_checkpoint(path, self.device)
+        diffs = resume_differences(ckpt["config"], self.config)
+        if self.recipe.tta and ckpt["history"] and "tta_acc" not in ckpt["history"][-1]:
+            diffs.append("its history predates plain accuracy (its test_acc includes test-time augmentation)")
+        total = ckpt["scheduler"].get("total_steps") if isinstance(ckpt.get("scheduler"), dict) else None
+        if not diffs and total is not None and total != self.scheduler.total_steps:
+            # what the identity cannot show for checkpoints written before it was recorded
+            diffs.append(f"scheduler length: checkpoint {total} steps, now {self.scheduler.total_steps} "
+                         f"({self.recipe.epochs} epochs x {len(self.train_loader)} steps)")
+        if diffs:
+            raise CheckpointError(f"cannot resume {path}: it was written with other settings: " + "; ".join(diffs)
+                                  + ". Resume with the checkpoint's settings, or start a new run in another "
+                                  "folder (--out / out_dir=)")
+        before = ckpt["config"]["recipe"].get("precision")
+        if before and before != self.recipe.precision:  # allowed only when asked as "auto" (resume_differences)
+            self.log(f"note: epochs 1-{len(ckpt['history'])} trained in {before}; this device resolves precision "
+                     f"'auto' to {self.recipe.precision}, so the run continues in {self.recipe.precision}")
+        if "data_identity" not in ckpt["config"]:
+            self.log(f"note: {path} predates data fingerprints: only its data source, folder, limit and "
+                     "scheduler length could be checked")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.fill_(1)  # > 0: the next update averages instead of copying
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(ckpt["lookahead"])
+        if self.scaler.is_enabled() and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])  # the loss scale it had reached: resume stays exact
+        self.history = list(ckpt["history"])
+        # the checkpoint is the source of truth: a crash between its write and history.json's
+        # leaves history.json an epoch behind, repaired here
+        sync_history(Path(path).parent, ckpt, self.log)
+        self.log(f"resumed from {path} at epoch {self.epoch}")
+
+    # ---- the epoch loop, in the pieces notebook 03 shows (fit runs them in the same order)
+    def restore(self, resume=True) -> int:
+        """Continue from the run folder's checkpoint if there is one; returns the epochs it holds (0: none).
+
+        resume=False refuses to train over an existing checkpoint (FileExistsError).
+        """
+        if self.lock is not None:
+            self.lock.acquire(self.log)  # before reading the checkpoint another run might be writing
+        found = find_checkpoint(self.out_dir)
+        if found:
+            if not resume:
+                raise FileExistsError(f"{found} already exists; pass resume=True (--resume) to continue "
+                                      "that run, or choose another output folder")
+            if found.name == PREV_CHECKPOINT:  # save() died between its two renames
+                self.log(f"note: {found.with_name(CHECKPOINT)} is missing; resuming from the previous epoch's {found}")
+            self.load(found)
+        if self.epoch >= self.recipe.epochs and self.lock is not None:
+            self.lock.release()  # nothing left to train: the folder is free
+        return self.epoch
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        """Train epoch `epoch` (1-based): its own seeds, so that dropout, batch order and augmentation
+        depend only on (seed, epoch) and a resumed run repeats it exactly; the whitening bias
+        schedule; then the SGD steps along the lr schedule (the module's train_one_epoch)."""
+        torch.manual_seed(self.seed * 100_003 + epoch)
+        self.train_loader.set_epoch(epoch, self.seed)
+        set_whiten_bias(self.model, self.recipe, epoch)
+        try:
+            stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler, self.recipe,
+                                    self.device, epoch, self.progress, self.ema, self.scaler, self.lookahead)
+        except NonFiniteLossError as e:
+            raise self._stopped(e) from None
+        return dict(epoch=epoch, **stats)
+
+    def evaluate(self) -> dict:
+        """Test loss and plain single-view accuracy of the evaluated weights (the moving average when
+        the recipe keeps one), and with the recipe's test-time augmentation tta_loss / tta_acc beside them."""
+        t0 = time.perf_counter()
+        stats = evaluate(self.eval_model, self.test_loader, self.recipe.precision, self.recipe.tta)
+        return stats | dict(eval_seconds=time.perf_counter() - t0)
+
+    def save_epoch(self, stats: dict) -> dict:
+        """Keep a finished epoch: append it to the history, write checkpoint.pt (atomically) and
+        history.json, log one line. A non-finite loss is never saved as an epoch."""
+        if stats.get("epoch") != self.epoch + 1:
+            raise ValueError(f"epoch {stats.get('epoch')} cannot follow epoch {self.epoch}: call restore() "
+                             "first, then train the epochs in order")
+        bad = next((k for k in ("train_loss", "test_loss") if not math.isfinite(stats[k])), None)
+        if bad:
+            raise self._stopped(NonFiniteLossError(f"{bad.replace('_', ' ')} became {stats[bad]} "
+                                                   f"at epoch {stats['epoch']}"))
+        stats = stats | dict(peak_rss_mb=peak_rss_mb())
+        self.history.append(stats)
+        try:
+            self.save()
+        except CheckpointError:
+            self.history.pop()  # not saved, so not an epoch of this run
+            raise
+        if self.epoch == self.recipe.epochs and self.lock is not None:
+            self.lock.release()  # the run is complete: the folder is free for analysis or another run
+        tta = f" (TTA {stats['tta_acc']:.2%})" if "tta_acc" in stats else ""
+        self.log(f"epoch {stats['epoch']:>3}/{self.recipe.epochs}  train loss {stats['train_loss']:.4f} "
+                 f"acc {stats['train_acc']:.2%}  test loss {stats['test_loss']:.4f} acc {stats['test_acc']:.2%}{tta}"
+                 f"  lr {stats['lr']:.4f}  {stats['train_seconds']:.0f}s")
+        return stats
+
+    def _stopped(self, error: NonFiniteLossError) -> NonFiniteLossError:
+        ckpt = self.out_dir / CHECKPOINT if self.out_dir else None
+        kept = f"the last good checkpoint ({ckpt}, epoch {self.epoch}) is kept" if ckpt and ckpt.exists() \
+            else "no checkpoint was written"
+        return NonFiniteLossError(f"{error}: training stopped; {kept}. Try a lower lr or fp32 precision.")
+
+    def fit(self, resume=False, stop_after=None, on_epoch=None) -> list[dict]:
+        """Train until recipe.epochs (or `stop_after` more epochs); returns the history.
+
+        `on_epoch(stats)` runs after each epoch's checkpoint is written (e.g. to report to a
+        sweep's pruner); an exception it raises stops the run with that epoch kept.
+        """
+        try:
+            self.restore(resume)
+            last = self.recipe.epochs if stop_after is None else min(self.recipe.epochs, self.epoch + stop_after)
+            for epoch in range(self.epoch + 1, last + 1):
+                stats = self.train_one_epoch(epoch)
+                stats |= self.evaluate()
+                stats = self.save_epoch(stats)
+                if on_epoch is not None:
+                    on_epoch(stats)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        return self.history
+
+
+
+class Trial:
+    """One named run: builds data, model and Trainer from a recipe, runs it, returns a Record.
+
+    `recipe`: a name from RECIPES or a Recipe; other recipe fields may follow as keyword
+    overrides (epochs=5). `model`: None (the recipe's), a registered name, your own
+    "FILE.py:NAME", or a Python callable returning an nn.Module. A model that breaks one of
+    the assignment's rules is refused before any training (enforce_rules=False is for measuring
+    what a rule costs). Every argument is a keyword.
+    """
+
+    def __init__(self, *, name="run", recipe="seed", model=None, data="synthetic", data_dir=None, limit=None,
+                 device="auto", seed=0, out_dir=None, progress=None, threads=None, enforce_rules=True, **overrides):
+        if data not in SOURCES:
+            raise UserError(f"unknown data source {data!r}; choose one of {', '.join(SOURCES)}")
+        if data == "folder" and not data_dir:
+            raise UserError("data='folder' needs data_dir (--data-dir DIR on the command line): "
+                             "a folder holding train/ and test/")
+        if limit is not None and limit <= 0:
+            raise UserError(f"limit must be a positive number of images per split, or None; got {limit}")
+        self.name = name
+        self.factory = model if callable(model) else None  # a Python callable cannot live in a Recipe: its name does
+        self.recipe = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
+        self.recipe = self.recipe.override(model=spec_name(model) if model is not None else None, **overrides)
+        self.recipe = self.recipe.validate()
+        self.data, self.data_dir, self.limit = data, data_dir, limit
+        self.device_name, self.seed, self.out_dir, self.progress = device, seed, out_dir, progress
+        self.threads, self.enforce_rules = threads, enforce_rules
+        self.trainer: Trainer | None = None
+
+    def setup(self) -> Trainer:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.out_dir:  # a file, a parent that is a file, a read-only disk: one line, before any work
+            check_writable(self.out_dir, create=False)
+        self.lock = None
+        try:
+            return self._setup()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()  # nothing will train: the folder is free again
+            raise
+
+    def _setup(self) -> Trainer:
+        device = pick_device(self.device_name)
+        configure_backends(device)
+        reset_peak_memory(device)  # the benchmark's peak_device_mb covers this run alone
+        # per-device defaults, decided once and stored resolved (checkpoint config, history, benchmark);
+        # what was asked is kept too: a resume on another device may re-resolve an "auto" (Trainer.load)
+        requested = {k: getattr(self.recipe, k) for k in (*RESOLVED_PER_DEVICE, "channels_last")}
+        self.recipe = self.recipe.override(precision=resolve_precision(self.recipe.precision, device),
+                                           channels_last=resolve_channels_last(self.recipe.channels_last, device))
+        r = self.recipe
+        # the network first: a file that fails or a rule it breaks is one line before any data is read
+        source = file_source(r.model)  # your FILE.py as built, kept in the run folder
+        torch.manual_seed(self.seed)  # model init depends on the seed only
+        model = build_model(self.factory or r.model, **r.model_kwargs)
+        if self.enforce_rules:
+            check(model).require(r.model)
+        if self.out_dir:  # one run per folder: another one training there is one line, before data is read
+            self.lock = RunLock(check_writable(self.out_dir)).acquire()
+        train_set, test_set = load_splits(self.data, self.data_dir, self.limit)
+        mean, std = channel_stats(train_set.images)
+        common = dict(mean=mean, std=std, device=device, channels_last=r.channels_last)
+        train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
+                              alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
+        test_loader = Loader(test_set, 500, False, **common)
+        # torch.compile pays back only over many steps: decided now that the run's length is known
+        self.recipe = r = r.override(compile=resolve_compile(r.compile, device, r.epochs * len(train_loader)))
+        changed = [f"{k}: {v} -> {getattr(r, k)}" for k, v in requested.items() if getattr(r, k) != v]
+        if changed:
+            print("; ".join(changed))
+        model = model.to(device)
+        for m in model.modules():  # data-dependent init (PatchWhitening) from 5,000 training images
+            if hasattr(m, "init_whitening"):
+                m.init_whitening(train_loader.normalize(train_set.images[:5000].to(device)).contiguous())
+        if r.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        identity = model_identity(self.factory or r.model, model, source)
+        keep_copy(self.out_dir, identity, source)
+        compile_seconds = compile_model(model, r, train_loader, test_loader) if r.compile != "off" else 0.0
+        info = dict(name=self.name, requested=requested, data=self.data,
+                    data_dir=str(self.data_dir) if self.data_dir else None, limit=self.limit, mean=mean, std=std,
+                    classes=train_set.classes,
+                    params=count_params(model), device=str(device), torch=str(torch.__version__),
+                    compile_seconds=round(compile_seconds, 1), model_identity=identity)
+        # what the run is trained and evaluated on: a resume must match it (Trainer.load)
+        info["data_identity"] = dict(
+            source=self.data, folder=str(Path(self.data_dir).resolve()) if self.data_dir else None,
+            limit=self.limit, train_images=len(train_set), test_images=len(test_set),
+            train_fingerprint=train_set.fingerprint(), test_fingerprint=test_set.fingerprint(),
+            steps_per_epoch=len(train_loader))
+        info["skipped_files"] = dict(train=train_set.skipped_files(), test=test_set.skipped_files())
+        self.trainer = Trainer(model, r, train_loader, test_loader, device, self.out_dir, self.seed,
+                               self.progress, info, lock=self.lock)
+        return self.trainer
+
+    def record(self) -> Record:
+        """The run so far: its config and history (after setup)."""
+        return Record(self.name, self.trainer.config, list(self.trainer.history))
+
+    def run(self, resume=False, stop_after=None, on_epoch=None) -> Record:
+        trainer = self.trainer or self.setup()
+        trainer.fit(resume=resume, stop_after=stop_after, on_epoch=on_epoch)
+        return self.record()
+
+
+
+def train(recipe="seed", data="synthetic", resume=False, name=None, **kwargs) -> Record:
+    """Train one run and return its Record (see Trial for the arguments)."""
+    name = name or (recipe if isinstance(recipe, str) else "run")
+    return Trial(name=name, recipe=recipe, data=data, **kwargs).run(resume=resume)
