@@ -25,8 +25,8 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...), H.sweep.load_study(...)
-_SUBMODULES = ("benchmark", "checkpoint", "cli", "constraints", "data", "device", "diagram", "loop", "model", "plots",
-               "recipes", "record", "registry", "run", "sweep")
+_SUBMODULES = ("benchmark", "checkpoint", "cli", "constraints", "data", "device", "diagram", "loop", "model",
+               "objective", "plots", "recipes", "record", "registry", "run", "space", "study", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
 

@@ -11,7 +11,6 @@ test-time augmentation (null when the recipe has none). `first_epoch_80`, `acc_p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import sys
@@ -19,20 +18,15 @@ from pathlib import Path
 
 import torch
 
-from .data import data_dir_problem
 from .device import peak_memory_mb
-from .recipes import get_recipe
-from .cli import get_args_parser, positive_int
+from .cli import get_args_parser, overrides, parse, positive_int
 from .device import peak_rss_mb
 from .loop import NonFiniteLossError
 from .run import Trial
 
 
 def get_parser():
-    p = get_args_parser()
-    p.prog = "python -m helpers.benchmark"
-    p.description = __doc__.split("\n\n")[0]
-    p.set_defaults(recipe="fast")
+    p = get_args_parser("python -m helpers.benchmark", __doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="run N seeds, --seed .. --seed+N-1, one JSON line each (default: %(default)s)")
     p.add_argument("--target", type=_accuracy, default=None, metavar="ACC",
@@ -63,8 +57,8 @@ def seed_dir(out, seed: int) -> Path:
 def bench_one(args, seed: int) -> dict:
     out_dir = seed_dir(args.out, seed) if args.out else None
     trial = Trial(name=f"bench-{args.recipe}-{seed}", recipe=args.recipe, data=args.data, data_dir=args.data_dir,
-                  limit=args.limit, device=args.device, seed=seed, out_dir=out_dir, progress=False,
-                  threads=args.threads, enforce_rules=not args.allow_rule_breaking, **_overrides(args))
+                  limit=args.limit, seed=seed, out_dir=out_dir, progress=False, log=_to_stderr,
+                  enforce_rules=not args.allow_rule_breaking, **overrides(args))
     trainer = trial.setup()
     record = trial.run()
     n_train = len(trainer.train_loader) * trainer.train_loader.batch_size  # images actually trained on per epoch
@@ -79,8 +73,8 @@ def bench_one(args, seed: int) -> dict:
                 tta=trial.recipe.tta, img_per_s=round(n_train * len(record.history) / train_seconds, 1),
                 peak_rss_mb=round(peak_rss_mb(), 1), peak_device_mb=_rounded(peak_memory_mb(trainer.device), 1),
                 device=_device_name(trainer.device),
-                threads=torch.get_num_threads(), torch=str(torch.__version__), precision=trial.recipe.precision,
-                compile=trial.recipe.compile, compile_seconds=compile_seconds,
+                threads=torch.get_num_threads(), torch=str(torch.__version__), precision=trial.settings.precision,
+                compile=trial.settings.compile, compile_seconds=compile_seconds,
                 # what a student waits for: a compile only pays when this sum drops (device.COMPILE_MIN_STEPS)
                 train_plus_compile_seconds=round(train_seconds + compile_seconds, 2),
                 data=args.data if args.data != "folder" else f"folder:{Path(args.data_dir).name}",
@@ -96,9 +90,8 @@ def _rounded(value, digits):
     return None if value is None else round(value, digits)
 
 
-def _overrides(args) -> dict:
-    return dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                precision=args.precision, compile=args.compile) | dict(args.set)
+def _to_stderr(line: str):  # the runs' own lines: stdout is the JSON lines only
+    print(line, file=sys.stderr, flush=True)
 
 
 def _device_name(device) -> str:
@@ -109,23 +102,16 @@ def _device_name(device) -> str:
 
 def main(argv=None) -> int:
     p = get_parser()
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     seeds = range(args.seed, args.seed + args.seeds)
-    if args.data == "folder":
-        if not args.data_dir:
-            p.error("--data-dir DIR is required (a folder holding train/ and test/), or use --data synthetic")
-        if data_dir_problem(args.data_dir):
-            p.error(f"--data-dir {args.data_dir} {data_dir_problem(args.data_dir)}")
     if args.out:
         taken = sorted(str(d) for d in (seed_dir(args.out, s) for s in seeds) if d.exists())
         if taken:
             p.error(f"--out {args.out} already holds runs for {', '.join(taken)}; choose another --out")
     try:
-        get_recipe(args.recipe, **_overrides(args))  # bad values fail here, before any data is read
+        Trial(recipe=args.recipe, data="synthetic", **overrides(args))  # bad values fail here, before data is read
         for seed in seeds:
-            with contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr: stdout is JSON only
-                row = bench_one(args, seed)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(bench_one(args, seed)), flush=True)
     except (ValueError, NonFiniteLossError) as e:  # DataError and CheckpointError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,10 +33,11 @@ DATA_IDENTITY = {
     "test_fingerprint": "test images' contents (fingerprint)",
     "steps_per_epoch": "steps per epoch",
 }
-# recipe fields that may change on resume: torch.compile and the memory layout change speed, not what
-# is trained; a precision the run asked as "auto" may change too (a Colab reconnect can land on
-# another GPU type, or on a CPU): resume_differences
-RESUME_MAY_CHANGE = {"compile", "channels_last"}
+# The config's layout: 2 keeps the per-device settings (precision, compile, channels_last) under
+# config["settings"]; 1 (no "format" key, written before 2026-11-30) kept them inside config["recipe"].
+# read_checkpoint upgrades 1 to 2, so a run trained before the change resumes and is analysed as before.
+FORMAT = 2
+PER_DEVICE = ("precision", "compile", "channels_last")
 
 
 class CheckpointError(UserError):
@@ -116,7 +117,23 @@ def read_checkpoint(path, device="cpu") -> dict:
     except Exception as e:  # truncated, overwritten, not a checkpoint: torch's messages vary
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: truncated or corrupt); "
                               + _prev_hint(path)) from None
+    ckpt["config"] = upgrade_config(ckpt["config"], path)
     return ckpt
+
+
+def upgrade_config(config: dict, path="checkpoint") -> dict:
+    """A stored config in the current FORMAT: format 1's per-device fields move from the recipe to the
+    settings. A newer format than this code knows is refused, naming both."""
+    version = config.get("format", 1)
+    if version > FORMAT:
+        raise CheckpointError(f"{path} was written in checkpoint format {version}, by a newer version of this "
+                              f"project; this one reads format {FORMAT} and older: update the project (git pull)")
+    if version == 1:
+        recipe = dict(config["recipe"])
+        moved = {k: recipe.pop(k) for k in PER_DEVICE if k in recipe}
+        config = dict(config, format=FORMAT, recipe=recipe,
+                      settings=dict(dict(compile="off"), device=config.get("device", "cpu"), **moved))
+    return config
 
 
 def _prev_hint(path: Path) -> str:
@@ -131,14 +148,44 @@ def _prev_hint(path: Path) -> str:
             f"move it over the damaged one (mv {prev} {path}) and resume again")
 
 
+def check_resume(path, ckpt: dict, now: dict, total_steps: int, log=print) -> None:
+    """Refuse (CheckpointError, nothing loaded) a checkpoint that another run wrote, naming every
+    difference; note what a resume may change (an "auto" precision on another device)."""
+    diffs = resume_differences(ckpt["config"], now)
+    if now["recipe"]["tta"] and ckpt["history"] and "tta_acc" not in ckpt["history"][-1]:
+        diffs.append("its history predates plain accuracy (its test_acc includes test-time augmentation)")
+    total = ckpt["scheduler"].get("total_steps") if isinstance(ckpt.get("scheduler"), dict) else None
+    if not diffs and total is not None and total != total_steps:
+        # what the data identity cannot show for checkpoints written before it was recorded
+        steps = (now.get("data_identity") or {}).get("steps_per_epoch", "?")
+        diffs.append(f"scheduler length: checkpoint {total} steps, now {total_steps} "
+                     f"({now['recipe']['epochs']} epochs x {steps} steps)")
+    if diffs:
+        raise CheckpointError(f"cannot resume {path}: it was written with other settings: " + "; ".join(diffs)
+                              + ". Resume with the checkpoint's settings, or start a new run in another "
+                              "folder (--out / out_dir=)")
+    before, after = ckpt["config"]["settings"].get("precision"), now["settings"]["precision"]
+    if before != after:  # allowed only when asked as "auto" (resume_differences)
+        log(f"note: epochs 1-{len(ckpt['history'])} trained in {before}; this device resolves precision "
+            f"'auto' to {after}, so the run continues in {after}")
+    if "data_identity" not in ckpt["config"]:
+        log(f"note: {path} predates data fingerprints: only its data source, folder, limit and "
+            "scheduler length could be checked")
+
+
 def resume_differences(saved: dict, now: dict) -> list[str]:
-    """What differs between a checkpoint's config and this run's: one phrase per setting."""
+    """What differs between a checkpoint's config and this run's: one phrase per setting.
+
+    The settings may change (torch.compile and the memory layout change speed, not what is trained),
+    except a precision that was not asked as "auto": an "auto" one re-resolves on the device at hand
+    (a Colab reconnect can land on another GPU type, or on a CPU)."""
     diffs = []
     # from_dict fills fields added since the checkpoint was written with their defaults
     old, new = Recipe.from_dict(saved["recipe"]).to_dict(), now["recipe"]
-    auto = {k for k, v in (now.get("requested") or {}).items() if v == "auto"}  # re-resolved on this device
-    diffs += [f"recipe field {k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in new.items()
-              if old.get(k) != v and k not in RESUME_MAY_CHANGE | auto]
+    diffs += [f"recipe field {k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in new.items() if old.get(k) != v]
+    was, precision = saved.get("settings", {}).get("precision"), now.get("settings", {}).get("precision")
+    if was != precision and (now.get("requested") or {}).get("precision") != "auto":
+        diffs.append(f"precision: checkpoint {was!r}, now {precision!r}")
     if saved.get("seed") != now.get("seed"):
         diffs.append(f"seed (--seed / seed=): checkpoint {saved.get('seed')}, now {now.get('seed')}")
     old_model, new_model = saved.get("model_identity"), now.get("model_identity")

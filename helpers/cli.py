@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 
-from .data import SOURCES
+import torch
+
+from .data import SOURCES, data_dir_problem
 from .device import DEVICE_HELP
-from .recipes import COMPILE_MODES, PRECISIONS, RECIPES, Recipe
+from .recipes import COMPILE_MODES, KIND_WORDS, PRECISIONS, RECIPES, Recipe, Settings, field_types, has_type
 from .registry import model_problem
 
 
@@ -35,62 +36,93 @@ def model_arg(text):
 
 
 def field_value(text: str):
-    """FIELD=VALUE -> (field, value), VALUE parsed as JSON and checked against the field's type.
+    """argparse type of --set: FIELD=VALUE -> (field, value), VALUE parsed as JSON and checked against
+    the type of the Recipe or Settings field it names.
 
     A bare word is a string (precision=bf16) only for string fields: lr=abc, epochs=1.5 or
-    model_kwargs={"act": gelu} (unquoted string, invalid JSON) are refused here, in one line,
-    instead of failing deep inside training. Unknown fields are left to Recipe.override's message.
+    model_kwargs={"act": gelu} (unquoted string, invalid JSON) and unknown fields are refused here,
+    in one line, instead of failing deep inside training.
     """
     field, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
-    kind = {f.name: type(getattr(Recipe(), f.name)) for f in fields(Recipe)}.get(field)
+    if field == "model":
+        raise argparse.ArgumentTypeError("model=...: use --model NAME (or FILE.py:NAME)")
+    types = field_types(Recipe) | field_types(Settings)
+    if field not in types:
+        known = f"recipe fields: {', '.join(field_types(Recipe))}; settings: {', '.join(field_types(Settings))}"
+        raise argparse.ArgumentTypeError(f"{text!r}: no field {field!r}; {known}")
+    kind = types[field]
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError:
-        if kind not in (None, str):
+        if kind is not str:
             quotes = ", and strings inside need double quotes" if kind is dict else ""
             raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not valid JSON; "
-                                             f"{field} needs {_KIND_WORDS[kind]}{quotes}") from None
+                                             f"{field} needs {KIND_WORDS[kind]}{quotes}") from None
         parsed = value  # a bare string such as precision=bf16
-    is_number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
-    ok = (kind is None or (kind is float and is_number) or (kind is int and is_number and parsed == int(parsed))
-          or (kind not in (int, float) and isinstance(parsed, kind)))
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r}: {field} needs {_KIND_WORDS[kind]}, got {parsed!r}")
+    whole = isinstance(parsed, float) and parsed.is_integer()
+    if not (has_type(parsed, kind) or (kind is int and whole)):
+        raise argparse.ArgumentTypeError(f"{text!r}: {field} needs {KIND_WORDS[kind]}, got {parsed!r}")
     return field, (int(parsed) if kind is int else float(parsed) if kind is float else parsed)
 
 
-_KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
-               dict: 'a JSON object such as {"act": "gelu"}'}
-
-
-def get_args_parser(add_help=True) -> argparse.ArgumentParser:
-    """Shared by the training CLI and the benchmark."""
-    p = argparse.ArgumentParser(prog="python -m helpers.train", add_help=add_help,
-                                description="Train a CIFAR-10 CNN under the assignment's constraints.")
+def get_args_parser(prog: str, description: str, add_help=True) -> argparse.ArgumentParser:
+    """The training flags every command shares (train, benchmark, sweep, pipeline), with one set of
+    defaults; each command adds its own flags after these."""
+    p = argparse.ArgumentParser(prog=prog, description=description, add_help=add_help)
     p.add_argument("--recipe", default="seed", choices=sorted(RECIPES),
                    help="named hyperparameter set (helpers/recipes.py); other flags override it "
                         "(default: %(default)s)")
     p.add_argument("--model", type=model_arg, help="a registered model (seed, fast, wide, air) or your own "
                                                      "FILE.py:NAME (default: the recipe's)")
-    p.add_argument("--data", default="folder", choices=SOURCES,
+    p.add_argument("--data", choices=SOURCES,
                    help="cifar10: download via torchvision; folder: ImageFolder root with train/ and test/; "
-                        "synthetic: generated images for smoke runs (default: %(default)s)")
-    p.add_argument("--data-dir", help="folder with train/ and test/ (needed for --data folder)")
+                        "synthetic: generated images for smoke runs (default: cifar10, or folder when "
+                        "--data-dir is given)")
+    p.add_argument("--data-dir", help="folder with train/ and test/ (for --data folder)")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default: the recipe's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="autocast precision; auto picks per device, see helpers/device.py (default: the recipe's)")
-    p.add_argument("--compile", choices=COMPILE_MODES,
-                   help="torch.compile mode; auto compiles long CUDA runs only (default: the recipe's)")
     p.add_argument("--limit", type=positive_int, help="use at most this many images per split (class-balanced)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed for init, batch order, augmentation, dropout (default: %(default)s)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    s = p.add_argument_group("settings", "how the run executes on this machine: speed, never what is trained")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: %(default)s)")
+    s.add_argument("--precision", choices=PRECISIONS,
+                   help="autocast precision; auto picks per device, see helpers/device.py (default: auto)")
+    s.add_argument("--compile", choices=COMPILE_MODES,
+                   help="torch.compile mode; auto compiles long CUDA runs only (default: auto)")
+    s.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=field_value,
-                   help="override any recipe field, VALUE as JSON: --set label_smoothing=0.05 --set "
+                   help="override any recipe or settings field, VALUE as JSON: --set label_smoothing=0.05 --set "
                         "'model_kwargs={\"bn_after_pool\": false}' (repeatable; wins over the flags above)")
     return p
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, then the checks that involve several flags, each in this one place (a bad combination is
+    one `error:` line and exit code 2); then --threads, which is process-wide and so the command's job."""
+    args = p.parse_args(argv)
+    if args.data_dir and args.data not in (None, "folder"):
+        p.error(f"--data-dir is for --data folder, not --data {args.data}: drop one of them")
+    if args.data is None:  # a data folder given is a data folder meant; a smoke run (pipeline --smoke) is synthetic
+        args.data = "folder" if args.data_dir else "synthetic" if getattr(args, "smoke", False) else "cifar10"
+    if args.data == "folder":
+        if not args.data_dir:
+            p.error("--data folder needs --data-dir DIR (a folder holding train/ and test/), or use --data synthetic")
+        if data_dir_problem(args.data_dir):
+            p.error(f"--data-dir {args.data_dir} {data_dir_problem(args.data_dir)}")
+    if args.lr is not None and not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """The recipe and settings fields the flags set (None: the recipe's), --set last so that it wins;
+    Trial and Recipe.override take them as they are."""
+    flags = dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                 precision=args.precision, compile=args.compile, device=args.device)
+    return {k: v for k, v in flags.items() if v is not None} | dict(args.set)

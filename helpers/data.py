@@ -27,8 +27,6 @@ from .rundir import atomic_write
 SOURCES = ("cifar10", "folder", "synthetic")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
 SIZE = 32
 
 
@@ -226,7 +224,7 @@ def _cache_key(source: str, data_dir, split: str, files=()) -> str:
     return f"{source}-{split}-{slot}-{h.hexdigest()[:12]}.pt"
 
 
-def _read_cache(path: Path):
+def _read_cache(path: Path, log=print):
     """The cached ImageSet, or None (with a one-line note) when the file is damaged."""
     try:
         d = torch.load(path, weights_only=True)
@@ -235,7 +233,7 @@ def _read_cache(path: Path):
             raise ValueError(f"unexpected contents {tuple(ds.images.shape)} {ds.images.dtype}")
         return ds
     except Exception as e:  # truncated, overwritten, or removed meanwhile: decoding again is always safe
-        print(f"note: dataset cache {path} is unreadable ({type(e).__name__}); decoding the images again")
+        log(f"note: dataset cache {path} is unreadable ({type(e).__name__}); decoding the images again")
         return None
 
 
@@ -270,8 +268,11 @@ def balanced_subset(ds: ImageSet, limit: int | None) -> ImageSet:
 
 
 def load_split(source: str, split: str, data_dir=None, limit: int | None = None,
-               cache_dir=None, verbose: bool = True) -> ImageSet:
-    """One split of one source as an ImageSet, decoded once and cached on disk."""
+               cache_dir=None, log=print) -> ImageSet:
+    """One split of one source as an ImageSet, decoded once and cached on disk.
+
+    `log`: where its one-line notes go (a damaged cache, images fixed or skipped); None: nowhere."""
+    log = log or (lambda msg: None)
     if source not in SOURCES:
         raise DataError(f"unknown data source {source!r}; choose one of {', '.join(SOURCES)}")
     if split not in SPLITS:
@@ -285,16 +286,16 @@ def load_split(source: str, split: str, data_dir=None, limit: int | None = None,
     # the listing fails fast with a clear message, and is both the cache key and what gets decoded
     listing = _list_folder(Path(data_dir), split) if source == "folder" else None
     path = cache_dir / _cache_key(source, data_dir, split, listing[1] if listing else ())
-    ds = _read_cache(path) if path.exists() else None
+    ds = _read_cache(path, log) if path.exists() else None
     if ds is None:
         ds = _cifar10(split, cache_dir) if source == "cifar10" else _folder(Path(data_dir), split, listing)
         try:
             _write_cache(path, ds)
         except OSError as e:  # the cache is a speed-up only: a read-only or full disk must not stop a run
-            print(f"note: the dataset cache {cache_dir} cannot be written ({e.strerror or e}): continuing from "
+            log(f"note: the dataset cache {cache_dir} cannot be written ({e.strerror or e}): continuing from "
                   "memory (the images are decoded again next run); set CIFAR_CACHE to a writable folder")
-    if verbose and ds.problems:
-        print(f"note: {source}/{split}: {problem_summary(ds)}")
+    if ds.problems:
+        log(f"note: {source}/{split}: {problem_summary(ds)}")
     return balanced_subset(ds, limit)
 
 
@@ -308,9 +309,9 @@ def problem_summary(ds: ImageSet, names: int = 3) -> str:
     return counts
 
 
-def load_splits(source: str, data_dir=None, limit: int | None = None, cache_dir=None, verbose=True):
+def load_splits(source: str, data_dir=None, limit: int | None = None, cache_dir=None, log=print):
     """(train, test) ImageSets; `limit` caps each split (class-balanced)."""
-    return tuple(load_split(source, s, data_dir, limit, cache_dir, verbose) for s in SPLITS)
+    return tuple(load_split(source, s, data_dir, limit, cache_dir, log) for s in SPLITS)
 
 
 def channel_stats(images: torch.Tensor):

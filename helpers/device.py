@@ -35,8 +35,9 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def pick_device(device: str = "auto", verbose: bool = True) -> torch.device:
-    """"auto" -> CUDA, else MPS, else CPU; an unknown or missing device is one clear error."""
+def pick_device(device: str = "auto", log=print) -> torch.device:
+    """"auto" -> CUDA, else MPS, else CPU; an unknown or missing device is one clear error.
+    `log` gets one line naming the device (None: silent)."""
     name = str(device).strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
@@ -54,8 +55,8 @@ def pick_device(device: str = "auto", verbose: bool = True) -> torch.device:
         raise ValueError(f"device {device!r} asked for, but Apple's MPS backend is not available here "
                          "(it needs an Apple-silicon Mac); use device 'auto' or 'cpu'")
     dev = torch.device(name)
-    if verbose:
-        print(f"device: {dev} ({describe(dev)})")
+    if log:
+        log(f"device: {dev} ({describe(dev)})")
     return dev
 
 

@@ -214,7 +214,7 @@ def draw_architecture(model, title=None, input_size=(1, 3, 32, 32)):
 
 # --------------------------------------------------------------------------- command line
 
-def default_out(name: str, images_dir="images") -> str:
+def image_path(name: str, images_dir="images") -> str:
     """Where a model's picture goes: model_architecture.png for seed (the original solution),
     model_architecture_NAME.png for the others (NAME alone for your FILE.py:NAME), so one model's
     picture never overwrites another's."""
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     except ValueError as e:  # one line that names the fix
         print(f"error: {e} (e.g. python -m helpers.diagram seed)", file=sys.stderr)
         return 2
-    out = Path(args.out or default_out(args.model))
+    out = Path(args.out or image_path(args.model))
     fig = draw_architecture(model, title=args.model)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

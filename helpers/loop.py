@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .data import reflect_pad
 from .device import autocast
-from .recipes import Recipe
+from .recipes import Recipe, Settings
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,7 +139,7 @@ def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> dict:
 def recipe_table(trainer) -> str:
     """The training recipe as a run will use it, one line per ingredient, read from the trainer's
     own optimizer, loader and recipe (so it cannot disagree with what trains)."""
-    r, groups, steps = trainer.recipe, trainer.optimizer.param_groups, len(trainer.train_loader)
+    r, s, groups, steps = trainer.recipe, trainer.settings, trainer.optimizer.param_groups, len(trainer.train_loader)
 
     def group(g):
         return f"{len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} values"
@@ -173,9 +173,9 @@ def recipe_table(trainer) -> str:
         ("test accuracy", "plain: one view per image" + {
             0: "", 1: "; TTA beside it: + the mirror (2 views)",
             2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
-        ("precision", f"{r.precision}{' autocast' if r.precision in ('bf16', 'fp16') else ''}"
-                      f"{' + GradScaler' if r.precision == 'fp16' else ''} on {trainer.device}; torch.compile "
-                      f"{r.compile}; {'channels_last' if r.channels_last else 'NCHW'} memory layout"),
+        ("settings", f"{s.precision}{' autocast' if s.precision in ('bf16', 'fp16') else ''}"
+                     f"{' + GradScaler' if s.precision == 'fp16' else ''} on {trainer.device}; torch.compile "
+                     f"{s.compile}; {'channels_last' if s.channels_last else 'NCHW'} memory layout"),
     ]
     return "\n".join(f"{k:<18}{v}" for k, v in rows)
 
@@ -190,7 +190,7 @@ def make_ema(model, recipe: Recipe):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False,
-                    ema=None, scaler=None, lookahead=None):
+                    ema=None, scaler=None, lookahead=None, precision="fp32"):
     """One pass over `loader`, updating `ema` and `lookahead` (if given) after each step.
 
     `scaler`: a GradScaler for fp16 (helpers.device.make_scaler); a disabled one, or None, is plain SGD.
@@ -204,7 +204,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
     seen = 0
     bar = _progress(loader, progress, desc=f"epoch {epoch}", total=len(loader))
     for step, (x, y) in enumerate(bar):
-        with autocast(device, recipe.precision):
+        with autocast(device, precision):
             out = model(x)
         loss = loss_fn(out.float(), y, recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -307,7 +307,7 @@ def select_examples(model, loader, correct: bool, n: int = 25, precision="fp32",
 
 
 
-def compile_model(model, recipe: Recipe, train_loader, test_loader) -> float:
+def compile_model(model, recipe: Recipe, settings: Settings, train_loader, test_loader) -> float:
     """torch.compile `model` in place and compile it now, so that the compile time is
     measured here (returned, in seconds) rather than hidden in the first epoch's.
 
@@ -316,7 +316,7 @@ def compile_model(model, recipe: Recipe, train_loader, test_loader) -> float:
     BatchNorm statistics and the random state are restored, and no optimizer step is taken.
     """
     t0 = time.perf_counter()
-    model.compile(mode=recipe.compile, dynamic=False)
+    model.compile(mode=settings.compile, dynamic=False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     rng = torch.get_rng_state()
@@ -326,11 +326,11 @@ def compile_model(model, recipe: Recipe, train_loader, test_loader) -> float:
     for epoch in sorted({1, recipe.epochs}):
         set_whiten_bias(model, recipe, epoch)
         model.train()
-        with autocast(x.device, recipe.precision):
+        with autocast(x.device, settings.precision):
             out = model(x)
         loss_fn(out.float(), y).backward()   # compiles forward and backward graphs
         model.zero_grad(set_to_none=True)
-        evaluate(model, test_loader, recipe.precision, recipe.tta)  # and the eval-mode graphs
+        evaluate(model, test_loader, settings.precision, recipe.tta)  # and the eval-mode graphs
     for p, trains in zip(model.parameters(), flags):
         p.requires_grad_(trains)
     model.load_state_dict(state)

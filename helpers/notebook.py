@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .data import SOURCES, data_dir_problem
 from .errors import UserError
-from .recipes import PRECISIONS, RECIPES, get_recipe, recipe_name
+from .recipes import PRECISIONS, RECIPES, Settings, get_recipe, recipe_name, split_fields
 from .registry import FACTORY, ModelError, build_model, is_file_spec, model_problem, parse_file_spec, spec_name
 
 # the project's folder in "My Drive"
@@ -30,13 +30,14 @@ class ParameterError(UserError):
 
 
 def check_params(*, data, data_dir=None, recipe="seed", model=None, epochs=None, batch_size=None, precision=None,
-                 limit=None, cli=False, **_ignored):
+                 limit=None, overrides=None, cli=False, **_ignored):
     """Fail early, in the notebook's first cell, with one message naming every bad parameter.
 
     Returns the recipe the parameters resolve to: None means "the recipe's value", so changing
-    only `recipe` switches model, epochs, batch size and precision together. `model` may be your
-    own FILE.py:NAME (helpers/registry.py). `cli=True` names the options as `python -m
-    helpers.pipeline` spells them (--data-dir), for its own early check.
+    only `recipe` switches model, epochs and batch size together. `model` may be your own
+    FILE.py:NAME (helpers/registry.py). `overrides`: any other recipe or settings fields, e.g.
+    {"lr": 0.1, "compile": "off"}. `cli=True` names the options as `python -m helpers.pipeline`
+    spells them (--data-dir), for its own early check.
     """
     def name(key, value):
         return f"--{key.replace('_', '-')} {value}" if cli else f"{key}={value!r}"
@@ -62,9 +63,23 @@ def check_params(*, data, data_dir=None, recipe="seed", model=None, epochs=None,
                              ("limit", limit, "all images")):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             problems.append(f"{name(key, value)}: must be a positive integer" + ("" if cli else f", or None ({none})"))
+    recipe_fields, setting_fields = {}, {}
+    if not isinstance(overrides, (dict, type(None))):
+        problems.append(f"overrides={overrides!r}: must be a dict of recipe or settings fields, e.g. {{'lr': 0.1}}")
+    elif overrides:
+        recipe_fields, setting_fields = split_fields(overrides)
+        own = sorted(set(overrides) & {"model", "epochs", "batch_size", "precision", "device"})
+        if own:
+            problems.append(f"overrides {own}: set {'them' if len(own) > 1 else 'it'} with "
+                            f"{'the options' if cli else 'the parameters'} of that name instead")
+        try:
+            Settings().override(**setting_fields).validate()
+            get_recipe(recipe if recipe in RECIPES else "seed", **recipe_fields)
+        except UserError as e:
+            problems.append(f"overrides: {e}")
     r = None
     if not problems:
-        r = get_recipe(recipe, model=model, epochs=epochs, batch_size=batch_size, precision=precision)
+        r = get_recipe(recipe, model=model, epochs=epochs, batch_size=batch_size, **recipe_fields)
         try:  # a file that fails to import, a missing NAME, model arguments it does not take
             build_model(r.model, **r.model_kwargs)
         except ModelError as e:
@@ -77,7 +92,8 @@ def check_params(*, data, data_dir=None, recipe="seed", model=None, epochs=None,
     if problems:
         raise ParameterError(f"bad {'options' if cli else 'notebook parameters'}:\n  " + "\n  ".join(problems))
     print(f"parameters ok: data={data} recipe={recipe} (recipes: {', '.join(sorted(RECIPES))}): model={r.model} "
-          f"epochs={r.epochs} batch_size={r.batch_size} precision={r.precision} limit={limit}")
+          f"epochs={r.epochs} batch_size={r.batch_size} precision={precision or 'auto'} limit={limit}"
+          + "".join(f" {k}={v!r}" for k, v in (overrides or {}).items()))
     return r
 
 

@@ -29,8 +29,8 @@ import torch
 
 from .notebook import check_params, run_name
 from .registry import is_file_spec, parse_file_spec
-from .recipes import PRECISIONS, RECIPES, get_recipe
-from .cli import model_arg, positive_int
+from .recipes import get_recipe, split_fields
+from .cli import get_args_parser, overrides, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -128,7 +128,7 @@ def hardware(device="auto") -> str:
     """The hardware a run used, from its device (a run's "cpu" on a GPU machine is a CPU run)."""
     from .device import describe, pick_device
 
-    return describe(pick_device(device, verbose=False))
+    return describe(pick_device(device, log=None))
 
 
 def describe_data(data: str, data_dir, limit) -> str:
@@ -145,8 +145,9 @@ def provenance(params: dict, run_dir: Path, command: str) -> str:
     try:
         config = json.loads((ROOT / run_dir / "history.json").read_text())["config"]
         r = config["recipe"]
+        precision = config.get("settings", r)["precision"]  # in the recipe, in runs written before 2026-11-30
         how = (f"model `{r['model']}`, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, batch {r['batch_size']}, "
-               f"precision {r['precision']}")
+               f"precision {precision}")
         device = config.get("device") or params["device"]
     except (OSError, KeyError, ValueError):  # no finished training (a failed run): say what was asked
         how, device = "settings as in the command", params["device"]
@@ -272,14 +273,19 @@ def resolve(args) -> tuple[dict, Path]:
     """The notebooks' parameters and the output folder (relative to the project root) for parsed arguments."""
     model = rooted_model(args.model)
     out = Path(rooted(args.out)) if args.out else default_out(args.recipe, args.seed, args.smoke, model)
-    params = dict(data=args.data or "cifar10", data_dir=rooted(args.data_dir), recipe=args.recipe,
-                  model=model, epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,
-                  limit=args.limit, device=args.device, seed=args.seed, out_dir=rooted(args.run_dir) or str(out),
+    # the fields with a notebook parameter of their own go there; every other one (--lr, --compile, --set)
+    # in the notebooks' `overrides`
+    fields = overrides(args)
+    named = dict(model=model, epochs=fields.pop("epochs", None), batch_size=fields.pop("batch_size", None),
+                 precision=fields.pop("precision", None), device=fields.pop("device", "auto"))
+    fields.pop("model", None)
+    params = dict(data=args.data, data_dir=rooted(args.data_dir), recipe=args.recipe, **named, overrides=fields,
+                  limit=args.limit, seed=args.seed, out_dir=rooted(args.run_dir) or str(out),
                   images_dir=rooted(args.images_dir) or str(out / "images"),
                   compare=[rooted(d) for d in args.compare],
                   progress=False)  # nobody watches a headless run: per-epoch lines, no progress bars
     if args.smoke:  # explicit options win over the smoke defaults (e.g. --smoke --data folder --data-dir D)
-        params |= {k: v for k, v in SMOKE.items() if getattr(args, k) is None}
+        params |= {k: v for k, v in SMOKE.items() if params[k] is None}
     return params, out
 
 
@@ -321,8 +327,9 @@ def check_run_dir(params: dict) -> None:
     saved = _saved_config(ROOT / params["out_dir"])
     if saved is None:
         return
+    recipe_fields, _ = split_fields(params["overrides"])  # the settings change speed, not the run
     want = get_recipe(params["recipe"], model=params["model"], epochs=params["epochs"],
-                      batch_size=params["batch_size"], precision=params["precision"]).to_dict()
+                      batch_size=params["batch_size"], **recipe_fields).to_dict()
     have = dict(saved["recipe"], seed=saved.get("seed"), data=saved.get("data"), limit=saved.get("limit"),
                 data_dir=saved.get("data_dir"))
     want |= dict(seed=params["seed"], data=params["data"], limit=params["limit"],
@@ -341,26 +348,11 @@ def check_run_dir(params: dict) -> None:
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m helpers.pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = get_args_parser("python -m helpers.pipeline", __doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--smoke", action="store_true",
                    help=f"a quick check: {SMOKE['limit']} images per split, {SMOKE['epochs']} epoch, batch "
                         f"{SMOKE['batch_size']}, synthetic data unless --data is given; starts afresh each time")
-    p.add_argument("--data", choices=["cifar10", "folder", "synthetic"],
-                   help="cifar10 (downloads), folder (ImageFolder, with --data-dir) or synthetic "
-                        "(default: cifar10; synthetic with --smoke)")
-    p.add_argument("--data-dir", help="ImageFolder root with train/ and test/ (for --data folder)")
-    p.add_argument("--recipe", default="seed", choices=sorted(RECIPES), help="training recipe (default: %(default)s)")
-    p.add_argument("--model", type=model_arg, help="a registered model (seed, fast, wide, air) or your own "
-                                                     "FILE.py:NAME (default: the recipe's)")
-    p.add_argument("--epochs", type=positive_int, help="epochs (default: the recipe's)")
-    p.add_argument("--batch-size", type=positive_int, help="batch size (default: the recipe's)")
-    p.add_argument("--limit", type=positive_int, help="images per split, class-balanced (default: all)")
-    p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default: the recipe's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch in every notebook "
-                                                         "(default: torch's choice, one per core)")
     p.add_argument("--out", help="run folder: executed notebooks in OUT/notebooks, figures in OUT/images "
                                  "(default: runs/pipeline/RECIPE-sSEED, runs/smoke/RECIPE-sSEED with --smoke)")
     p.add_argument("--run-dir", help="training run folder for checkpoint.pt and history.json (default: OUT)")
@@ -382,7 +374,7 @@ def get_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     p = get_parser()
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.set_repo:
         try:
             set_repo(args.set_repo)
@@ -396,14 +388,9 @@ def main(argv=None):
             print(f"pipeline stopped: {e}", file=sys.stderr)
             return 1
         return 0
-    if args.data_dir and args.data not in (None, "folder"):
-        p.error(f"--data-dir is for --data folder, not --data {args.data}: drop one of them")
-    if args.data_dir and args.data is None:
-        args.data = "folder"  # a data folder given is a data folder meant
     params, out = resolve(args)
     if args.threads:  # the kernels inherit the environment; torch reads it when it starts
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
-        torch.set_num_threads(args.threads)
     command = shlex.join(["python", "-m", "helpers.pipeline", *argv])
     executed = []
     t0 = time.perf_counter()

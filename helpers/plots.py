@@ -38,11 +38,6 @@ def show_images(images, titles=None, ncols=8, suptitle=None, colors=None):
     return fig
 
 
-def show_batch(images, labels, classes, n=32, ncols=8):
-    """Images from a batch with their class names (the original's first plot)."""
-    return show_images(images[:n], [classes[int(y)] for y in labels[:n]], ncols)
-
-
 def class_grid(ds, per_class=8):
     """`per_class` sample images of every class, one row per class."""
     rows = []
@@ -254,3 +249,92 @@ def save(fig, path, dpi=90):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
     return path
+
+
+# --------------------------------------------------------------------------- a sweep's study (helpers/study.py)
+# Optuna draws the first three; it is imported in them only, so this module works without it.
+
+def _optuna_figure(ax):
+    ax = ax.flat[0] if hasattr(ax, "flat") else ax
+    fig = ax.figure
+    fig.set_size_inches(7, 4)
+    fig.tight_layout()
+    return fig
+
+
+def study_history(study):
+    """Accuracy of every finished trial in order, and the best so far (Optuna's plot)."""
+    import optuna
+
+    fig = _optuna_figure(optuna.visualization.matplotlib.plot_optimization_history(study))
+    fig.axes[0].set_ylabel("plain test accuracy")
+    return fig
+
+
+def study_importances(study):
+    """How much of the accuracy's variation each searched field explains (Optuna's default evaluator)."""
+    import optuna
+
+    return _optuna_figure(optuna.visualization.matplotlib.plot_param_importances(study))
+
+
+def study_epochs(study):
+    """Test accuracy per epoch of every trial: pruned ones stop early (Optuna's intermediate values)."""
+    import optuna
+
+    fig = _optuna_figure(optuna.visualization.matplotlib.plot_intermediate_values(study))
+    ax = fig.axes[0]
+    ax.set(xlabel="epoch", ylabel="plain test accuracy", title="Test accuracy per epoch (pruned trials stop early)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if ax.get_legend():
+        ax.get_legend().remove()   # one entry per trial: too many to read
+    return fig
+
+
+def study_top_runs(study, top=3):
+    """Train and test accuracy per epoch of the best trials, side by side."""
+    from .study import records
+
+    return summary_plot_for_runs(records(study, top), "acc")
+
+
+STUDY_PLOTS = {"history": study_history, "importances": study_importances, "epochs": study_epochs,
+               "top_runs": study_top_runs}
+
+
+def study_figure(study, name: str, images_dir=None, prefix="sweep_", top=3):
+    """One of the STUDY_PLOTS, saved as IMAGES_DIR/<prefix><name>.png when images_dir is given; None
+    (with the reason printed) when Optuna cannot draw it yet, e.g. importances of one trial."""
+    import sys
+    import warnings
+
+    import matplotlib.style
+
+    draw = STUDY_PLOTS[name] if name != "top_runs" else (lambda s: study_top_runs(s, top))
+    # Optuna's plots switch matplotlib to its ggplot style: put back what that style sets, and only that.
+    # (Not rc_context: in a notebook whose first figure this is, it would also undo the inline
+    # backend's set-up, and no later figure of the session would show.)
+    styled = {k: matplotlib.rcParams[k] for k in matplotlib.style.library["ggplot"]}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # "experimental" notices and few-trials caveats
+            fig = draw(study)
+    except (ValueError, RuntimeError, KeyError) as e:
+        print(f"{name} plot skipped: {e}", file=sys.stderr)
+        return None
+    finally:
+        matplotlib.rcParams.update(styled)
+    if images_dir:
+        save(fig, Path(images_dir) / f"{prefix}{name}.png")
+    return fig
+
+
+def save_study_plots(study, folder, prefix="sweep_", top=3) -> list[Path]:
+    """All the STUDY_PLOTS as PNGs in `folder`."""
+    paths = []
+    for name in STUDY_PLOTS:
+        fig = study_figure(study, name, folder, prefix, top)
+        if fig is not None:
+            paths.append(Path(folder) / f"{prefix}{name}.png")
+            plt.close(fig)
+    return paths

@@ -1,7 +1,11 @@
 """Named training recipes: the one hyperparameter table everything else defaults from.
 
-A Recipe is the single config object that flows through training, the CLI, the
-notebooks, the benchmark and every checkpoint (stored as a dict under "config").
+Two groups, stored apart in every checkpoint's config:
+- `Recipe`: what defines the training (model, schedule, augmentation ...). Two runs with the same
+  recipe and seed train the same network.
+- `Settings`: how a run executes on its machine (device, precision, torch.compile, memory layout).
+  "auto" values are resolved per device when a run starts (helpers/device.py) and stored resolved;
+  they change speed, and precision the last bits of the numbers, never what is trained.
 """
 from __future__ import annotations
 
@@ -15,9 +19,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # torch.compile: "auto" compiles CUDA runs of 2,000+ steps only (helpers.device.resolve_compile),
 # "off" never, a mode name always
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# fields a run stores resolved for its device ("auto" -> "bf16"): a stored "bf16" still is the
-# recipe whose value is "auto"
-RESOLVED_PER_DEVICE = ("precision", "compile")
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,6 @@ class Recipe:
     # epochs the patch-whitening layer's bias trains before it is frozen (airbench: 3); -1: every
     # epoch, 0: never (its gradient alone costs a backward pass through the largest activation map)
     whiten_bias_epochs: int = -1
-    # "auto": bf16 on Ampere+ GPUs and CPUs with native bf16, fp16 + GradScaler on older GPUs
-    # (T4), fp32 elsewhere (helpers/device.py); resolved once per run and stored resolved
-    precision: str = "auto"
-    compile: str = "auto"         # torch.compile mode (COMPILE_MODES); resolved once per run
-    channels_last: bool = True    # NHWC: about 1.3x faster convs on CPU, same math
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,8 +71,6 @@ class Recipe:
             # written before momentum_max existed, when the scheduler ignored `momentum` and
             # always cycled 0.85 <-> 0.95: record what those runs really used
             d = {**d, "momentum": 0.85}
-        if "compile" not in d:
-            d = {**d, "compile": "off"}  # written before torch.compile was an option: never compiled
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def override(self, **changes) -> "Recipe":
@@ -86,9 +80,7 @@ class Recipe:
         starts without them unless they are given too. The copy never shares the dict.
         """
         changes = {k: v for k, v in changes.items() if v is not None}
-        bad = set(changes) - {f.name for f in fields(self)}
-        if bad:
-            raise UserError(f"unknown recipe field(s) {sorted(bad)}; known: {[f.name for f in fields(self)]}")
+        _check_names(self, changes)
         if changes.get("model", self.model) != self.model:
             changes.setdefault("model_kwargs", {})
         kwargs = changes.get("model_kwargs", self.model_kwargs)
@@ -99,10 +91,8 @@ class Recipe:
     def validate(self) -> "Recipe":
         from .registry import model_problem
 
-        problems = [f"{f.name} must be {_KIND[f.type]}, got {getattr(self, f.name)!r}"
-                    for f in fields(self) if not _has_type(getattr(self, f.name), f.type)]
-        if problems:  # wrong types would only fail later, deep inside the scheduler or a model
-            raise UserError("invalid recipe: " + "; ".join(problems))
+        _check_types(self, "recipe")  # wrong types would only fail later, deep inside the scheduler or a model
+        problems = []
         if model_problem(self.model):
             problems.append(model_problem(self.model))
         if self.epochs < 1:
@@ -136,25 +126,91 @@ class Recipe:
                             f"got {self.whiten_bias_epochs}")
         if self.anneal not in ("cos", "linear"):
             problems.append(f"anneal must be 'cos' or 'linear', got {self.anneal!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.compile not in COMPILE_MODES:
-            problems.append(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if problems:
             raise UserError("invalid recipe: " + "; ".join(problems))
         return self
 
 
-_KIND = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-         "dict": "a dict of model arguments"}
+@dataclass(frozen=True)
+class Settings:
+    """How a run executes on this machine: what it runs on and how fast, never what it trains.
+
+    precision "auto": bf16 on Ampere+ GPUs and CPUs with native bf16, fp16 + GradScaler on older
+    GPUs (T4), fp32 elsewhere; compile "auto": CUDA runs of 2,000+ steps only; channels_last (NHWC:
+    about 1.3x faster convs on CPU, same math) where the device supports it. Resolved once per run
+    (helpers/device.py) and stored resolved. CPU threads are the entry point's (--threads), not a
+    run's: torch's thread count is process-wide.
+    """
+    device: str = "auto"
+    precision: str = "auto"
+    compile: str = "auto"
+    channels_last: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def override(self, **changes) -> "Settings":
+        """A copy with some fields changed; None values mean 'keep these settings'."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        _check_names(self, changes)
+        return replace(self, **changes)
+
+    def validate(self) -> "Settings":
+        _check_types(self, "settings")
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            problems.append(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if problems:
+            raise UserError("invalid settings: " + "; ".join(problems))
+        return self
 
 
-def _has_type(value, kind: str) -> bool:
-    # annotations are strings here (from __future__ import annotations); bool is not a number
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, {"int": int, "bool": bool, "str": str, "dict": dict}[kind]) and \
-        not (kind == "int" and isinstance(value, bool))
+def field_types(cls) -> dict:
+    """{field name: type} of a Recipe or Settings, read off the defaults (so it does not depend on how
+    annotations are stored): the one place every type check (here, the CLI's --set, a sweep's space)
+    gets its types from."""
+    return {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
+
+
+KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+              dict: 'a dict (a JSON object) of model arguments, such as {"act": "gelu"}'}
+
+
+def has_type(value, kind: type) -> bool:
+    """isinstance, except that bool is no number and a whole float is no int (an int is a float)."""
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _check_names(config, changes: dict):
+    known = [f.name for f in fields(config)]
+    bad = sorted(set(changes) - set(known))
+    if bad:
+        what = "recipe" if isinstance(config, Recipe) else "settings"
+        raise UserError(f"unknown {what} field(s) {bad}; known: {known}")
+
+
+def _check_types(config, what: str):
+    problems = [f"{name} must be {KIND_WORDS[kind]}, got {getattr(config, name)!r}"
+                for name, kind in field_types(type(config)).items() if not has_type(getattr(config, name), kind)]
+    if problems:
+        raise UserError(f"invalid {what}: " + "; ".join(problems))
+
+
+def split_fields(changes: dict) -> tuple[dict, dict]:
+    """(recipe fields, settings fields) of a mixed dict of overrides, e.g. Trial's keywords or --set's."""
+    settings = {k: v for k, v in changes.items() if k in field_types(Settings)}
+    return {k: v for k, v in changes.items() if k not in settings}, settings
 
 
 # what fast, long and best share: the small whitened GELU net, big batches, Nesterov SGD, a short
@@ -216,8 +272,7 @@ def recipe_name(recipe: dict) -> str:
 
     def diffs(name):
         want = RECIPES[name].to_dict()
-        return {k: v for k, v in have.items()
-                if v != want.get(k) and not (k in RESOLVED_PER_DEVICE and want.get(k) == "auto")}
+        return {k: v for k, v in have.items() if v != want.get(k)}
 
     name = min(RECIPES, key=lambda n: len(diffs(n)))
     changed = diffs(name)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT, HISTORY, read_checkpoint, sync_history
+from .checkpoint import CHECKPOINT, HISTORY, read_checkpoint, sync_history, upgrade_config
 from .data import Loader
 from .errors import UserError
 from .recipes import Recipe
@@ -94,7 +94,7 @@ def load_run(out_dir, device="cpu", model=None):
     model = build_model(spec, **recipe.model_kwargs).to(device)
     # the moving average, when the run kept one, is the model that was evaluated
     model.load_state_dict(ckpt.get("ema") or ckpt["model"])
-    if recipe.channels_last:  # the memory layout it was evaluated in: the same sums, the same predictions
+    if ckpt["config"]["settings"]["channels_last"]:  # the layout it was evaluated in: the same sums and predictions
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), ckpt["config"], ckpt["history"]
 
@@ -105,6 +105,6 @@ def test_loader_for(config: dict, device="cpu", batch_size=500) -> Loader:
     from .data import load_split
 
     test_set = load_split(config["data"], "test", config["data_dir"], config["limit"])
-    channels_last = Recipe.from_dict(config["recipe"]).channels_last
+    channels_last = upgrade_config(config)["settings"]["channels_last"]
     return Loader(test_set, batch_size, False, config["mean"], config["std"], device, channels_last=channels_last)
 

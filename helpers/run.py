@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (CHECKPOINT, PREV_CHECKPOINT, CheckpointError, find_checkpoint, read_checkpoint,
-                         resume_differences, save_checkpoint, sync_history)
+from .checkpoint import (CHECKPOINT, FORMAT, PREV_CHECKPOINT, CheckpointError, check_resume, find_checkpoint,
+                         read_checkpoint, save_checkpoint, sync_history)
 from .constraints import check
 from .data import SOURCES, Loader, channel_stats, load_splits
 from .device import (configure_backends, make_scaler, peak_rss_mb, pick_device, reset_peak_memory,
@@ -24,7 +24,7 @@ from .loop import (NonFiniteLossError, compile_model, evaluate, make_ema, make_l
                    make_scheduler, progress_default, set_whiten_bias, train_one_epoch)
 from .model import count_params
 from .record import Record
-from .recipes import RESOLVED_PER_DEVICE, Recipe, get_recipe
+from .recipes import Recipe, Settings, get_recipe, split_fields
 from .registry import build_model, file_source, keep_copy, model_identity, spec_name
 from .rundir import RunLock, check_writable
 
@@ -33,8 +33,10 @@ class Trainer:
     """Runs epochs, records history, writes a checkpoint after each epoch, resumes."""
 
     def __init__(self, model, recipe: Recipe, train_loader, test_loader, device, out_dir=None,
-                 seed=0, progress=None, run_info=None, log=print, lock=None):
+                 seed=0, progress=None, run_info=None, log=print, lock=None, settings: Settings | None = None):
         self.model, self.recipe, self.device, self.seed = model, recipe, device, seed
+        # as resolved for `device` (Trial does that); a Trainer built by hand without them runs in fp32
+        self.settings = settings or Settings(device=str(device), precision="fp32", compile="off", channels_last=False)
         self.train_loader, self.test_loader = train_loader, test_loader
         self.out_dir = Path(out_dir) if out_dir else None
         # one writer per run folder (helpers/rundir.py): taken by Trial.setup, or here in restore()
@@ -46,7 +48,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, recipe, len(train_loader))
         self.ema = make_ema(model, recipe)
         self.lookahead = make_lookahead(model, recipe, len(train_loader))
-        self.scaler = make_scaler(device, recipe.precision)
+        self.scaler = make_scaler(device, self.settings.precision)
         self.history: list[dict] = []
 
     @property
@@ -61,8 +63,9 @@ class Trainer:
 
     @property
     def config(self) -> dict:
-        """What the run is: recipe, seed, data, model identity ... (stored in every checkpoint)."""
-        return dict(recipe=self.recipe.to_dict(), seed=self.seed, **self.run_info)
+        """What the run is: recipe, seed, settings, data, model identity ... (stored in every checkpoint)."""
+        return dict(format=FORMAT, recipe=self.recipe.to_dict(), seed=self.seed, settings=self.settings.to_dict(),
+                    **self.run_info)
 
     # ---- checkpoints
     def checkpoint(self) -> dict:
@@ -85,25 +88,7 @@ class Trainer:
         steps per epoch differ, naming each difference.
         """
         ckpt = read_checkpoint(path, self.device)
-        diffs = resume_differences(ckpt["config"], self.config)
-        if self.recipe.tta and ckpt["history"] and "tta_acc" not in ckpt["history"][-1]:
-            diffs.append("its history predates plain accuracy (its test_acc includes test-time augmentation)")
-        total = ckpt["scheduler"].get("total_steps") if isinstance(ckpt.get("scheduler"), dict) else None
-        if not diffs and total is not None and total != self.scheduler.total_steps:
-            # what the identity cannot show for checkpoints written before it was recorded
-            diffs.append(f"scheduler length: checkpoint {total} steps, now {self.scheduler.total_steps} "
-                         f"({self.recipe.epochs} epochs x {len(self.train_loader)} steps)")
-        if diffs:
-            raise CheckpointError(f"cannot resume {path}: it was written with other settings: " + "; ".join(diffs)
-                                  + ". Resume with the checkpoint's settings, or start a new run in another "
-                                  "folder (--out / out_dir=)")
-        before = ckpt["config"]["recipe"].get("precision")
-        if before and before != self.recipe.precision:  # allowed only when asked as "auto" (resume_differences)
-            self.log(f"note: epochs 1-{len(ckpt['history'])} trained in {before}; this device resolves precision "
-                     f"'auto' to {self.recipe.precision}, so the run continues in {self.recipe.precision}")
-        if "data_identity" not in ckpt["config"]:
-            self.log(f"note: {path} predates data fingerprints: only its data source, folder, limit and "
-                     "scheduler length could be checked")
+        check_resume(path, ckpt, self.config, self.scheduler.total_steps, self.log)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -149,7 +134,8 @@ class Trainer:
         set_whiten_bias(self.model, self.recipe, epoch)
         try:
             stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler, self.recipe,
-                                    self.device, epoch, self.progress, self.ema, self.scaler, self.lookahead)
+                                    self.device, epoch, self.progress, self.ema, self.scaler, self.lookahead,
+                                    self.settings.precision)
         except NonFiniteLossError as e:
             raise self._stopped(e) from None
         return dict(epoch=epoch, **stats)
@@ -158,7 +144,7 @@ class Trainer:
         """Test loss and plain single-view accuracy of the evaluated weights (the moving average when
         the recipe keeps one), and with the recipe's test-time augmentation tta_loss / tta_acc beside them."""
         t0 = time.perf_counter()
-        stats = evaluate(self.eval_model, self.test_loader, self.recipe.precision, self.recipe.tta)
+        stats = evaluate(self.eval_model, self.test_loader, self.settings.precision, self.recipe.tta)
         return stats | dict(eval_seconds=time.perf_counter() - t0)
 
     def save_epoch(self, stats: dict) -> dict:
@@ -213,19 +199,21 @@ class Trainer:
         return self.history
 
 
-
 class Trial:
-    """One named run: builds data, model and Trainer from a recipe, runs it, returns a Record.
+    """One named run: builds data, model and Trainer from a recipe and settings, runs it, returns a Record.
 
-    `recipe`: a name from RECIPES or a Recipe; other recipe fields may follow as keyword
-    overrides (epochs=5). `model`: None (the recipe's), a registered name, your own
-    "FILE.py:NAME", or a Python callable returning an nn.Module. A model that breaks one of
-    the assignment's rules is refused before any training (enforce_rules=False is for measuring
-    what a rule costs). Every argument is a keyword.
+    `recipe`: a name from RECIPES or a Recipe; `settings`: a Settings (how it runs on this machine).
+    Fields of either may follow as keywords (epochs=5, precision="fp32", device="cpu"). `model`: None
+    (the recipe's), a registered name, your own "FILE.py:NAME", or a Python callable returning an
+    nn.Module. A model that breaks one of the assignment's rules is refused before any training
+    (enforce_rules=False is for measuring what a rule costs). `log` gets every line the run reports
+    (print by default; the benchmark sends them to stderr, a sweep to each trial's train.log).
+    Every argument is a keyword.
     """
 
     def __init__(self, *, name="run", recipe="seed", model=None, data="synthetic", data_dir=None, limit=None,
-                 device="auto", seed=0, out_dir=None, progress=None, threads=None, enforce_rules=True, **overrides):
+                 seed=0, out_dir=None, progress=None, enforce_rules=True, settings: Settings | None = None,
+                 log=print, **overrides):
         if data not in SOURCES:
             raise UserError(f"unknown data source {data!r}; choose one of {', '.join(SOURCES)}")
         if data == "folder" and not data_dir:
@@ -233,19 +221,21 @@ class Trial:
                              "a folder holding train/ and test/")
         if limit is not None and limit <= 0:
             raise UserError(f"limit must be a positive number of images per split, or None; got {limit}")
+        recipe_changes, setting_changes = split_fields(overrides)
+        if setting_changes.get("device") is not None:
+            setting_changes["device"] = str(setting_changes["device"])  # a torch.device, as the notebooks pass it
         self.name = name
         self.factory = model if callable(model) else None  # a Python callable cannot live in a Recipe: its name does
         self.recipe = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
-        self.recipe = self.recipe.override(model=spec_name(model) if model is not None else None, **overrides)
+        self.recipe = self.recipe.override(model=spec_name(model) if model is not None else None, **recipe_changes)
         self.recipe = self.recipe.validate()
+        self.settings = (settings or Settings()).override(**setting_changes).validate()
         self.data, self.data_dir, self.limit = data, data_dir, limit
-        self.device_name, self.seed, self.out_dir, self.progress = device, seed, out_dir, progress
-        self.threads, self.enforce_rules = threads, enforce_rules
+        self.seed, self.out_dir, self.progress = seed, out_dir, progress
+        self.enforce_rules, self.log = enforce_rules, log
         self.trainer: Trainer | None = None
 
     def setup(self) -> Trainer:
-        if self.threads:
-            torch.set_num_threads(self.threads)
         if self.out_dir:  # a file, a parent that is a file, a read-only disk: one line, before any work
             check_writable(self.out_dir, create=False)
         self.lock = None
@@ -257,15 +247,10 @@ class Trial:
             raise
 
     def _setup(self) -> Trainer:
-        device = pick_device(self.device_name)
+        device = pick_device(self.settings.device, self.log)
         configure_backends(device)
         reset_peak_memory(device)  # the benchmark's peak_device_mb covers this run alone
-        # per-device defaults, decided once and stored resolved (checkpoint config, history, benchmark);
-        # what was asked is kept too: a resume on another device may re-resolve an "auto" (Trainer.load)
-        requested = {k: getattr(self.recipe, k) for k in (*RESOLVED_PER_DEVICE, "channels_last")}
-        self.recipe = self.recipe.override(precision=resolve_precision(self.recipe.precision, device),
-                                           channels_last=resolve_channels_last(self.recipe.channels_last, device))
-        r = self.recipe
+        r, requested = self.recipe, self.settings
         # the network first: a file that fails or a rule it breaks is one line before any data is read
         source = file_source(r.model)  # your FILE.py as built, kept in the run folder
         torch.manual_seed(self.seed)  # model init depends on the seed only
@@ -274,32 +259,39 @@ class Trial:
             check(model).require(r.model)
         if self.out_dir:  # one run per folder: another one training there is one line, before data is read
             self.lock = RunLock(check_writable(self.out_dir)).acquire()
-        train_set, test_set = load_splits(self.data, self.data_dir, self.limit)
+        train_set, test_set = load_splits(self.data, self.data_dir, self.limit, log=self.log)
+        steps = r.epochs * (len(train_set) // r.batch_size)  # the train loader drops the last partial batch
+        # per-device choices, made once and stored resolved (checkpoint config, history, benchmark); what was
+        # asked is kept too: a resume on another device may re-resolve an "auto" (checkpoint.check_resume).
+        # torch.compile pays back only over many steps, so it is decided knowing the run's length.
+        self.settings = s = requested.override(
+            device=str(device), precision=resolve_precision(requested.precision, device),
+            channels_last=resolve_channels_last(requested.channels_last, device),
+            compile=resolve_compile(requested.compile, device, steps))
+        changed = [f"{k}: {v} -> {getattr(s, k)}" for k, v in requested.to_dict().items()
+                   if k != "device" and getattr(s, k) != v]
+        if changed:
+            self.log("; ".join(changed))
         mean, std = channel_stats(train_set.images)
-        common = dict(mean=mean, std=std, device=device, channels_last=r.channels_last)
+        common = dict(mean=mean, std=std, device=device, channels_last=s.channels_last)
         train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
                               alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
-        # torch.compile pays back only over many steps: decided now that the run's length is known
-        self.recipe = r = r.override(compile=resolve_compile(r.compile, device, r.epochs * len(train_loader)))
-        changed = [f"{k}: {v} -> {getattr(r, k)}" for k, v in requested.items() if getattr(r, k) != v]
-        if changed:
-            print("; ".join(changed))
         model = model.to(device)
         for m in model.modules():  # data-dependent init (PatchWhitening) from 5,000 training images
             if hasattr(m, "init_whitening"):
                 m.init_whitening(train_loader.normalize(train_set.images[:5000].to(device)).contiguous())
-        if r.channels_last:
+        if s.channels_last:
             model = model.to(memory_format=torch.channels_last)
         identity = model_identity(self.factory or r.model, model, source)
         keep_copy(self.out_dir, identity, source)
-        compile_seconds = compile_model(model, r, train_loader, test_loader) if r.compile != "off" else 0.0
-        info = dict(name=self.name, requested=requested, data=self.data,
+        compile_seconds = compile_model(model, r, s, train_loader, test_loader) if s.compile != "off" else 0.0
+        info = dict(name=self.name, requested=requested.to_dict(), data=self.data,
                     data_dir=str(self.data_dir) if self.data_dir else None, limit=self.limit, mean=mean, std=std,
                     classes=train_set.classes,
                     params=count_params(model), device=str(device), torch=str(torch.__version__),
                     compile_seconds=round(compile_seconds, 1), model_identity=identity)
-        # what the run is trained and evaluated on: a resume must match it (Trainer.load)
+        # what the run is trained and evaluated on: a resume must match it (checkpoint.check_resume)
         info["data_identity"] = dict(
             source=self.data, folder=str(Path(self.data_dir).resolve()) if self.data_dir else None,
             limit=self.limit, train_images=len(train_set), test_images=len(test_set),
@@ -307,7 +299,7 @@ class Trial:
             steps_per_epoch=len(train_loader))
         info["skipped_files"] = dict(train=train_set.skipped_files(), test=test_set.skipped_files())
         self.trainer = Trainer(model, r, train_loader, test_loader, device, self.out_dir, self.seed,
-                               self.progress, info, lock=self.lock)
+                               self.progress, info, log=self.log, lock=self.lock, settings=s)
         return self.trainer
 
     def record(self) -> Record:
@@ -318,7 +310,6 @@ class Trial:
         trainer = self.trainer or self.setup()
         trainer.fit(resume=resume, stop_after=stop_after, on_epoch=on_epoch)
         return self.record()
-
 
 
 def train(recipe="seed", data="synthetic", resume=False, name=None, **kwargs) -> Record:

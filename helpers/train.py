@@ -11,33 +11,26 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli import get_args_parser
+from .cli import get_args_parser, overrides, parse
 from .loop import NonFiniteLossError
 from .run import Trial
 
 
 def main(argv=None):
-    p = get_args_parser()
+    p = get_args_parser("python -m helpers.train", "Train a CIFAR-10 CNN under the assignment's constraints.")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt and history.json are written here")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    args = p.parse_args(argv)
-    if args.data == "folder" and not args.data_dir:
-        p.error("--data folder needs --data-dir DIR (a folder holding train/ and test/)")
-    if args.lr is not None and not args.lr > 0:
-        p.error(f"--lr must be > 0, got {args.lr}")
-    if "model" in dict(args.set):
-        p.error("--set model=...: use --model NAME (or FILE.py:NAME)")
+    args = parse(p, argv)
+    trial = None
     try:
-        trial = Trial(name=Path(args.out).name, recipe=args.recipe, model=args.model, data=args.data,
-                      data_dir=args.data_dir, limit=args.limit, device=args.device, seed=args.seed, out_dir=args.out,
-                      threads=args.threads, **{**dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                                    precision=args.precision, compile=args.compile), **dict(args.set)})
+        trial = Trial(name=Path(args.out).name, recipe=args.recipe, data=args.data, data_dir=args.data_dir,
+                      limit=args.limit, seed=args.seed, out_dir=args.out, **overrides(args))
         record = trial.run(resume=args.resume)
     except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: every finished epoch is in the checkpoint
-        done = len(trial.trainer.history) if trial.trainer else 0
+        done = len(trial.trainer.history) if trial and trial.trainer else 0
         again = shlex.join(["python", "-m", "helpers.train", *(sys.argv[1:] if argv is None else argv)])
         print(f"interrupted: {done} epoch(s) saved in {args.out}; to continue: "
               f"{again}{'' if args.resume else ' --resume'}", file=sys.stderr)

@@ -9,7 +9,7 @@ from helpers.model import count_params
 from helpers.registry import build_model
 from helpers.recipes import RECIPES, Recipe
 from helpers.loop import evaluate
-from helpers.record import load_run, test_loader_for
+from helpers.record import load_run, test_loader_for as run_test_loader
 
 KEYS = {"recipe", "model", "params", "epochs", "seed", "train_seconds", "test_acc", "tta_acc", "tta", "img_per_s",
         "peak_rss_mb", "peak_device_mb", "device", "threads", "torch", "compile_seconds", "train_plus_compile_seconds"}
@@ -37,12 +37,13 @@ def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys, tmp_path):
         # same with the recipe's test-time augmentation, beside it (null for a recipe without TTA)
         model, config, history = load_run(benchmark.seed_dir(tmp_path, r["seed"]))
         recipe_used = Recipe.from_dict(config["recipe"])
-        loader = test_loader_for(config)
-        plain = evaluate(model, loader, recipe_used.precision)["test_acc"]
+        loader = run_test_loader(config)
+        precision = config["settings"]["precision"]
+        plain = evaluate(model, loader, precision)["test_acc"]
         assert r["test_acc"] == round(plain, 4) == round(history[-1]["test_acc"], 4)
         assert r["tta"] == recipe_used.tta
         if recipe_used.tta:
-            with_tta = evaluate(model, loader, recipe_used.precision, recipe_used.tta)
+            with_tta = evaluate(model, loader, precision, recipe_used.tta)
             assert r["tta_acc"] == round(with_tta["tta_acc"], 4) == round(history[-1]["tta_acc"], 4)
             assert with_tta["test_acc"] == plain  # the plain view is computed in the same pass, unchanged
         else:
@@ -55,7 +56,7 @@ def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    ([], "--data-dir DIR is required"),
+    (["--data", "folder"], "--data folder needs --data-dir DIR"),
     (["--data-dir", "/no/such/folder"], "does not exist"),
     (["--data", "synthetic", "--seeds", "0"], "argument --seeds: must be a positive integer, got 0"),
     (["--data", "synthetic", "--recipe", "warp"], "invalid choice"),
@@ -68,7 +69,8 @@ def test_benchmark_rejects_bad_arguments(argv, message, capsys):
 
 
 def test_benchmark_keeps_runs_with_out_and_never_overwrites(tmp_path, capsys):
-    argv = ["--data", "synthetic", "--limit", "60", "--epochs", "1", "--batch-size", "30", "--out", str(tmp_path)]
+    argv = ["--recipe", "fast", "--data", "synthetic", "--limit", "60", "--epochs", "1", "--batch-size", "30",
+            "--out", str(tmp_path)]
     assert benchmark.main(argv) == 0
     assert (tmp_path / "seed-0" / "checkpoint.pt").exists() and (tmp_path / "seed-0" / "history.json").exists()
     capsys.readouterr()
@@ -78,8 +80,8 @@ def test_benchmark_keeps_runs_with_out_and_never_overwrites(tmp_path, capsys):
 
 
 def test_benchmark_set_overrides_recipe_fields(capsys, tmp_path):
-    assert benchmark.main(["--data", "synthetic", "--limit", "60", "--epochs", "1", "--batch-size", "30",
-                           "--out", str(tmp_path), "--set", "alternate_flip=false",
+    assert benchmark.main(["--recipe", "fast", "--data", "synthetic", "--limit", "60", "--epochs", "1",
+                           "--batch-size", "30", "--out", str(tmp_path), "--set", "alternate_flip=false",
                            "--set", 'model_kwargs={"bn_after_pool": false}', "--set", "ema=0.5"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["overrides"] == {"alternate_flip": False, "model_kwargs": {"bn_after_pool": False}, "ema": 0.5}
@@ -91,8 +93,9 @@ def test_benchmark_set_overrides_recipe_fields(capsys, tmp_path):
     assert list(weights) == list(build_model("fast", bn_after_pool=False).state_dict())  # the layout trained
     assert list(weights) != list(build_model("fast", **RECIPES["fast"].model_kwargs).state_dict())
     assert row["params"] == count_params(model)
-    assert benchmark.main(["--data", "synthetic", "--set", "colour=1"]) == 2
-    assert "unknown recipe field" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--data", "synthetic", "--set", "colour=1"])
+    assert e.value.code == 2 and "no field 'colour'; recipe fields: model, model_kwargs" in capsys.readouterr().err
 
 
 def test_target_reports_the_training_seconds_to_reach_it(capsys):

@@ -5,6 +5,8 @@ from PIL import Image
 from helpers import data as D
 from helpers.data import DataError, Loader, load_split, load_splits
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
 
 def make_folder(root, classes=("cat", "dog"), n=4, splits=("train", "test")):
     for split in splits:
@@ -104,7 +106,7 @@ def test_cifar10_reads_a_local_copy(monkeypatch):
             n = 6 if train else 2
             self.data = np.full((n, 32, 32, 3), 9, np.uint8)
             self.targets = list(range(n))
-            self.classes = D.CIFAR10_CLASSES
+            self.classes = CIFAR10_CLASSES
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Local)
     train, test = load_splits("cifar10")
     assert train.images.shape == (6, 3, 32, 32) and len(test) == 2 and train.classes[0] == "airplane"
@@ -183,7 +185,7 @@ def test_training_loader_shuffles_and_augments_repeatably():
 
 def test_jpeg_dev_slice(jpeg_dev_slice):
     train, test = load_splits("folder", jpeg_dev_slice)
-    assert train.classes == D.CIFAR10_CLASSES
+    assert train.classes == CIFAR10_CLASSES
     assert len(train) == len(test) == 100 and train.problems == {}
     mean, _ = D.channel_stats(train.images)
     assert all(0.3 < m < 0.6 for m in mean)

@@ -14,7 +14,7 @@ from helpers.loop import make_optimizer, make_scheduler, train_one_epoch
 from helpers.record import Record, load_run
 from helpers.run import Trial, train
 from helpers.train import main as train_main
-from helpers.recipes import RECIPES, get_recipe
+from helpers.recipes import RECIPES, Settings, get_recipe
 
 SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2)
 FP16 = {**SMALL, "model": "fast", "precision": "fp16"}  # CPU fp16 is slow: the small model
@@ -31,11 +31,11 @@ CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 def test_auto_device_is_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(D, "_mps_available", lambda: False)
-    assert D.pick_device("auto", verbose=False) == CPU
+    assert D.pick_device("auto", log=None) == CPU
     monkeypatch.setattr(D, "_mps_available", lambda: True)
-    assert D.pick_device("auto", verbose=False) == MPS
+    assert D.pick_device("auto", log=None) == MPS
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert D.pick_device("auto", verbose=False).type == "cuda"
+    assert D.pick_device("auto", log=None).type == "cuda"
 
 
 @pytest.mark.parametrize("name, message", [
@@ -50,7 +50,7 @@ def test_missing_or_unknown_device_is_one_clear_error(name, message, monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(D, "_mps_available", lambda: False)
     with pytest.raises(ValueError, match=message):
-        D.pick_device(name, verbose=False)
+        D.pick_device(name, log=None)
 
 
 @pytest.mark.parametrize("flag", ["gpu", "mps"])
@@ -109,13 +109,14 @@ def test_cpu_bf16_check_respects_older_instruction_set_caps(monkeypatch):
 
 
 def test_every_recipe_defaults_to_auto_and_runs_store_the_resolved_value(tmp_path):
-    for name in RECIPES:
-        assert get_recipe(name).precision == "auto" and get_recipe(name).compile == "auto"
+    assert Settings().precision == "auto" and Settings().compile == "auto"
+    for name in RECIPES:  # no recipe carries a per-device setting: those are Settings'
+        assert not {"precision", "compile", "channels_last", "device"} & set(get_recipe(name).to_dict())
     record = train(out_dir=tmp_path / "run", **SMALL)
     expected = D.resolve_precision("auto", CPU)
-    assert record.config["recipe"]["precision"] == expected
-    assert record.config["recipe"]["compile"] == "off"   # auto compiles on CUDA only
-    saved = Record.load(tmp_path / "run").config["recipe"]
+    assert record.config["settings"]["precision"] == expected
+    assert record.config["settings"]["compile"] == "off"   # auto compiles on CUDA only
+    saved = Record.load(tmp_path / "run").config["settings"]
     assert saved["precision"] == expected and saved["compile"] == "off"
     # a resume resolves "auto" the same way, so it matches the stored run
     assert outcome(train(out_dir=tmp_path / "run", resume=True, **SMALL)) == outcome(record)
@@ -139,7 +140,7 @@ def test_fp16_trains_with_a_grad_scaler_and_resumes_exactly(tmp_path):
     assert straight.history[-1]["train_loss"] < straight.history[0]["train_loss"] * 1.5
     ckpt = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
     assert ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0
-    assert ckpt["config"]["recipe"]["precision"] == "fp16"
+    assert ckpt["config"]["settings"]["precision"] == "fp16"
     Trial(out_dir=tmp_path / "b", **FP16).run(stop_after=1)
     resumed = Trial(out_dir=tmp_path / "b", **FP16).run(resume=True)
     assert outcome(resumed) == outcome(straight)
@@ -154,7 +155,7 @@ def test_fp16_trains_with_a_grad_scaler_and_resumes_exactly(tmp_path):
 def test_scaler_skips_a_step_whose_gradients_overflow():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LogSoftmax(1))
-    recipe = get_recipe("seed", precision="fp16")
+    recipe = get_recipe("seed")
     opt = make_optimizer(model, recipe)
     sched = make_scheduler(opt, recipe, steps_per_epoch=1)
     scaler = D.make_scaler(CPU, "fp16")
@@ -164,7 +165,7 @@ def test_scaler_skips_a_step_whose_gradients_overflow():
     batch = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))]
     scale0 = scaler.get_scale()
     with pytest.warns(UserWarning, match="lr_scheduler.step"):  # torch notes the skipped optimizer step
-        train_one_epoch(model, batch, opt, sched, recipe, CPU, scaler=scaler)
+        train_one_epoch(model, batch, opt, sched, recipe, CPU, scaler=scaler, precision="fp16")
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # step skipped
     assert scaler.get_scale() < scale0                                          # scale lowered
 
@@ -244,10 +245,10 @@ def test_resume_re_resolves_an_auto_precision_on_another_device(tmp_path, monkey
     Trial(**{**run, "epochs": 2}).run(stop_after=1)   # epoch 1 "on a T4": fp16
     monkeypatch.setattr("helpers.run.resolve_precision", lambda p, d: "fp32" if p == "auto" else real(p, d))
     record = Trial(**{**run, "epochs": 2}).run(resume=True)
-    assert len(record.history) == 2 and record.config["recipe"]["precision"] == "fp32"
+    assert len(record.history) == 2 and record.config["settings"]["precision"] == "fp32"
     assert "epochs 1-1 trained in fp16" in capsys.readouterr().out
     # a precision chosen by hand still has to match
-    with pytest.raises(CheckpointError, match="recipe field precision: checkpoint 'fp32', now 'bf16'"):
+    with pytest.raises(CheckpointError, match="precision: checkpoint 'fp32', now 'bf16'"):
         Trial(**{**run, "epochs": 2, "precision": "bf16"}).run(resume=True)
 
 
@@ -271,14 +272,14 @@ def test_compiled_run_matches_uncompiled_and_checkpoints_load_either_way(tmp_pat
     plain = train(out_dir=tmp_path / "plain", compile="off", **SMALL)
     compiled = train(out_dir=tmp_path / "compiled", compile="default", **SMALL)
     assert eager_compile == ["default"]
-    assert compiled.config["compile_seconds"] >= 0 and compiled.config["recipe"]["compile"] == "default"
+    assert compiled.config["compile_seconds"] >= 0 and compiled.config["settings"]["compile"] == "default"
     # the warm-up that compiles leaves weights, BatchNorm statistics and random state untouched
     assert outcome(compiled) == outcome(plain)
     # a compiled run's checkpoint loads into a plain model, and a plain one into a compiled model
     model, config, history = load_run(tmp_path / "compiled")
     assert len(history) == 2 and not hasattr(model, "_orig_mod")
     trial = Trial(out_dir=tmp_path / "plain", compile="default", **SMALL)
-    trial.recipe = trial.recipe.override(compile="off")  # the recipe stored with the plain run
+    trial.settings = trial.settings.override(compile="off")  # set up uncompiled; compiled by hand below
     trainer = trial.setup()
     trainer.model.compile(mode="default")
     trainer.load(tmp_path / "plain" / CHECKPOINT)
@@ -311,8 +312,8 @@ def test_cuda_auto_precision_and_compile_train_and_load_on_cpu(tmp_path):
     # compile asked for: auto would leave a run this short uncompiled (test_auto_compile_needs_a_long_cuda_run)
     record = train(out_dir=tmp_path / "run", **{**SMALL, "device": "cuda", "model": "fast", "compile": "default"})
     expected = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
-    assert record.config["recipe"]["precision"] == expected
-    assert record.config["recipe"]["compile"] == "default" and record.config["compile_seconds"] > 0
+    assert record.config["settings"]["precision"] == expected
+    assert record.config["settings"]["compile"] == "default" and record.config["compile_seconds"] > 0
     assert record.history[-1]["train_loss"] < record.history[0]["train_loss"] * 1.5
     model, _, _ = load_run(tmp_path / "run", device="cpu")  # a GPU checkpoint analysed on a CPU
     assert next(model.parameters()).device.type == "cpu"
@@ -335,7 +336,7 @@ def test_cuda_resume_across_precisions_and_peak_memory(tmp_path, monkeypatch, ca
         m.setattr("helpers.run.resolve_precision", lambda p, d: "fp16" if p == "auto" else real(p, d))
         Trial(**run).run(stop_after=1)
     record = Trial(**run).run(resume=True)
-    assert len(record.history) == 2 and record.config["recipe"]["precision"] == real("auto", torch.device("cuda"))
+    assert len(record.history) == 2 and record.config["settings"]["precision"] == real("auto", torch.device("cuda"))
     assert "epochs 1-1 trained in fp16" in capsys.readouterr().out
     assert benchmark.main(["--data", "synthetic", "--limit", "200", "--epochs", "1", "--batch-size", "50",
                            "--recipe", "fast", "--device", "cuda"]) == 0
@@ -347,7 +348,7 @@ def test_cuda_resume_across_precisions_and_peak_memory(tmp_path, monkeypatch, ca
 @needs_mps
 def test_mps_trains_in_fp32(tmp_path):
     record = train(**{**SMALL, "device": "mps", "model": "fast"})
-    assert record.config["recipe"]["precision"] == "fp32"
+    assert record.config["settings"]["precision"] == "fp32"
 
 
 # --------------------------------------------------------------------------- scripts/gpu_check.sh

@@ -77,9 +77,9 @@ def test_cli_rejects_unknown_model(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_default_out_keeps_models_apart():
-    assert diagram.default_out("seed") == "images/model_architecture.png"  # the README's picture
-    assert diagram.default_out("wide", "out") == "out/model_architecture_wide.png"
+def test_image_path_keeps_models_apart():
+    assert diagram.image_path("seed") == "images/model_architecture.png"  # the README's picture
+    assert diagram.image_path("wide", "out") == "out/model_architecture_wide.png"
 
 
 @pytest.mark.parametrize("argv, message", [(["--dpi", "0"], "--dpi must be between 20 and 600, got 0"),

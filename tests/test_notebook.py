@@ -121,7 +121,7 @@ def test_run_folder_says_when_the_folder_holds_another_run(tmp_path, capsys):
     """Notebook 04 with recipe='seed' on a fast run folder analysed the fast run without a word."""
     import json
     from helpers.recipes import RECIPES
-    config = dict(recipe=RECIPES["fast"].override(precision="bf16", compile="off").to_dict(), seed=0)
+    config = dict(recipe=RECIPES["fast"].to_dict(), seed=0, settings=dict(precision="bf16", compile="off"))
     (tmp_path / "history.json").write_text(json.dumps(dict(config=config, history=[])))
     N.run_folder(recipe="fast", seed=0, out_dir=str(tmp_path))
     assert "note:" not in capsys.readouterr().out

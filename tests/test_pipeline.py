@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 
 import helpers  # noqa: E402
 from helpers import pipeline, plots  # noqa: E402
-from helpers.notebook import check_params  # noqa: E402
+from helpers.notebook import ParameterError, check_params  # noqa: E402
 from helpers.recipes import PRECISIONS, RECIPES, get_recipe  # noqa: E402
 from helpers.record import Record  # noqa: E402
 
@@ -46,7 +46,9 @@ def test_precision_choices_are_the_recipes():
     action = next(a for a in pipeline.get_parser()._actions if a.dest == "precision")
     assert tuple(action.choices) == PRECISIONS
     for p in PRECISIONS:
-        assert check_params(data="synthetic", precision=p).precision == p
+        assert check_params(data="synthetic", precision=p)  # accepted: a setting, not a recipe field
+    with pytest.raises(ParameterError, match="precision='fp64'"):
+        check_params(data="synthetic", precision="fp64")
 
 
 def test_data_dir_with_another_source_is_one_clear_error(monkeypatch, capsys):
@@ -126,8 +128,9 @@ def test_paths_are_given_to_the_notebooks_relative_to_the_project_root(monkeypat
 def write_history(run_dir, recipe, seed=0, data="synthetic", limit=None, **overrides):
     """history.json as a finished training run leaves it (precision stored resolved for the device)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    r = get_recipe(recipe, **overrides).override(precision="bf16", compile="off").to_dict()
-    config = dict(recipe=r, seed=seed, data=data, data_dir=None, limit=limit, name=run_dir.name)
+    r = get_recipe(recipe, **overrides).to_dict()
+    config = dict(format=2, recipe=r, settings=dict(precision="bf16", compile="off"), seed=seed, data=data,
+                  data_dir=None, limit=limit, name=run_dir.name)
     (run_dir / "history.json").write_text(json.dumps(dict(config=config, history=[])))
 
 
@@ -246,7 +249,7 @@ def test_the_committed_repository_is_the_same_everywhere():
 # --------------------------------------------------------------------------- figures
 
 def record(recipe="fast", seed=3, epochs=1, name="run"):
-    r = get_recipe(recipe, epochs=epochs).override(precision="bf16").to_dict()
+    r = get_recipe(recipe, epochs=epochs).to_dict()
     history = [dict(epoch=e, train_acc=0.5, test_acc=0.4 + e / 100, train_loss=1.0, test_loss=1.2)
                for e in range(1, epochs + 1)]
     return Record(name, dict(recipe=r, seed=seed), history)
@@ -304,7 +307,7 @@ def test_a_damaged_history_json_is_read_from_the_checkpoint(tmp_path, damage):
     train(recipe="fast", data="synthetic", limit=120, batch_size=40, epochs=1, progress=False, out_dir=run)
     (run / "history.json").write_text(damage)
     params = dict(out_dir=str(run), recipe="fast", model=None, epochs=1, batch_size=40, precision=None,
-                  seed=0, data="synthetic", limit=120, data_dir=None)
+                  seed=0, data="synthetic", limit=120, data_dir=None, overrides={})
     pipeline.check_run_dir(params)  # the same run: nothing to say
     with pytest.raises(pipeline.PipelineError, match="seed 0 there, 1 now"):
         pipeline.check_run_dir(params | dict(seed=1))

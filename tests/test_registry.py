@@ -92,9 +92,10 @@ def test_another_architecture_under_the_same_name_is_refused(tmp_path):
 
 def rebuild_elsewhere(run_dir, cwd):
     """load_run in a fresh Python process (another runtime), evaluated on the run's test split."""
-    code = ("import json, sys; from helpers.record import load_run\n"
+    code = ("import json, sys\nfrom helpers.loop import evaluate\n"
+            "from helpers.record import load_run, test_loader_for\n"
             f"model, config, history = load_run({str(run_dir)!r})\n"
-            "acc = evaluate(model, test_loader_for(config), config['recipe']['precision'])['test_acc']\n"
+            "acc = evaluate(model, test_loader_for(config), config['settings']['precision'])['test_acc']\n"
             "print(json.dumps(dict(acc=acc, recorded=history[-1]['test_acc'])))")
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "CIFAR_CACHE": str(cwd / "cache")})

@@ -196,9 +196,9 @@ def test_broken_symlinks_are_skipped_counted_and_named(tmp_path, capsys):
     root = make_folder(tmp_path / "ds")
     (root / "train" / "cat" / "loop.jpg").symlink_to(root / "train" / "cat" / "loop.jpg")   # ELOOP
     (root / "train" / "dog" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")              # dangling
-    train = D.load_split("folder", "train", root)
-    assert len(train) == 8 and train.problems["skipped (unreadable)"] == 2
-    assert sorted(os.path.basename(f) for f in train.skipped_files()) == ["gone.jpg", "loop.jpg"]
+    split = D.load_split("folder", "train", root)
+    assert len(split) == 8 and split.problems["skipped (unreadable)"] == 2
+    assert sorted(os.path.basename(f) for f in split.skipped_files()) == ["gone.jpg", "loop.jpg"]
     out = capsys.readouterr().out
     assert "loop.jpg" in out and "gone.jpg" in out
     record = train(out_dir=tmp_path / "r", **dict(SMALL, data="folder", data_dir=root, limit=None,
@@ -250,7 +250,7 @@ def test_every_count_flag_rejects_zero_negative_and_fractions(main, flag, value,
 
 
 @pytest.mark.parametrize("setting, message", [
-    ('model_kwargs={"act": gelu}', "is not valid JSON; model_kwargs needs a JSON object"),
+    ('model_kwargs={"act": gelu}', "is not valid JSON; model_kwargs needs a dict (a JSON object)"),
     ("lr=abc", "lr needs a number"),
     ("epochs=1.5", "epochs needs a whole number, got 1.5"),
     ("flip=1", "flip needs true or false"),
@@ -263,8 +263,9 @@ def test_benchmark_set_checks_the_value_type(setting, message, capsys):
 
 
 @pytest.mark.parametrize("module, prog, defaults", [
-    (train_cli, "python -m helpers.train", ["(default: seed)", "(default: folder)", "(default: auto)", "(default: 0)"]),
-    (benchmark, "python -m helpers.benchmark", ["(default: fast)", "(default: folder)", "(default: 1)"]),
+    (train_cli, "python -m helpers.train", ["(default: seed)", "(default: cifar10, or folder", "(default: auto)",
+                                            "(default: 0)"]),
+    (benchmark, "python -m helpers.benchmark", ["(default: seed)", "(default: cifar10, or folder", "(default: 1)"]),
 ])
 def test_help_names_the_command_and_shows_defaults(module, prog, defaults, capsys):
     with pytest.raises(SystemExit):

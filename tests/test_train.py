@@ -231,10 +231,10 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("epochs", 1.5, "epochs must be an integer, got 1.5"),
+    ("epochs", 1.5, "epochs must be a whole number, got 1.5"),
     ("lr", "abc", "lr must be a number"),
     ("flip", 1, "flip must be true or false"),
-    ("batch_size", True, "batch_size must be an integer"),
+    ("batch_size", True, "batch_size must be a whole number"),
     ("model_kwargs", "gelu", "model_kwargs must be a dict"),
 ])
 def test_recipe_rejects_wrong_types_from_python_too(field, value, message):
