@@ -17,16 +17,16 @@ _EXPORTS = {
     "errors": ["UserError"],
     "model": ["count_params", "params_per_block"],
     "notebook": ["check_params", "drive_path", "in_colab", "run_folder", "run_name", "summary", "warn_if_no_gpu"],
-    "recipes": ["RECIPES", "Recipe", "get_recipe"],
+    "recipes": ["RECIPES", "Recipe", "Settings", "get_recipe"],
     "registry": ["build_model", "list_models"],
     "loop": ["accuracy", "evaluate", "lr_schedule", "predict", "recipe_table", "select_examples"],
     "record": ["Record", "load_run", "test_loader_for"],
     "run": ["Trainer", "Trial", "train"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-# whole modules reachable as attributes: H.plots.curves(...), H.sweep.load_study(...)
+# whole modules reachable as attributes: H.plots.curves(...), H.study.load_study(...)
 _SUBMODULES = ("benchmark", "checkpoint", "cli", "constraints", "data", "device", "diagram", "loop", "model",
-               "objective", "plots", "recipes", "record", "registry", "run", "space", "study", "sweep")
+               "objective", "plots", "recipes", "record", "registry", "run", "space", "speed", "study", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
 

@@ -7,6 +7,11 @@ Trains on DIR/train, evaluates on DIR/test. `train_seconds` is training wall tim
 the final plain (single-view) test accuracy, `tta_acc` beside it the same with the recipe's
 test-time augmentation (null when the recipe has none). `first_epoch_80`, `acc_per_epoch` and
 `--target` use plain accuracy.
+
+Against the machine's limit (helpers/speed.py): `gflop_per_image` is the forward + backward work of
+one training image (torch.utils.flop_counter), `gflop_per_s` what training achieved,
+`peak_gflop_per_s` this device's large-matmul rate at the run's precision, timed in this process,
+and `peak_fraction` their ratio. `--profile` adds where each epoch's time went.
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ from .device import peak_memory_mb
 from .cli import get_args_parser, overrides, parse, positive_int
 from .device import peak_rss_mb
 from .loop import NonFiniteLossError
+from .registry import build_model
 from .run import Trial
+from .speed import Stopwatch, gflop_per_image, peak_gflop_per_s
 
 
 def get_parser():
@@ -33,6 +40,10 @@ def get_parser():
                    help="also report seconds_to_target: training seconds until the first epoch whose plain test "
                         "accuracy reaches ACC (a fraction, e.g. 0.908), null if none does")
     p.add_argument("--out", help="also keep each seed's run (checkpoint.pt, history.json) in OUT/seed-N")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each phase of the epochs (data and augmentation, forward, backward, optimizer, "
+                        "evaluation, checkpoint), synchronising the device at each boundary: a table on stderr and "
+                        "`profile` in the JSON line (the synchronisation slows a GPU run a little)")
     p.add_argument("--allow-rule-breaking", action="store_true",
                    help="train a model that breaks an assignment rule (refused otherwise): only to measure "
                         "what a rule costs")
@@ -54,15 +65,25 @@ def seed_dir(out, seed: int) -> Path:
     return Path(out) / f"seed-{seed}"
 
 
-def bench_one(args, seed: int) -> dict:
+def bench_one(args, seed: int, peak: dict) -> dict:
+    """One seed's JSON row. `peak`: this device's measured peak (filled by the first seed, then reused)."""
     out_dir = seed_dir(args.out, seed) if args.out else None
     trial = Trial(name=f"bench-{args.recipe}-{seed}", recipe=args.recipe, data=args.data, data_dir=args.data_dir,
                   limit=args.limit, seed=seed, out_dir=out_dir, progress=False, log=_to_stderr,
                   enforce_rules=not args.allow_rule_breaking, **overrides(args))
     trainer = trial.setup()
+    if args.profile:
+        trainer.stopwatch = Stopwatch(trainer.device)
     record = trial.run()
+    if args.profile:
+        _to_stderr(f"where the time went (seed {seed}, {len(record.history)} epochs):\n{trainer.stopwatch.table()}")
     n_train = len(trainer.train_loader) * trainer.train_loader.batch_size  # images actually trained on per epoch
     train_seconds = sum(h["train_seconds"] for h in record.history)
+    # the work against the machine's limit: counted once per network, the peak timed once per process
+    gflop = gflop_per_image(build_model(trial.factory or trial.recipe.model, **trial.recipe.model_kwargs))
+    if not peak:
+        peak |= peak_gflop_per_s(trainer.device, trial.settings.precision)
+    achieved = gflop * n_train * len(record.history) / train_seconds
     compile_seconds = record.config.get("compile_seconds", 0.0)
     elapsed = list(itertools.accumulate(h["train_seconds"] for h in record.history))  # after each epoch
     reached = record.first_epoch_reaching(args.target) if args.target else None
@@ -71,6 +92,8 @@ def bench_one(args, seed: int) -> dict:
                 test_acc=round(record.final_acc, 4),
                 tta_acc=round(record.final_tta_acc, 4) if record.final_tta_acc is not None else None,
                 tta=trial.recipe.tta, img_per_s=round(n_train * len(record.history) / train_seconds, 1),
+                gflop_per_image=round(gflop, 4), gflop_per_s=round(achieved, 1), **peak,
+                peak_fraction=round(achieved / peak["peak_gflop_per_s"], 3),
                 peak_rss_mb=round(peak_rss_mb(), 1), peak_device_mb=_rounded(peak_memory_mb(trainer.device), 1),
                 device=_device_name(trainer.device),
                 threads=torch.get_num_threads(), torch=str(torch.__version__), precision=trial.settings.precision,
@@ -83,7 +106,8 @@ def bench_one(args, seed: int) -> dict:
                 seconds_per_epoch=[round(t, 1) for t in elapsed]) | (
         dict(target=args.target, seconds_to_target=round(elapsed[reached - 1], 1) if reached else None,
              seconds_to_target_plus_compile=round(elapsed[reached - 1] + compile_seconds, 1) if reached else None)
-        if args.target else {})
+        if args.target else {}) | (
+        dict(profile={k: round(v, 2) for k, v in trainer.stopwatch.seconds.items()}) if args.profile else {})
 
 
 def _rounded(value, digits):
@@ -110,8 +134,9 @@ def main(argv=None) -> int:
             p.error(f"--out {args.out} already holds runs for {', '.join(taken)}; choose another --out")
     try:
         Trial(recipe=args.recipe, data="synthetic", **overrides(args))  # bad values fail here, before data is read
+        peak = {}
         for seed in seeds:
-            print(json.dumps(bench_one(args, seed)), flush=True)
+            print(json.dumps(bench_one(args, seed, peak)), flush=True)
     except (ValueError, NonFiniteLossError) as e:  # DataError and CheckpointError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

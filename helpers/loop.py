@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .data import reflect_pad
 from .device import autocast
 from .recipes import Recipe, Settings
+from .speed import IDLE
 
 
 class NonFiniteLossError(RuntimeError):
@@ -190,10 +191,11 @@ def make_ema(model, recipe: Recipe):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False,
-                    ema=None, scaler=None, lookahead=None, precision="fp32"):
+                    ema=None, scaler=None, lookahead=None, precision="fp32", stopwatch=IDLE):
     """One pass over `loader`, updating `ema` and `lookahead` (if given) after each step.
 
     `scaler`: a GradScaler for fp16 (helpers.device.make_scaler); a disabled one, or None, is plain SGD.
+    `stopwatch`: a speed.Stopwatch to time each phase of a step (benchmark --profile); the default does nothing.
 
     Returns {"train_loss", "train_acc", "lr", "train_seconds"}.
     """
@@ -203,26 +205,32 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     bar = _progress(loader, progress, desc=f"epoch {epoch}", total=len(loader))
-    for step, (x, y) in enumerate(bar):
+    stopwatch.start()
+    for step, (x, y) in enumerate(bar):   # the loader augments each batch as it is drawn
+        stopwatch.lap("data")
         with autocast(device, precision):
             out = model(x)
         loss = loss_fn(out.float(), y, recipe.label_smoothing)
+        stopwatch.lap("forward")
         optimizer.zero_grad(set_to_none=True)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used (reported per epoch)
         if scaler is not None and scaler.is_enabled():
             # fp16: scale the loss so small gradients survive; a step whose gradients
             # overflowed is skipped and the scale lowered (the schedule still advances)
             scaler.scale(loss).backward()
+            stopwatch.lap("backward")
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            stopwatch.lap("backward")
             optimizer.step()
         scheduler.step()
         if lookahead is not None:
             lookahead.update(model)
         if ema is not None:
             ema.update_parameters(model)
+        stopwatch.lap("optimizer")
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         seen += len(y)

@@ -292,10 +292,15 @@ def study_epochs(study):
 
 
 def study_top_runs(study, top=3):
-    """Train and test accuracy per epoch of the best trials, side by side."""
-    from .study import records
+    """Train and test accuracy per epoch of the best trials, side by side: their Records as
+    helpers.study.records builds them (plots sits beside study.py, not above it, so it builds them here)."""
+    from optuna.trial import TrialState
 
-    return summary_plot_for_runs(records(study, top), "acc")
+    from .record import Record
+
+    best = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)[:top]
+    return summary_plot_for_runs([Record(f"trial {t.number} ({t.value:.2%})", dict(recipe=t.user_attrs.get("recipe")),
+                                         t.user_attrs["history"]) for t in best], "acc")
 
 
 STUDY_PLOTS = {"history": study_history, "importances": study_importances, "epochs": study_epochs,

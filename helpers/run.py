@@ -27,6 +27,7 @@ from .record import Record
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .registry import build_model, file_source, keep_copy, model_identity, spec_name
 from .rundir import RunLock, check_writable
+from .speed import IDLE
 
 
 class Trainer:
@@ -49,6 +50,7 @@ class Trainer:
         self.ema = make_ema(model, recipe)
         self.lookahead = make_lookahead(model, recipe, len(train_loader))
         self.scaler = make_scaler(device, self.settings.precision)
+        self.stopwatch = IDLE  # a speed.Stopwatch times each phase of the epochs (benchmark --profile)
         self.history: list[dict] = []
 
     @property
@@ -135,7 +137,7 @@ class Trainer:
         try:
             stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler, self.recipe,
                                     self.device, epoch, self.progress, self.ema, self.scaler, self.lookahead,
-                                    self.settings.precision)
+                                    self.settings.precision, self.stopwatch)
         except NonFiniteLossError as e:
             raise self._stopped(e) from None
         return dict(epoch=epoch, **stats)
@@ -144,7 +146,9 @@ class Trainer:
         """Test loss and plain single-view accuracy of the evaluated weights (the moving average when
         the recipe keeps one), and with the recipe's test-time augmentation tta_loss / tta_acc beside them."""
         t0 = time.perf_counter()
+        self.stopwatch.start()
         stats = evaluate(self.eval_model, self.test_loader, self.settings.precision, self.recipe.tta)
+        self.stopwatch.lap("evaluation")
         return stats | dict(eval_seconds=time.perf_counter() - t0)
 
     def save_epoch(self, stats: dict) -> dict:
@@ -160,7 +164,9 @@ class Trainer:
         stats = stats | dict(peak_rss_mb=peak_rss_mb())
         self.history.append(stats)
         try:
+            self.stopwatch.start()
             self.save()
+            self.stopwatch.lap("checkpoint")
         except CheckpointError:
             self.history.pop()  # not saved, so not an epoch of this run
             raise
