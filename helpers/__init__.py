@@ -13,7 +13,8 @@ REPO = "small-cnn-team/cifar10-small-cnn"
 _EXPORTS = {
     "constraints": ["check"],
     "device": ["pick_device", "resolve_precision"],
-    "data": ["Loader", "channel_stats", "load_split", "load_splits"],
+    "data": ["channel_stats", "load_split", "load_splits"],
+    "loader": ["Loader"],
     "errors": ["UserError"],
     "model": ["count_params", "params_per_block"],
     "notebook": ["check_params", "drive_path", "in_colab", "run_folder", "run_name", "summary", "warn_if_no_gpu"],
@@ -25,7 +26,7 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...), H.study.load_study(...)
-_SUBMODULES = ("benchmark", "checkpoint", "cli", "constraints", "data", "device", "diagram", "loop", "model",
+_SUBMODULES = ("benchmark", "checkpoint", "cli", "constraints", "data", "device", "diagram", "loader", "loop", "model",
                "objective", "plots", "recipes", "record", "registry", "run", "space", "speed", "study", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 

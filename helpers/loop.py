@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .data import reflect_pad
+from .loader import reflect_pad
 from .device import autocast
 from .recipes import Recipe, Settings
 from .speed import IDLE

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from .data import random_flip, random_translate
+from .loader import random_flip, random_translate
 from .recipes import recipe_name  # noqa: F401  (plots label runs by it; it lives with the recipes)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CHECKPOINT, HISTORY, read_checkpoint, sync_history, upgrade_config
-from .data import Loader
+from .loader import Loader
 from .errors import UserError
 from .recipes import Recipe
 from .registry import build_model, rebuild_spec

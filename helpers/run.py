@@ -16,7 +16,8 @@ import torch
 from .checkpoint import (CHECKPOINT, FORMAT, PREV_CHECKPOINT, CheckpointError, check_resume, find_checkpoint,
                          read_checkpoint, save_checkpoint, sync_history)
 from .constraints import check
-from .data import SOURCES, Loader, channel_stats, load_splits
+from .data import SOURCES, channel_stats, load_splits
+from .loader import Loader
 from .device import (configure_backends, make_scaler, peak_rss_mb, pick_device, reset_peak_memory,
                      resolve_channels_last, resolve_compile, resolve_precision)
 from .errors import UserError

@@ -1,21 +1,21 @@
+import json
+import os
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import SMALL_FAST, make_folder
 from helpers import data as D
-from helpers.data import DataError, Loader, load_split, load_splits
+from helpers.checkpoint import HISTORY
+from helpers.data import DataError, channel_stats, load_split, load_splits
+from helpers.loader import Loader
+from helpers.registry import build_model
+from helpers.run import Trial, train
+from helpers.train import main as train_main
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def make_folder(root, classes=("cat", "dog"), n=4, splits=("train", "test")):
-    for split in splits:
-        for i, c in enumerate(classes):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for k in range(n):
-                Image.new("RGB", (32, 32), (40 * i, 10 * k, 100)).save(d / f"{k}.png")
-    return root
 
 
 def test_synthetic_shapes_and_balance():
@@ -26,7 +26,7 @@ def test_synthetic_shapes_and_balance():
 
 
 def test_folder_source_reads_images_and_labels(tmp_path):
-    root = make_folder(tmp_path / "ds")
+    root = make_folder(tmp_path / "ds", solid=True)
     train, test = load_splits("folder", root)
     assert train.classes == ["cat", "dog"] and len(train) == 8
     assert train.images.shape == (8, 3, 32, 32) and train.labels.tolist() == [0] * 4 + [1] * 4
@@ -34,7 +34,7 @@ def test_folder_source_reads_images_and_labels(tmp_path):
 
 
 def test_non_rgb_converted_and_corrupt_skipped_and_counted(tmp_path):
-    root = make_folder(tmp_path / "ds")
+    root = make_folder(tmp_path / "ds", solid=True)
     Image.new("L", (32, 32), 7).save(root / "train" / "cat" / "gray.png")
     Image.new("RGB", (64, 48)).save(root / "train" / "cat" / "big.png")
     (root / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg at all")
@@ -47,7 +47,7 @@ def test_non_rgb_converted_and_corrupt_skipped_and_counted(tmp_path):
 
 
 def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
-    root = make_folder(tmp_path / "ds")
+    root = make_folder(tmp_path / "ds", solid=True)
     first = load_split("folder", "train", root)
     calls = []
     monkeypatch.setattr(D, "_folder", lambda *a: calls.append(a) or first)
@@ -67,7 +67,7 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
 def test_folder_errors_name_the_path(tmp_path, breakage, message):
     root = tmp_path / "ds"
     if breakage != "no_root":
-        make_folder(root, splits=("train",) if breakage == "no_test" else ("train", "test"))
+        make_folder(root, splits=("train",) if breakage == "no_test" else ("train", "test"), solid=True)
     if breakage == "class_mismatch":
         (root / "test" / "bird").mkdir()
         Image.new("RGB", (32, 32)).save(root / "test" / "bird" / "0.png")
@@ -120,69 +120,6 @@ def test_limit_is_class_balanced():
         load_split("synthetic", "train", limit=-1)
 
 
-def test_loader_yields_normalized_batches():
-    train = load_split("synthetic", "train", limit=100)
-    mean, std = D.channel_stats(train.images)
-    loader = Loader(train, 32, train=False, mean=mean, std=std)
-    batches = list(loader)
-    assert len(batches) == len(loader) == 4 and batches[-1][0].shape == (4, 3, 32, 32)
-    x = torch.cat([b[0] for b in batches])
-    assert x.dtype == torch.float32
-    assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=1e-3)
-    assert torch.allclose(x.std((0, 2, 3)), torch.ones(3), atol=1e-2)
-    assert torch.equal(torch.cat([b[1] for b in batches]), train.labels)
-
-
-def test_augmentation_ops():
-    img = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).view(2, 3, 32, 32).to(torch.uint8)
-    assert torch.equal(D.random_translate(img, 0), img)
-    moved = D.random_translate(img, 2, torch.Generator().manual_seed(0))
-    assert moved.shape == img.shape and moved.dtype == torch.uint8
-    # a shifted image keeps its interior: some 28x28 window of the original appears in it
-    inner = moved[0, :, 2:30, 2:30]
-    assert any(torch.equal(inner, img[0, :, y:y + 28, x:x + 28]) for y in range(5) for x in range(5))
-    batch = torch.randint(0, 256, (64, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-    flipped = D.random_flip(batch, torch.Generator().manual_seed(0))
-    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, batch)]
-    assert all(m or torch.equal(a, b) for m, a, b in zip(mirrored, flipped, batch))
-    assert 16 <= sum(mirrored) <= 48  # about half mirrored: neither a no-op nor a flip of everything
-
-
-def test_cutout_blanks_one_square_inside_each_image():
-    x = torch.ones(16, 3, 32, 32)
-    assert torch.equal(D.random_cutout(x, 0), x)
-    out = D.random_cutout(x, 8, torch.Generator().manual_seed(0))
-    blank = out[:, 0] == 0                                               # (N, H, W)
-    assert (blank.sum((1, 2)) == 64).all() and torch.equal(blank, (out == 0).all(1))
-    rows, cols = blank.any(2), blank.any(1)                              # one 8-row, 8-column band each
-    assert (rows.sum(1) == 8).all() and (cols.sum(1) == 8).all()
-    with pytest.raises(DataError, match="larger than"):
-        D.random_cutout(x, 33)
-
-
-def test_training_loader_shuffles_and_augments_repeatably():
-    train = load_split("synthetic", "train", limit=100)
-    make = lambda: Loader(train, 32, train=True, mean=[0.5] * 3, std=[0.25] * 3, translate=2, flip=True)  # noqa: E731
-    a, b = make(), make()
-    a.set_epoch(3), b.set_epoch(3)
-    assert len(a) == 3  # drop_last for training
-    batches = list(a)
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(batches, b))
-    # shuffled: not the dataset's order, and another order the next epoch
-    labels = torch.cat([y for _, y in batches])
-    assert not torch.equal(labels, train.labels[:96])
-    a.set_epoch(4)
-    assert not torch.equal(torch.cat([y for _, y in a]), labels)
-    # augmented: the same batches without augmentation (the shuffle is drawn first, so the
-    # order is the same) differ from the augmented ones, image by image for most of them
-    plain = Loader(train, 32, train=True, mean=[0.5] * 3, std=[0.25] * 3)
-    plain.set_epoch(3)
-    plain_batches = list(plain)
-    assert torch.equal(torch.cat([y for _, y in plain_batches]), labels)
-    changed = torch.cat([(x1 != x2).flatten(1).any(1) for (x1, _), (x2, _) in zip(batches, plain_batches)])
-    assert changed.float().mean() > 0.5
-
-
 def test_jpeg_dev_slice(jpeg_dev_slice):
     train, test = load_splits("folder", jpeg_dev_slice)
     assert train.classes == CIFAR10_CLASSES
@@ -191,45 +128,117 @@ def test_jpeg_dev_slice(jpeg_dev_slice):
     assert all(0.3 < m < 0.6 for m in mean)
 
 
-def test_alternating_flip_shows_each_image_both_ways_over_two_epochs():
-    train = load_split("synthetic", "train", limit=64)
-    loader = Loader(train, 64, train=True, mean=[0.5] * 3, std=[0.25] * 3, flip=True, alternate_flip=True)
-    views = []
-    for epoch in (1, 2, 3):
-        loader.set_epoch(epoch)
-        x, y = next(iter(loader))
-        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))  # the loader's shuffle
-        views.append(x[order.argsort()])  # back to dataset order
-    plain = loader.normalize(train.images)
-    for i in range(64):
-        a, b, c = (torch.equal(v[i], plain[i]) for v in views)
-        assert a != b and a == c  # flipped in exactly one of two consecutive epochs
+def test_corrupt_cache_is_rebuilt_with_a_note(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds")
+    first = D.load_split("folder", "train", root)
+    (cache,) = D.default_cache_dir().glob("folder-train-*.pt")
+    os.truncate(cache, cache.stat().st_size // 2)
+    capsys.readouterr()
+    again = D.load_split("folder", "train", root)
+    assert torch.equal(again.images, first.images)
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "decoding the images again" in out and out.count("\n") == 1
+    assert D._read_cache(cache) is not None             # rewritten whole
 
 
-def test_loader_draws_an_epoch_of_augmentation_in_one_copy():
-    """The batches are the ones per-batch draws give (same generator, same order), but the randomness
-    reaches the device in one copy per epoch, not 2-4 blocking copies per step."""
-    from torch.overrides import TorchFunctionMode
+def test_cache_follows_symlinked_class_folders_and_keeps_one_file(tmp_path):
+    root = make_folder(tmp_path / "ds")
+    elsewhere = tmp_path / "elsewhere" / "cat"
+    elsewhere.parent.mkdir()
+    (root / "train" / "cat").rename(elsewhere)
+    (root / "train" / "cat").symlink_to(elsewhere, target_is_directory=True)
+    first = D.load_split("folder", "train", root)
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(elsewhere / "0.png")   # replaced behind the link
+    replaced = D.load_split("folder", "train", root)
+    assert not torch.equal(replaced.images, first.images) and replaced.images[0].min() == 255
+    Image.new("RGB", (32, 32)).save(elsewhere / "new.png")                  # added behind the link
+    assert len(D.load_split("folder", "train", root)) == len(first) + 1
+    assert len(list(D.default_cache_dir().glob("folder-train-*.pt"))) == 1  # older versions removed
+    D.load_split("folder", "train", make_folder(tmp_path / "other"))        # another folder: its own slot
+    assert len(list(D.default_cache_dir().glob("folder-train-*.pt"))) == 2
 
-    ds = D.load_split("synthetic", "train", limit=230)
-    loader = D.Loader(ds, 50, True, [0.5] * 3, [0.25] * 3, translate=2, flip=True, cutout=8, seed=3)
-    loader.set_epoch(4, seed=3)
 
-    class CountMoves(TorchFunctionMode):
-        moves = 0
+@pytest.mark.parametrize("how", ["parent is a file", "disk full mid-write"])
+def test_an_unwritable_dataset_cache_falls_back_to_memory(tmp_path, monkeypatch, capsys, how):
+    import errno
+    folder = make_folder(tmp_path / "imgs")
+    if how == "parent is a file":
+        (tmp_path / "blocked").write_text("")
+        cache = tmp_path / "blocked" / "cache"
+    else:
+        cache = tmp_path / "cache"
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            if func is torch.Tensor.to:
-                CountMoves.moves += 1
-            return func(*args, **(kwargs or {}))
+        def full(obj, f, *a, **k):
+            f.write(b"x" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(torch, "save", full)
+    ds = D.load_split("folder", "train", data_dir=folder, cache_dir=cache)
+    assert len(ds) == 8 and "cannot be written" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("*.tmp"))  # no partial file left in the cache
 
-    with CountMoves():
-        batches = list(loader)
-    assert len(batches) == 4 and CountMoves.moves <= 2  # the shuffled order and the draws: whatever the batches
-    g = torch.Generator().manual_seed(3 * 100_003 + 4)  # what set_epoch seeds
-    order = torch.randperm(230, generator=g)
-    for i, (x, y) in enumerate(batches):
-        idx = order[i * 50:(i + 1) * 50]
-        want = D.random_flip(D.random_translate(ds.images[idx], 2, g), g)
-        want = D.random_cutout(loader.normalize(want), 8, g)
-        assert torch.equal(x, want) and torch.equal(y, ds.labels[idx])
+
+def test_a_chmod_changes_the_cache_key(tmp_path):
+    """An image skipped for a permission error is decoded again once it is readable."""
+    folder = make_folder(tmp_path / "imgs")
+    files = D._list_folder(folder, "train")[1]
+    before = D._cache_key("folder", folder, "train", files)
+    os.chmod(files[0][0], 0o000)
+    try:
+        assert D._cache_key("folder", folder, "train", files) != before
+    finally:
+        os.chmod(files[0][0], 0o644)
+
+
+# --------------------------------------------------------------------------- bad images and inputs
+
+
+def test_broken_symlinks_are_skipped_counted_and_named(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds")
+    (root / "train" / "cat" / "loop.jpg").symlink_to(root / "train" / "cat" / "loop.jpg")   # ELOOP
+    (root / "train" / "dog" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")              # dangling
+    split = D.load_split("folder", "train", root)
+    assert len(split) == 8 and split.problems["skipped (unreadable)"] == 2
+    assert sorted(os.path.basename(f) for f in split.skipped_files()) == ["gone.jpg", "loop.jpg"]
+    out = capsys.readouterr().out
+    assert "loop.jpg" in out and "gone.jpg" in out
+    record = train(out_dir=tmp_path / "r", **dict(SMALL_FAST, data="folder", data_dir=root, limit=None,
+                                                     batch_size=4, epochs=1))
+    assert len(record.config["skipped_files"]["train"]) == 2
+    saved = json.loads((tmp_path / "r" / HISTORY).read_text())["config"]["skipped_files"]
+    assert sorted(os.path.basename(f) for f in saved["train"]) == ["gone.jpg", "loop.jpg"]
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    root = make_folder(tmp_path / "ds")
+    Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(root / "train" / "cat" / "deep.png")
+    train = D.load_split("folder", "train", root)
+    deep = train.images[train.labels == 0][-1]
+    assert deep.unique().tolist() == [128]               # 32768 / 257, not 255
+
+
+def test_split_smaller_than_one_batch_says_so(tmp_path, capsys):
+    with pytest.raises(D.DataError, match=r"20 images, fewer than one batch \(batch_size 40\).*--limit.*--batch-size"):
+        Trial(**{**SMALL_FAST, "limit": 20}).setup()
+    assert train_main(["--data", "synthetic", "--limit", "20", "--batch-size", "40", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fewer than one batch" in err
+
+
+def test_data_errors_name_the_cli_flag_and_the_python_argument(tmp_path):
+    for call in (lambda: D.load_split("folder", "train"), lambda: D.load_split("folder", "train", tmp_path / "no"),
+                 lambda: Trial(data="folder")):
+        with pytest.raises(ValueError) as e:
+            call()
+        assert "--data-dir" in str(e.value) and "data_dir" in str(e.value).replace("--data-dir", "")
+
+
+def test_a_constant_colour_channel_still_trains():
+    # std 0 in one channel would divide by zero when normalising and break the whitening init
+    ds = load_split("synthetic", "train", limit=120)
+    ds.images[:, 2] = 128
+    mean, std = channel_stats(ds.images)
+    assert min(std) > 0
+    x, _ = next(iter(Loader(ds, 40, train=False, mean=mean, std=std)))
+    net = build_model("fast")
+    net.prep.init_whitening(x)
+    assert torch.isfinite(net(x)).all()

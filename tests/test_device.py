@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import SMALL, outcome
 from helpers import device as D
 from helpers.checkpoint import CHECKPOINT, CheckpointError
 from helpers.device import peak_rss_mb
@@ -16,13 +17,7 @@ from helpers.run import Trial, train
 from helpers.train import main as train_main
 from helpers.recipes import RECIPES, Settings, get_recipe
 
-SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2)
 FP16 = {**SMALL, "model": "fast", "precision": "fp16"}  # CPU fp16 is slow: the small model
-
-
-def outcome(record):
-    """A history without its timings and memory, which differ between identical runs."""
-    return [{k: v for k, v in h.items() if not k.endswith("seconds") and k != "peak_rss_mb"} for h in record.history]
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 
 

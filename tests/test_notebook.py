@@ -5,6 +5,8 @@ import types
 import pytest
 
 from helpers import notebook as N
+from helpers.notebook import check_params
+from helpers.recipes import RECIPES
 from helpers.registry import build_model
 
 
@@ -130,3 +132,10 @@ def test_run_folder_says_when_the_folder_holds_another_run(tmp_path, capsys):
     assert "holds another run (recipe='fast' there, 'seed' here; model='fast' there, 'seed' here)" in out
     N.run_folder(recipe="fast", seed=0, model="wide", out_dir=str(tmp_path))
     assert "model='fast' there, 'wide' here" in capsys.readouterr().out
+
+
+def test_changing_only_the_recipe_changes_model_and_epochs():
+    # what a Colab user does: recipe = "fast" and nothing else (model, epochs, ... stay None)
+    for name, recipe in RECIPES.items():
+        r = check_params(data="synthetic", model=None, epochs=None, recipe=name)
+        assert (r.model, r.epochs, r.batch_size) == (recipe.model, recipe.epochs, recipe.batch_size)

@@ -1,6 +1,6 @@
-"""Notebooks: structure of the committed ones, a papermill smoke run of all four, nbval on its output.
+"""Notebooks: structure of the committed ones (all five), a papermill smoke run of 01-04, nbval on its output.
 
-The main job runs notebooks 01-04 only (later ones, e.g. 05_sweep, have their own tests)."""
+The main job runs notebooks 01-04 only (05_sweep runs in tests/test_study.py and tests/test_colab.py)."""
 import ast
 import contextlib
 import hashlib
@@ -21,6 +21,7 @@ from helpers import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = pipeline.notebook_paths()
+COMMITTED = sorted((ROOT / "notebooks").glob("*.ipynb"))  # the main job's four and 05_sweep
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 REQUIRED_PARAMS = {"data", "data_dir", "recipe", "model", "epochs", "batch_size", "precision", "limit", "device",
                    "seed", "use_drive", "out_dir", "images_dir"}
@@ -28,6 +29,8 @@ REQUIRED_PARAMS = {"data", "data_dir", "recipe", "model", "epochs", "batch_size"
 ANALYSIS_PARAMS = {"recipe", "model", "seed", "device", "use_drive", "out_dir", "images_dir", "compare"}
 # None = "the recipe's value": changing `recipe` alone switches model, epochs, batch size, precision
 RECIPE_DEFAULTS = ("model", "epochs", "batch_size", "precision")
+# notebook 05 shows a sweep's study: these and no others
+SWEEP_PARAMS = {"study", "storage", "root", "use_drive", "top", "images_dir"}
 
 
 def load(path):
@@ -43,11 +46,11 @@ def test_four_numbered_notebooks():
     assert all(p.is_file() for p in NOTEBOOKS)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
 def test_committed_notebook_structure(path):
     nb = load(path)
     first = source(nb["cells"][0])
-    assert first.startswith("# ")
+    assert first.startswith(f"# {path.name[:2]} · ")  # "# 05 · Sweep results"
     badge = f"https://colab.research.google.com/github/{helpers.REPO}/blob/main/notebooks/{path.name}"
     assert badge in first
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
@@ -56,8 +59,11 @@ def test_committed_notebook_structure(path):
     tree = ast.parse(source(params[0]))
     values = {t.id: ast.literal_eval(node.value)  # plain literals only, so papermill can override them
               for node in tree.body for t in node.targets}
-    assert (ANALYSIS_PARAMS if path.name.startswith("04") else REQUIRED_PARAMS) <= set(values)
-    assert all(values[k] is None for k in RECIPE_DEFAULTS if k in values) and values["model"] is None
+    if path.name.startswith("05"):
+        assert set(values) == SWEEP_PARAMS
+    else:
+        assert (ANALYSIS_PARAMS if path.name.startswith("04") else REQUIRED_PARAMS) <= set(values)
+        assert all(values[k] is None for k in RECIPE_DEFAULTS if k in values) and values["model"] is None
     assert values["use_drive"] is True  # every Colab notebook runs in its own runtime: runs live on Drive
     setup = next(source(c) for c in nb["cells"] if "google.colab" in source(c))
     assert f'REPO = "{helpers.REPO}"' in setup and "-e" not in setup.split()
@@ -65,7 +71,7 @@ def test_committed_notebook_structure(path):
         assert nb["metadata"].get("accelerator") == "GPU"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
 def test_no_run_metadata_or_machine_paths(path):
     text = path.read_text()
     assert '"papermill"' not in text and "injected-parameters" not in text
@@ -185,8 +191,9 @@ def test_nbval_catches_a_changed_checked_output(smoke_run, tmp_path):
 def test_bad_parameters_fail_in_the_first_cell_that_uses_them(tmp_path, capsys):
     out = ROOT / "runs" / "test-bad-params"
     try:
-        assert pipeline.main(["--data", "folder", "--out", str(out)]) == 1
-        assert "needs --data-dir" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as e:
+            pipeline.main(["--data", "folder", "--out", str(out)])
+        assert e.value.code == 2 and "needs --data-dir" in capsys.readouterr().err
         # past the pipeline's own check, the notebook's check cell stops it with a clear message
         with pytest.raises(pipeline.PipelineError, match=r"01_explore_data.ipynb failed in cell \d+: "
                                                         r"ParameterError: bad notebook parameters"):
@@ -223,7 +230,7 @@ def test_03_shows_the_recipe_the_schedule_and_the_loop(smoke_run):
                  "H.recipe_table(trainer)", "H.lr_schedule("):
         assert call in code, call
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-    for row in ("optimizer", "lr schedule", "momentum", "loss", "augmentation", "test accuracy", "precision"):
+    for row in ("optimizer", "lr schedule", "momentum", "loss", "augmentation", "test accuracy", "settings"):
         assert re.search(rf"(?m)^{row}\s", text), row
     assert (smoke_run["out"] / "images" / "schedule.png").is_file()
 

@@ -1,5 +1,5 @@
 """The main job's command line, without running notebooks (tests/test_notebooks.py runs them):
-option checks, parameter resolution for every recipe, run folders, --publish, --set-repo, plot labels."""
+option checks, parameter resolution for every recipe, run folders, --publish, --set-repo, provenance."""
 import json
 import os
 import re
@@ -12,10 +12,9 @@ import pytest
 matplotlib.use("Agg")
 
 import helpers  # noqa: E402
-from helpers import pipeline, plots  # noqa: E402
+from helpers import pipeline  # noqa: E402
 from helpers.notebook import ParameterError, check_params  # noqa: E402
 from helpers.recipes import PRECISIONS, RECIPES, get_recipe  # noqa: E402
-from helpers.record import Record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +59,9 @@ def test_data_dir_with_another_source_is_one_clear_error(monkeypatch, capsys):
 
 def test_missing_data_dir_names_the_option(monkeypatch, capsys):
     no_notebooks(monkeypatch)
-    assert pipeline.main(["--data", "folder", "--out", "runs/test-never"]) == 1
-    assert "--data folder needs --data-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the shared CLI layer's check (helpers/cli.py), before any work
+        pipeline.main(["--data", "folder", "--out", "runs/test-never"])
+    assert e.value.code == 2 and "--data folder needs --data-dir" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- smoke and batch size
@@ -90,21 +90,6 @@ def test_a_split_smaller_than_a_batch_is_one_clear_error(monkeypatch, capsys):
     assert "--batch-size" in err and "Traceback" not in err
     with pytest.raises(ValueError, match=r"limit=100 keeps fewer training images .* set batch_size"):
         check_params(data="synthetic", recipe="fast", limit=100)
-
-
-def test_changing_only_the_recipe_changes_model_and_epochs():
-    # what a Colab user does: recipe = "fast" and nothing else (model, epochs, ... stay None)
-    for name, recipe in RECIPES.items():
-        r = check_params(data="synthetic", model=None, epochs=None, recipe=name)
-        assert (r.model, r.epochs, r.batch_size) == (recipe.model, recipe.epochs, recipe.batch_size)
-
-
-def test_another_model_leaves_the_recipes_model_arguments_behind():
-    # fast's GELU belongs to the fast model: the seed model (or yours) is built without it
-    r = check_params(data="synthetic", model="seed", recipe="fast")
-    assert (r.model, r.model_kwargs, r.epochs) == ("seed", {}, RECIPES["fast"].epochs)
-    assert get_recipe("fast").model_kwargs == {"act": "gelu"}
-    assert get_recipe("fast", epochs=5).model_kwargs is not RECIPES["fast"].model_kwargs  # a copy, never shared
 
 
 # --------------------------------------------------------------------------- run folders
@@ -246,30 +231,7 @@ def test_the_committed_repository_is_the_same_everywhere():
         assert m == helpers.REPO
 
 
-# --------------------------------------------------------------------------- figures
-
-def record(recipe="fast", seed=3, epochs=1, name="run"):
-    r = get_recipe(recipe, epochs=epochs).to_dict()
-    history = [dict(epoch=e, train_acc=0.5, test_acc=0.4 + e / 100, train_loss=1.0, test_loss=1.2)
-               for e in range(1, epochs + 1)]
-    return Record(name, dict(recipe=r, seed=seed), history)
-
-
-def test_runs_are_labelled_by_recipe_and_seed():
-    fig = plots.plot_curves(record())
-    assert fig.axes[0].get_title() == "fast (epochs=1), seed 3: accuracy"
-    fig = plots.summary_plot_for_runs([record(), record("long", 0, 40, name="other")])
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ["fast (epochs=1), seed 3", "long, seed 0"]
-
-
-@pytest.mark.parametrize("epochs", [1, 3, 40])
-def test_epoch_ticks_are_whole_numbers(epochs):
-    fig = plots.plot_curves(record(epochs=epochs))
-    fig.canvas.draw()
-    ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
-    assert ticks and all(float(t).is_integer() for t in ticks)
-
+# --------------------------------------------------------------------------- provenance, outputs, damaged runs
 
 def test_provenance_names_the_device_the_run_used(tmp_path, monkeypatch):
     """A CPU run on a GPU machine is published as a CPU run."""

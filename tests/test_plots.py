@@ -81,3 +81,26 @@ def test_figures_take_tensors_from_an_accelerator():
     images = torch.rand(2, 3, 8, 8).as_subclass(OnDevice)
     cams = torch.rand(2, 8, 8).as_subclass(OnDevice)
     plots.show_grad_cam(images, cams, ["a", "b"], ncols=2)
+
+
+def record(recipe="fast", seed=3, epochs=1, name="run"):
+    r = get_recipe(recipe, epochs=epochs).to_dict()
+    history = [dict(epoch=e, train_acc=0.5, test_acc=0.4 + e / 100, train_loss=1.0, test_loss=1.2)
+               for e in range(1, epochs + 1)]
+    return Record(name, dict(recipe=r, seed=seed), history)
+
+
+def test_runs_are_labelled_by_recipe_and_seed():
+    fig = plots.plot_curves(record())
+    assert fig.axes[0].get_title() == "fast (epochs=1), seed 3: accuracy"
+    fig = plots.summary_plot_for_runs([record(), record("long", 0, 40, name="other")])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["fast (epochs=1), seed 3", "long, seed 0"]
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 40])
+def test_epoch_ticks_are_whole_numbers(epochs):
+    fig = plots.plot_curves(record(epochs=epochs))
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMALL_FAST, outcome
 from helpers import registry
 from helpers.checkpoint import CheckpointError
 from helpers.record import load_run
@@ -18,7 +19,6 @@ from helpers.errors import UserError
 from helpers.registry import ModelError, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(data="synthetic", limit=120, device="cpu", progress=False, batch_size=40, epochs=2, recipe="fast")
 
 NET = '''
 import torch.nn as nn
@@ -56,13 +56,9 @@ def write_net(folder, width=16, name="studentnet.py") -> Path:
     return path
 
 
-def strip(history):
-    return [{k: v for k, v in h.items() if "seconds" not in k and k != "peak_rss_mb"} for h in history]
-
-
 def test_a_file_model_trains_and_its_run_folder_keeps_a_copy(tmp_path):
     path = write_net(tmp_path)
-    record = train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    record = train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL_FAST)
     assert len(record.history) == 2 and record.config["recipe"]["model"] == f"{path}:Net"
     assert record.config["recipe"]["model_kwargs"] == {}  # fast's GELU is the fast model's, not yours
     identity = record.config["model_identity"]
@@ -73,21 +69,21 @@ def test_a_file_model_trains_and_its_run_folder_keeps_a_copy(tmp_path):
 
 def test_resume_refuses_a_changed_file_and_accepts_the_same(tmp_path):
     path = write_net(tmp_path)
-    Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(stop_after=1)
+    Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL_FAST).run(stop_after=1)
     write_net(tmp_path, width=24)  # the student edited the network between sessions
     with pytest.raises(CheckpointError, match=r"model file .*studentnet.py: changed since the checkpoint"):
-        Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(resume=True)
+        Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL_FAST).run(resume=True)
     write_net(tmp_path, width=16)  # and put it back as it was
-    resumed = Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL).run(resume=True)
-    full = train(model=f"{path}:Net", **SMALL)
-    assert strip(resumed.history) == strip(full.history)
+    resumed = Trial(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL_FAST).run(resume=True)
+    full = train(model=f"{path}:Net", **SMALL_FAST)
+    assert outcome(resumed.history) == outcome(full.history)
 
 
 def test_another_architecture_under_the_same_name_is_refused(tmp_path):
-    Trial(model=lambda: build_model("fast"), out_dir=tmp_path / "run", **SMALL).run(stop_after=1)
+    Trial(model=lambda: build_model("fast"), out_dir=tmp_path / "run", **SMALL_FAST).run(stop_after=1)
     with pytest.raises(CheckpointError, match="model architecture"):
         Trial(model=lambda: build_model("fast", widths=(16, 32, 64)), out_dir=tmp_path / "run",
-                **SMALL).run(resume=True)
+                **SMALL_FAST).run(resume=True)
 
 
 def rebuild_elsewhere(run_dir, cwd):
@@ -104,7 +100,7 @@ def rebuild_elsewhere(run_dir, cwd):
 @pytest.mark.parametrize("change", ["deleted", "edited"])
 def test_another_runtime_rebuilds_the_network_from_the_run_folders_copy(tmp_path, change):
     path = write_net(tmp_path)
-    train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL_FAST)
     if change == "deleted":
         path.unlink()
     else:
@@ -119,7 +115,7 @@ def test_another_runtime_rebuilds_the_network_from_the_run_folders_copy(tmp_path
 
 def test_no_file_and_no_copy_is_one_line(tmp_path):
     path = write_net(tmp_path)
-    train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL)
+    train(model=f"{path}:Net", out_dir=tmp_path / "run", **SMALL_FAST)
     path.unlink()
     (tmp_path / "run" / "studentnet.py").unlink()
     with pytest.raises(ModelError, match="is not here and the run folder has no intact copy"):
@@ -130,7 +126,7 @@ def test_a_factory_from_python_trains_and_is_passed_again_to_rebuild(tmp_path):
     def my_net():
         return build_model("fast", widths=(16, 32, 32))
 
-    record = train(model=my_net, out_dir=tmp_path / "run", **SMALL)
+    record = train(model=my_net, out_dir=tmp_path / "run", **SMALL_FAST)
     assert record.config["recipe"]["model"].startswith("factory:") and record.config["params"] < 100_000
     with pytest.raises(ModelError, match="pass the same function again"):
         load_run(tmp_path / "run")
@@ -159,7 +155,7 @@ def test_bad_models_are_one_line_before_any_data(tmp_path, monkeypatch, spec, so
     if source:
         (tmp_path / "studentnet.py").write_text(source)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
-        Trial(model=spec, out_dir=tmp_path / "run", **SMALL).setup()
+        Trial(model=spec, out_dir=tmp_path / "run", **SMALL_FAST).setup()
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
     assert isinstance(e.value, (ModelError, RuleError, ValueError))
 
@@ -180,15 +176,15 @@ def test_the_shipped_example_passes_the_rules_and_trains_a_step():
 
     model = build_model(f"{ROOT / 'mynet.py'}:MyNet")
     assert check(model).passed
-    record = train(model=f"{ROOT / 'mynet.py'}:MyNet", **dict(SMALL, epochs=1))
+    record = train(model=f"{ROOT / 'mynet.py'}:MyNet", **dict(SMALL_FAST, epochs=1))
     assert record.history[0]["train_loss"] > 0
 
 
 def test_rules_can_be_waived_only_on_request(tmp_path):
     broken = '{"separable": false}'
     with pytest.raises(RuleError, match="depthwise-separable conv"):
-        Trial(model_kwargs=json.loads(broken), **dict(SMALL, epochs=1)).setup()
-    Trial(model_kwargs=json.loads(broken), enforce_rules=False, **dict(SMALL, epochs=1)).setup()
+        Trial(model_kwargs=json.loads(broken), **dict(SMALL_FAST, epochs=1)).setup()
+    Trial(model_kwargs=json.loads(broken), enforce_rules=False, **dict(SMALL_FAST, epochs=1)).setup()
 
 
 def test_a_copy_is_written_once_and_atomically(tmp_path):

@@ -1,0 +1,212 @@
+"""helpers/loop.py, the training step: loss, optimizer groups, the one-cycle schedule, Lookahead, the
+whitening-bias toggle, autocast, prediction with and without test-time augmentation, the recipe table."""
+import math
+
+import pytest
+import torch
+
+from conftest import SMALL, SMALL_FAST
+from helpers.data import channel_stats, load_split
+from helpers.loader import Loader
+from helpers.loop import (Lookahead, evaluate, loss_fn, lr_schedule, make_optimizer, make_scheduler, predict,
+                          predict_views, recipe_table, select_examples, tta_views)
+from helpers.recipes import get_recipe
+from helpers.registry import build_model
+from helpers.run import Trial, train
+
+
+# --------------------------------------------------------------------------- loss
+
+def test_loss_goes_down_on_synthetic_data():
+    torch.manual_seed(0)
+    ds = load_split("synthetic", "train", limit=200)
+    mean, std = channel_stats(ds.images)
+    x, y = next(iter(Loader(ds, 200, train=False, mean=mean, std=std)))
+    model = build_model("seed", dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(15):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_label_smoothing_matches_torch():
+    logits = torch.randn(8, 10)
+    y = torch.randint(0, 10, (8,))
+    ours = loss_fn(logits.log_softmax(1), y, 0.1)
+    assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+
+def test_bias_lr_scale_follows_the_schedule():
+    model = build_model("fast")
+    recipe = get_recipe("fast", bias_lr_scale=8.0)
+    opt = make_optimizer(model, recipe)
+    sched = make_scheduler(opt, recipe, steps_per_epoch=10)
+    decay, no_decay = opt.param_groups
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    for _ in range(7):
+        assert no_decay["lr"] == pytest.approx(8 * decay["lr"])
+        opt.step()
+        sched.step()
+
+
+def _schedule(recipe, key, steps_per_epoch=10):
+    """The value of optimizer setting `key` at every step of the recipe's schedule."""
+    opt = make_optimizer(build_model("fast"), recipe)
+    sched = make_scheduler(opt, recipe, steps_per_epoch=steps_per_epoch)
+    seen = []
+    for _ in range(recipe.epochs * steps_per_epoch):
+        seen.append(opt.param_groups[0][key])
+        opt.step()
+        sched.step()
+    return seen
+
+
+@pytest.mark.parametrize("momentum, momentum_max", [(0.85, 0.95), (0.9, 0.9)])
+def test_momentum_follows_the_recipe(momentum, momentum_max):
+    seen = _schedule(get_recipe("fast", momentum=momentum, momentum_max=momentum_max), "momentum")
+    # highest at the start, lowest at the lr peak, back up at the end
+    assert seen[0] == pytest.approx(momentum_max) and min(seen) == pytest.approx(momentum)
+    assert seen[-1] == pytest.approx(momentum_max, abs=0.01)
+
+
+@pytest.mark.parametrize("start, end", [(0.1, 0.001), (0.2, 0.07)])
+def test_lr_starts_and_ends_at_the_recipe_fractions(start, end):
+    seen = _schedule(get_recipe("fast", lr_start=start, lr_end=end, lr=2.0), "lr")
+    assert seen[0] == pytest.approx(2.0 * start) and seen[-1] == pytest.approx(2.0 * end)
+    assert max(seen) == pytest.approx(2.0)
+
+
+def test_lr_schedule_is_the_trainers():
+    recipe = get_recipe("best")
+    seen = lr_schedule(recipe, steps_per_epoch=10)
+    assert seen["lr"] == _schedule(recipe, "lr")  # the optimizer and scheduler a run steps through
+    assert seen["bias_lr"] == pytest.approx([lr * recipe.bias_lr_scale for lr in seen["lr"]])
+    assert seen["momentum"] == _schedule(recipe, "momentum") and len(seen["lr"]) == recipe.epochs * 10
+
+
+def test_a_one_step_warm_up_trains(tmp_path):
+    """5 steps with pct_start 0.2: a zero-length warm-up phase to OneCycleLR (ZeroDivisionError before)."""
+    record = train(**{**SMALL_FAST, "limit": 250, "batch_size": 50, "epochs": 1})
+    assert len(record.history) == 1
+    rates = lr_schedule(get_recipe("fast", epochs=1), steps_per_epoch=5)["lr"]
+    assert max(rates) == rates[1]  # the peak one step in
+
+
+# --------------------------------------------------------------------------- Lookahead and the whitening bias
+
+def _steps(model, lookahead, n):
+    # n SGD-like steps that move every weight, each followed by a lookahead update
+    for _ in range(n):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        lookahead.update(model)
+
+
+def test_lookahead_leaves_early_steps_alone_and_ends_on_the_slow_copy():
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    la = Lookahead(model, every=1, total_steps=1000)
+    _steps(model, la, 10)  # decay = 0.95 * (t / 1000)^3: about 1e-6, so the weights keep their pace
+    assert model.weight.flatten().tolist() == pytest.approx([10.0, 10.0], abs=1e-3)
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    la = Lookahead(model, every=5, total_steps=12)
+    _steps(model, la, 11)
+    slow = la.slow["weight"].clone()
+    _steps(model, la, 1)  # the last step: the weights become the slow copy, not 12
+    assert torch.equal(model.weight.detach(), slow) and model.weight[0, 0] < 11
+
+
+def test_whitening_bias_trains_only_for_its_epochs():
+    from helpers.model import PatchWhitening
+
+    trainer = Trial(**dict(SMALL, recipe="fast", epochs=2, whiten_bias_epochs=1)).setup()
+    bias = next(m for m in trainer.model.modules() if isinstance(m, PatchWhitening)).conv.bias
+    head = trainer.model.head.fc.weight
+    before = bias.detach().clone()
+    trainer.fit(stop_after=1)
+    after_one, head_one = bias.detach().clone(), head.detach().clone()
+    trainer.fit()
+    assert not torch.equal(before, after_one)                                    # trained in epoch 1
+    assert torch.equal(after_one, bias) and not torch.equal(head_one, head)      # frozen in epoch 2 only
+
+
+# --------------------------------------------------------------------------- precision
+
+def test_bf16_autocast_trains():
+    trial = Trial(precision="bf16", **SMALL)
+    trainer = trial.setup()
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    dtypes = []
+    conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    record = trial.run()
+    assert math.isfinite(record.history[-1]["train_loss"])
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # training and evaluation both ran in bf16
+
+
+# --------------------------------------------------------------------------- prediction and evaluation
+
+def test_tta_views_weights_and_shifts():
+    x = torch.randn(2, 3, 8, 8)
+    for level, count in ((0, 1), (1, 2), (2, 6)):
+        views = tta_views(x, level)
+        assert len(views) == count and sum(w for w, _ in views) == pytest.approx(1.0)
+        assert all(v.shape == x.shape for _, v in views)
+    shifted = [v for _, v in tta_views(x, 2)[2:]]
+    assert torch.equal(shifted[0][..., 1:, 1:], x[..., :-1, :-1])   # moved down-right by one pixel
+    assert torch.equal(shifted[2][..., :-1, :-1], x[..., 1:, 1:])   # moved up-left by one pixel
+    assert torch.equal(shifted[1], shifted[0].flip(-1))
+    # a model that ignores its input gives the same answer at every level
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10, bias=True), torch.nn.LogSoftmax(1))
+    torch.nn.init.zeros_(model[1].weight)
+    loader = [(x, torch.tensor([0, 1]))]
+    outs = [predict(model, loader, tta=level)[0] for level in (0, 1, 2)]
+    assert torch.allclose(outs[0], outs[1], atol=1e-6) and torch.allclose(outs[0], outs[2], atol=1e-6)
+
+
+def test_plain_accuracy_is_never_the_tta_one():
+    # a "model" that looks at the left half of the image only: the mirror view changes its answer
+    class LeftHalf(torch.nn.Module):
+        def forward(self, x):
+            left = x[..., : x.shape[-1] // 2].mean((1, 2, 3))
+            return (torch.stack([left, -left], 1) * 10).log_softmax(1)
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    y = (x[..., :4].mean((1, 2, 3)) <= 0).long()  # what the left half says: plain accuracy is 100 %
+    stats = evaluate(LeftHalf(), [(x, y)], tta=1)
+    assert stats["test_acc"] == 1.0 and stats["tta_acc"] < 0.9
+    assert evaluate(LeftHalf(), [(x, y)])["test_acc"] == 1.0 and "tta_acc" not in evaluate(LeftHalf(), [(x, y)])
+    plain, with_tta, labels = predict_views(LeftHalf(), [(x, y)], tta=2)
+    assert torch.equal(plain, predict(LeftHalf(), [(x, y)])[0]) and not torch.equal(plain, with_tta)
+
+
+def test_examples_split_correct_and_wrong():
+    trial = Trial(**SMALL)
+    trial.run()
+    t = trial.trainer
+    right, wrong = (select_examples(t.eval_model, t.test_loader, c, 200) for c in (True, False))
+    assert len(right["true"]) + len(wrong["true"]) == 120
+    assert torch.equal(right["true"], right["pred"]) and not (wrong["true"] == wrong["pred"]).any()
+    assert right["images"].dtype == torch.uint8 and (right["confidence"].diff() <= 0).all()
+
+
+# --------------------------------------------------------------------------- the recipe table
+
+def test_recipe_table_reads_the_run():
+    trainer = Trial(**dict(SMALL, recipe="best", batch_size=40)).setup()
+    table = recipe_table(trainer)
+    groups = trainer.optimizer.param_groups
+    assert f"{sum(p.numel() for p in groups[0]['params']):,} values): peak lr 1.5" in table
+    assert "(x64)" in table and "lookahead every 5 steps" in table and "label smoothing 0.2" in table
+    assert "first 3 epochs" in table and "+ mirror and 1 px shifts (6 views)" in table and "3 steps per epoch" in table

@@ -1,0 +1,65 @@
+"""helpers/recipes.py: the recipes, their checks (ranges and types, from Python too) and older configs."""
+import pytest
+import torch
+
+from conftest import SMALL
+from helpers.device import pick_device
+from helpers.notebook import check_params
+from helpers.recipes import RECIPES, Recipe, get_recipe
+from helpers.run import Trial
+
+
+def test_bad_settings_raise_clear_errors():
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        get_recipe("seed", epochs=0)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("turbo")
+    with pytest.raises(ValueError, match="unknown model"):
+        get_recipe("seed", model="vgg")
+    with pytest.raises(ValueError, match="tta must be"):
+        get_recipe("seed", tta=3)
+    with pytest.raises(ValueError, match="ema must be"):
+        get_recipe("seed", ema=1.0)
+    with pytest.raises(ValueError, match="cutout must be"):
+        get_recipe("seed", cutout=-1)
+    with pytest.raises(ValueError, match="momentum must satisfy"):
+        get_recipe("seed", momentum=0.95, momentum_max=0.9)
+    with pytest.raises(ValueError, match="needs data_dir"):
+        Trial(data="folder")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            pick_device("cuda")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 1.5, "epochs must be a whole number, got 1.5"),
+    ("lr", "abc", "lr must be a number"),
+    ("flip", 1, "flip must be true or false"),
+    ("batch_size", True, "batch_size must be a whole number"),
+    ("model_kwargs", "gelu", "model_kwargs must be a dict"),
+])
+def test_recipe_rejects_wrong_types_from_python_too(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        Trial(**{**SMALL, field: value})
+
+
+@pytest.mark.parametrize("field, value", [("lr_start", 0.0), ("lr_end", 0.5), ("lookahead", -1),
+                                          ("whiten_bias_epochs", -2)])
+def test_new_schedule_fields_are_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        get_recipe("fast", **{field: value})
+
+
+def test_old_checkpoint_config_records_the_momentum_it_used():
+    # before momentum_max existed the scheduler ignored `momentum` and cycled 0.85 <-> 0.95
+    old = {**get_recipe("fast").to_dict(), "momentum": 0.9}
+    del old["momentum_max"]
+    assert Recipe.from_dict(old) == get_recipe("fast")
+
+
+def test_another_model_leaves_the_recipes_model_arguments_behind():
+    # fast's GELU belongs to the fast model: the seed model (or yours) is built without it
+    r = check_params(data="synthetic", model="seed", recipe="fast")
+    assert (r.model, r.model_kwargs, r.epochs) == ("seed", {}, RECIPES["fast"].epochs)
+    assert get_recipe("fast").model_kwargs == {"act": "gelu"}
+    assert get_recipe("fast", epochs=5).model_kwargs is not RECIPES["fast"].model_kwargs  # a copy, never shared
