@@ -81,12 +81,12 @@ class Objective:
         run_dir.mkdir(parents=True, exist_ok=True)
         # the run's lines (device, data, epochs, resume) go to the trial's log; the terminal gets one line per epoch
         with open(run_dir / "train.log", "a", buffering=1) as f:
-            job = Trial(name=run_dir.name, recipe=recipe, data=self.data, data_dir=self.data_dir, limit=self.limit,
+            training = Trial(name=run_dir.name, recipe=recipe, data=self.data, data_dir=self.data_dir, limit=self.limit,
                         seed=self.seed, out_dir=run_dir, progress=False, settings=self.settings,
                         log=lambda line: print(line, file=f, flush=True))
 
             def on_epoch(stats):
-                history = job.trainer.history   # all epochs, those of a resumed run included
+                history = training.trainer.history   # all epochs, those of a resumed run included
                 trial.set_user_attr("history", history)
                 trial.set_user_attr("train_seconds", round(sum(h["train_seconds"] for h in history), 2))
                 trial.report(stats["test_acc"], stats["epoch"])
@@ -99,10 +99,10 @@ class Objective:
 
             try:
                 if resume:
-                    job.setup()
+                    training.setup()
                     for h in Record.load(run_dir).history:   # what the dead worker had reported
                         trial.report(h["test_acc"], h["epoch"])
-                record = job.run(resume=resume, on_epoch=on_epoch)
+                record = training.run(resume=resume, on_epoch=on_epoch)
             except NonFiniteLossError as e:
                 trial.set_user_attr("stopped", f"diverged: {e}")
                 raise optuna.TrialPruned(str(e)) from None

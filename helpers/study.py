@@ -9,7 +9,7 @@ histories, for plots; the figures are in helpers/plots.py, study_figure).
 
 Trial states, and why (user attribute "stopped"): COMPLETE trained to the end; PRUNED by the pruner
 (lagging accuracy), by the rules (rejected before training) or for a diverging loss; FAIL when its worker
-died (found by Optuna's heartbeat, or by _without_heartbeat: the trial is retried once) or raised an error.
+died (found by Optuna's heartbeat, or by without_heartbeat: the trial is retried once) or raised an error.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from .rundir import atomic_write
 from .space import SweepError
 
 STUDIES = Path(__file__).resolve().parent / "studies"  # published studies (export_study's JSON), found by name
-ROOT = Path("runs/sweeps")                           # one folder per study, relative to the project root
+SWEEPS = Path("runs/sweeps")                         # one folder per study, relative to the project root
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)      # trials that count toward --trials
 # a study remembers what it searches; a re-run that changes one of these is another study
 IDENTITY = ("recipe", "overrides", "space", "data", "limit", "seed", "pruner")
@@ -54,7 +54,7 @@ def check_study_name(name) -> str:
     return name
 
 
-def study_dir(study: str, root=ROOT) -> Path:
+def study_dir(study: str, root=SWEEPS) -> Path:
     return Path(root) / check_study_name(study)
 
 
@@ -66,7 +66,7 @@ def _retry_callback():
     return "failed_trial_callback", optuna.storages.RetryFailedTrialCallback(max_retry=1)
 
 
-def make_storage(storage: str | None, study: str, root=ROOT, heartbeat: int | None = 60):
+def make_storage(storage: str | None, study: str, root=SWEEPS, heartbeat: int | None = 60):
     """RDBStorage for a URL, or the study's own SQLite file; with a heartbeat, a trial whose
     worker stopped beating for 3 intervals is failed (and retried once) when a worker next starts one."""
     if storage is None:
@@ -147,7 +147,7 @@ def make_pruner(name: str):
     raise SweepError(f"unknown pruner {name!r}; choose median, halving or none")
 
 
-def open_study(name: str, storage=None, root=ROOT, settings: dict | None = None, pruner="median",
+def open_study(name: str, storage=None, root=SWEEPS, settings: dict | None = None, pruner="median",
                trials: int = 12, heartbeat: int | None = 60) -> optuna.Study:
     """Create the study or continue it; `settings` (what it searches: the IDENTITY keys, stored as the
     study's user attribute "settings") must match what it was created with."""
@@ -168,7 +168,7 @@ def open_study(name: str, storage=None, root=ROOT, settings: dict | None = None,
     return study
 
 
-def load_study(name: str, storage=None, root=ROOT, log=print) -> optuna.Study:
+def load_study(name: str, storage=None, root=SWEEPS, log=print) -> optuna.Study:
     """An existing study, for results (notebook 05): from `storage` (or CIFAR_SWEEP_STORAGE), else the
     study's SQLite file in `root`, else the published copy shipped with the package (helpers/studies/NAME.json)."""
     storage = resolve_storage(storage, log)
@@ -240,7 +240,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _without_heartbeat(study: optuna.Study, older_than: float) -> list:
+def without_heartbeat(study: optuna.Study, older_than: float) -> list:
     """RUNNING trials started over `older_than` seconds ago that have no heartbeat record: their worker
     died before its first beat, or lost the database (a server restart). Optuna's own stale check skips
     trials without a record, so they would count as running forever and the study could never finish."""

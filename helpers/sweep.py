@@ -34,7 +34,7 @@ from .errors import UserError
 from .objective import Objective
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .space import SPACES, Space, SweepError, load_space
-from .study import (DONE, ROOT, STORAGE_ENV, _without_heartbeat, best_run, check_study_name, counts, describe,
+from .study import (DONE, STORAGE_ENV, SWEEPS, without_heartbeat, best_run, check_study_name, counts, describe,
                     export_study, fail_and_retry, failure_line, open_study, resolve_storage, storage_failure,
                     study_dir, table, worker_id)
 
@@ -62,7 +62,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=positive_int, default=60,
                    help="seconds between a worker's signs of life; a trial silent for 3 of them counts as failed")
     p.add_argument("--top", type=positive_int, default=5, help="rows of the best-trials table")
-    p.add_argument("--root", default=str(ROOT), help="folder of the studies' folders (default: runs/sweeps)")
+    p.add_argument("--root", default=str(SWEEPS), help="folder of the studies' folders (default: runs/sweeps)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set on the processes --workers starts
     return p
 
@@ -117,7 +117,7 @@ def work(args, study: optuna.Study, recipe: Recipe, space: Space):
         try:
             optuna.storages.fail_stale_trials(study)   # dead workers' trials -> FAIL (and a retry), before counting
             grace = 3 * args.heartbeat
-            fail_and_retry(study, _without_heartbeat(study, grace), f"running for over {grace} s without a "
+            fail_and_retry(study, without_heartbeat(study, grace), f"running for over {grace} s without a "
                            "heartbeat: its worker is gone", log)
             if len(study.get_trials(deepcopy=False, states=counted)) >= args.trials:
                 return study

@@ -102,7 +102,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     o, n = ab.hyp["opt"], ab.hyp["net"]
-    train_ds, test_ds = load_splits("folder", args.data_dir, verbose=False)
+    train_ds, test_ds = load_splits("folder", args.data_dir, log=None)
     train_loader = Split(train_ds, o["batch_size"], aug=ab.hyp["aug"], altflip=True)
     test_loader = Split(test_ds, 2000, train=False)
     dtype = torch.bfloat16

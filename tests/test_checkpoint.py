@@ -95,6 +95,42 @@ def test_a_run_from_before_plain_accuracy_is_not_resumed(tmp_path):
         Trial(out_dir=tmp_path / "run", **dict(SMALL, recipe="fast", tta=1)).run(resume=True)
 
 
+def as_format_1(config: dict) -> dict:
+    """A config as runs before checkpoint format 2 stored it: the per-device settings inside the recipe."""
+    old = {k: v for k, v in config.items() if k not in ("format", "settings")}
+    moved = {k: config["settings"][k] for k in ("precision", "compile", "channels_last")}
+    old["recipe"] = {**config["recipe"], **moved}
+    return old
+
+
+def test_a_run_written_before_the_settings_group_resumes_and_loads(tmp_path, capsys):
+    """Format 1 (precision, compile, channels_last inside the recipe) is read as format 2: the run
+    resumes to the history of a run never interrupted, and analysis loads it as before."""
+    straight = Trial(out_dir=tmp_path / "straight", **SMALL_FAST).run()
+    Trial(out_dir=tmp_path / "r", **SMALL_FAST).run(stop_after=1)
+    ckpt = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)
+    ckpt["config"] = as_format_1(ckpt["config"])
+    torch.save(ckpt, tmp_path / "r" / CHECKPOINT)
+    history = json.loads((tmp_path / "r" / HISTORY).read_text())
+    (tmp_path / "r" / HISTORY).write_text(json.dumps(dict(history, config=as_format_1(history["config"]))))
+    model, config, _ = load_run(tmp_path / "r")
+    assert config["format"] == 2 and config["settings"]["precision"] == straight.config["settings"]["precision"]
+    assert "precision" not in config["recipe"]
+    resumed = Trial(out_dir=tmp_path / "r", **SMALL_FAST).run(resume=True)
+    assert outcome(resumed) == outcome(straight)
+
+
+def test_a_checkpoint_from_a_newer_version_is_refused_naming_both_formats(tmp_path):
+    Trial(out_dir=tmp_path / "r", **SMALL).run(stop_after=1)
+    ckpt = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)
+    ckpt["config"]["format"] = 99
+    torch.save(ckpt, tmp_path / "r" / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="checkpoint format 99, by a newer version.*reads format 2 and older"):
+        load_run(tmp_path / "r")
+    with pytest.raises(CheckpointError, match="format 99"):
+        Trial(out_dir=tmp_path / "r", **SMALL).run(resume=True)
+
+
 # --------------------------------------------------------------------------- damaged checkpoints
 
 def test_corrupt_checkpoint_is_one_error_and_the_previous_epoch_is_kept(tmp_path, capsys):

@@ -316,7 +316,7 @@ def test_a_trial_running_without_a_heartbeat_record_is_failed_and_retried(tmp_pa
         beating = study.ask(dists)
     study._storage.record_heartbeat(beating._trial_id)
     time.sleep(0.2)
-    assert [t.number for t in st._without_heartbeat(study, 0.1)] == [orphan.number]
+    assert [t.number for t in st.without_heartbeat(study, 0.1)] == [orphan.number]
     study.tell(beating, state=TrialState.FAIL)
     time.sleep(3.1)   # the grace period: 3 heartbeats of 1 s
     assert sweep.main(args) == 0
