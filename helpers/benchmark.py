@@ -79,7 +79,8 @@ def bench_one(args, seed: int, peak: dict) -> dict:
         _to_stderr(f"where the time went (seed {seed}, {len(record.history)} epochs):\n{trainer.stopwatch.table()}")
     n_train = len(trainer.train_loader) * trainer.train_loader.batch_size  # images actually trained on per epoch
     train_seconds = sum(h["train_seconds"] for h in record.history)
-    # the work against the machine's limit: counted once per network, the peak timed once per process
+    # the work against the machine's limit: the FLOPs counted per run (a fraction of a second), the peak
+    # timed once per process (two seconds)
     gflop = gflop_per_image(build_model(trial.factory or trial.recipe.model, **trial.recipe.model_kwargs))
     if not peak:
         peak |= peak_gflop_per_s(trainer.device, trial.settings.precision)

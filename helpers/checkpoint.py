@@ -132,7 +132,7 @@ def upgrade_config(config: dict, path="checkpoint") -> dict:
         recipe = dict(config["recipe"])
         moved = {k: recipe.pop(k) for k in PER_DEVICE if k in recipe}
         config = dict(config, format=FORMAT, recipe=recipe,
-                      settings=dict(dict(compile="off"), device=config.get("device", "cpu"), **moved))
+                      settings={"compile": "off", "device": config.get("device", "cpu"), **moved})
     return config
 
 

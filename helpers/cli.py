@@ -100,14 +100,16 @@ def get_args_parser(prog: str, description: str, add_help=True) -> argparse.Argu
     return p
 
 
-def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+def parse(p: argparse.ArgumentParser, argv=None, default_data: str | None = "cifar10") -> argparse.Namespace:
     """Parse, then the checks that involve several flags, each in this one place (a bad combination is
-    one `error:` line and exit code 2); then --threads, which is process-wide and so the command's job."""
+    one `error:` line and exit code 2); then --threads, which is process-wide and so the command's job.
+
+    `default_data`: --data when neither --data nor --data-dir is given (None: the command decides later)."""
     args = p.parse_args(argv)
     if args.data_dir and args.data not in (None, "folder"):
         p.error(f"--data-dir is for --data folder, not --data {args.data}: drop one of them")
-    if args.data is None:  # a data folder given is a data folder meant; a smoke run (pipeline --smoke) is synthetic
-        args.data = "folder" if args.data_dir else "synthetic" if getattr(args, "smoke", False) else "cifar10"
+    if args.data is None:  # a data folder given is a data folder meant
+        args.data = "folder" if args.data_dir else default_data
     if args.data == "folder":
         if not args.data_dir:
             p.error("--data folder needs --data-dir DIR (a folder holding train/ and test/), or use --data synthetic")

@@ -286,6 +286,7 @@ def resolve(args) -> tuple[dict, Path]:
                   progress=False)  # nobody watches a headless run: per-epoch lines, no progress bars
     if args.smoke:  # explicit options win over the smoke defaults (e.g. --smoke --data folder --data-dir D)
         params |= {k: v for k, v in SMOKE.items() if params[k] is None}
+    params["data"] = params["data"] or "cifar10"
     return params, out
 
 
@@ -374,7 +375,7 @@ def get_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     p = get_parser()
-    args = parse(p, argv)
+    args = parse(p, argv, default_data=None)  # --smoke picks synthetic data, anything else CIFAR-10: resolve()
     if args.set_repo:
         try:
             set_repo(args.set_repo)

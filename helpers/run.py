@@ -267,23 +267,22 @@ class Trial:
         if self.out_dir:  # one run per folder: another one training there is one line, before data is read
             self.lock = RunLock(check_writable(self.out_dir)).acquire()
         train_set, test_set = load_splits(self.data, self.data_dir, self.limit, log=self.log)
-        steps = r.epochs * (len(train_set) // r.batch_size)  # the train loader drops the last partial batch
         # per-device choices, made once and stored resolved (checkpoint config, history, benchmark); what was
-        # asked is kept too: a resume on another device may re-resolve an "auto" (checkpoint.check_resume).
-        # torch.compile pays back only over many steps, so it is decided knowing the run's length.
-        self.settings = s = requested.override(
-            device=str(device), precision=resolve_precision(requested.precision, device),
-            channels_last=resolve_channels_last(requested.channels_last, device),
-            compile=resolve_compile(requested.compile, device, steps))
-        changed = [f"{k}: {v} -> {getattr(s, k)}" for k, v in requested.to_dict().items()
-                   if k != "device" and getattr(s, k) != v]
-        if changed:
-            self.log("; ".join(changed))
+        # asked is kept too: a resume on another device may re-resolve an "auto" (checkpoint.check_resume)
+        s = requested.override(device=str(device), precision=resolve_precision(requested.precision, device),
+                               channels_last=resolve_channels_last(requested.channels_last, device))
         mean, std = channel_stats(train_set.images)
         common = dict(mean=mean, std=std, device=device, channels_last=s.channels_last)
         train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
                               alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
+        # torch.compile pays back only over many steps: decided now that the run's length is known
+        self.settings = s = s.override(compile=resolve_compile(requested.compile, device,
+                                                               r.epochs * len(train_loader)))
+        changed = [f"{k}: {v} -> {getattr(s, k)}" for k, v in requested.to_dict().items()
+                   if k != "device" and getattr(s, k) != v]
+        if changed:
+            self.log("; ".join(changed))
         model = model.to(device)
         for m in model.modules():  # data-dependent init (PatchWhitening) from 5,000 training images
             if hasattr(m, "init_whitening"):

@@ -71,7 +71,7 @@ def test_old_checkpoint_without_data_identity_loads_and_checks_scheduler(tmp_pat
     path = tmp_path / "r" / CHECKPOINT
     ckpt = torch.load(path, weights_only=True)
     for key in ("data_identity", "skipped_files"):
-        del ckpt["config"][key]                          # as written before issue 9
+        del ckpt["config"][key]                          # as written before data fingerprints existed
     torch.save(ckpt, path)
     load_run(tmp_path / "r")                           # analysis still works
     for k in range(4, 8):                                # 12 images: 3 steps per epoch instead of 2
