@@ -9,7 +9,8 @@ test-time augmentation (null when the recipe has none). `first_epoch_80`, `acc_p
 `--target` use plain accuracy.
 
 Against the machine's limit (helpers/speed.py): `gflop_per_image` is the forward + backward work of
-one training image (torch.utils.flop_counter), `gflop_per_s` what training achieved,
+one full-size training image (torch.utils.flop_counter), `gflop_per_s` what training achieved (smaller
+images, under progressive resizing, counted at their own cost),
 `peak_gflop_per_s` this device's large-matmul rate at the run's precision, timed in this process,
 and `peak_fraction` their ratio. `--profile` adds where each epoch's time went.
 """
@@ -26,7 +27,7 @@ import torch
 from .device import peak_memory_mb
 from .cli import get_args_parser, overrides, parse, positive_int
 from .device import peak_rss_mb
-from .loop import NonFiniteLossError
+from .loop import NonFiniteLossError, image_size
 from .registry import build_model
 from .run import Trial
 from .speed import Stopwatch, gflop_per_image, peak_gflop_per_s
@@ -81,10 +82,10 @@ def bench_one(args, seed: int, peak: dict) -> dict:
     train_seconds = sum(h["train_seconds"] for h in record.history)
     # the work against the machine's limit: the FLOPs counted per run (a fraction of a second), the peak
     # timed once per process (two seconds)
-    gflop = gflop_per_image(build_model(trial.factory or trial.recipe.model, **trial.recipe.model_kwargs))
+    gflop, trained = training_gflop(trial, trainer.train_loader.images.shape[1:], len(record.history))
     if not peak:
         peak |= peak_gflop_per_s(trainer.device, trial.settings.precision)
-    achieved = gflop * n_train * len(record.history) / train_seconds
+    achieved = trained * n_train / train_seconds
     compile_seconds = record.config.get("compile_seconds", 0.0)
     elapsed = list(itertools.accumulate(h["train_seconds"] for h in record.history))  # after each epoch
     reached = record.first_epoch_reaching(args.target) if args.target else None
@@ -109,6 +110,17 @@ def bench_one(args, seed: int, peak: dict) -> dict:
              seconds_to_target_plus_compile=round(elapsed[reached - 1] + compile_seconds, 1) if reached else None)
         if args.target else {}) | (
         dict(profile={k: round(v, 2) for k, v in trainer.stopwatch.seconds.items()}) if args.profile else {})
+
+
+def training_gflop(trial, image_shape, epochs: int) -> tuple[float, float]:
+    """(GFLOP per full-size image, GFLOP per image summed over the epochs trained). They differ under
+    progressive resizing: smaller early images cost less, and counting them at full size would
+    overstate the rate achieved."""
+    model = build_model(trial.factory or trial.recipe.model, **trial.recipe.model_kwargs)
+    channels, height, width = image_shape
+    sizes = [image_size(trial.recipe, epoch, height) for epoch in range(1, epochs + 1)]
+    per_size = {s: gflop_per_image(model, (channels, s, round(width * s / height))) for s in {height, *sizes}}
+    return per_size[height], sum(per_size[s] for s in sizes)
 
 
 def _rounded(value, digits):

@@ -10,6 +10,7 @@ depend only on its seed, whatever the device), the function of the same name app
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .data import DataError, ImageSet
 
@@ -90,6 +91,15 @@ def cutout(images: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tenso
     return images.masked_fill(inside[:, None], 0)
 
 
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Shrink a float batch to `size` px high (the width in proportion) by averaging areas: a box filter,
+    so no aliasing, and the same on every device. Progressive resizing's smaller early images."""
+    h, w = images.shape[-2:]
+    if size >= h:
+        return images
+    return F.interpolate(images, size=(size, round(w * size / h)), mode="area")
+
+
 class Loader:
     """Batches of normalized float images on `device`, with optional batch augmentation.
 
@@ -117,6 +127,7 @@ class Loader:
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
+        self.size = None  # None: the images' own size; else `resize` each batch to this height (set per epoch)
         # alternating flip: each image gets a random side once, then the other side every
         # other epoch, so two consecutive epochs always show both views (instead of a coin toss)
         self.flip_base = None
@@ -154,6 +165,9 @@ class Loader:
             x = self.normalize(x)
             if self.cutout:
                 x = cutout(x, self.cutout, d["top"], d["left"])
+            if self.size and self.size < x.shape[-2]:
+                x = resize(x, self.size)
+                x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
             yield x, self.labels[idx]
 
     def _draws(self) -> dict:

@@ -1,6 +1,7 @@
 """The training step, read top to bottom: loss, optimizer and its two parameter groups, the one-cycle
-schedule, Lookahead, EMA, the whitening-bias toggle, one epoch, then prediction and evaluation
-(plain single-view accuracy, test-time augmentation beside it), and torch.compile's warm-up.
+schedule, Lookahead, EMA, the whitening-bias toggle, the image size of each epoch, one epoch, then
+prediction and evaluation (plain single-view accuracy, test-time augmentation beside it), and
+torch.compile's warm-up.
 
 Nothing here knows about run folders, checkpoints or the command line (helpers/run.py and
 helpers/checkpoint.py do): every function takes a model, a loader and a Recipe.
@@ -15,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .loader import reflect_pad
+from .loader import reflect_pad, resize
 from .device import autocast
 from .recipes import Recipe, Settings
 from .speed import IDLE
@@ -119,6 +120,15 @@ def set_whiten_bias(model, recipe: Recipe, epoch: int):
             m.conv.bias.requires_grad_(trains)  # a parameter without a gradient: SGD leaves it alone
 
 
+def image_size(recipe: Recipe, epoch: int, full: int) -> int:
+    """The training images' height in epoch `epoch` (1-based) under progressive resizing: resize_start
+    in epoch 1, growing evenly to `full` after resize_epochs epochs (rounded to even sizes)."""
+    if not recipe.resize_start or epoch > recipe.resize_epochs or recipe.resize_start >= full:
+        return full
+    size = recipe.resize_start + (full - recipe.resize_start) * (epoch - 1) / recipe.resize_epochs
+    return min(full, 2 * round(size / 2))
+
+
 def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> dict:
     """The learning rate of both parameter groups and the momentum at every step of a run, read off
     the recipe's own optimizer and scheduler driven on a stand-in model (one weight, one bias: the
@@ -153,6 +163,9 @@ def recipe_table(trainer) -> str:
     averaging = [f"EMA of the weights, decay {r.ema:g} per step (evaluated)" if r.ema else "",
                  f"lookahead every {r.lookahead} steps (trails more as training ends)" if r.lookahead else ""]
     whitening = any(hasattr(m, "init_whitening") for m in trainer.model.modules())
+    full = trainer.train_loader.images.shape[-2]
+    sizes = [image_size(r, e, full) for e in range(1, r.epochs + 1)]
+    small = [s for s in sizes if s < full]
     rows = [
         ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"),
         ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, "
@@ -167,6 +180,9 @@ def recipe_table(trainer) -> str:
         ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
                     f"{r.epochs} epoch{'s' * (r.epochs != 1)} = {r.epochs * steps} steps"),
         ("augmentation", ", ".join(a for a in augment if a) or "none"),
+        *([("image size", f"progressive: {', '.join(map(str, small))} px in epoch{'s' * (len(small) > 1)} "
+                          f"1{f'-{len(small)}' if len(small) > 1 else ''}, then {full} px (test images: {full} px)")]
+          if small else []),
         ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
         *([("whitening layer", "frozen filters; bias trains " + ("every epoch" if r.whiten_bias_epochs < 0 else
                                                                  f"for the first {r.whiten_bias_epochs} epochs"))]
@@ -329,13 +345,15 @@ def compile_model(model, recipe: Recipe, settings: Settings, train_loader, test_
     flags = [p.requires_grad for p in model.parameters()]
     rng = torch.get_rng_state()
     x, y = next(iter(train_loader))
-    # the graphs depend on which parameters train: a recipe that freezes the whitening bias part-way
-    # (whiten_bias_epochs) needs the frozen graphs too, or they would compile inside that epoch's time
-    for epoch in sorted({1, recipe.epochs}):
+    # the graphs depend on which parameters train and on the image size: a recipe that freezes the
+    # whitening bias part-way (whiten_bias_epochs) or starts on smaller images (resize_start) needs
+    # those graphs too, or they would compile inside that epoch's time
+    full = x.shape[-2]
+    for epoch in sorted({1, *range(1, recipe.resize_epochs + 1), recipe.epochs}):
         set_whiten_bias(model, recipe, epoch)
         model.train()
         with autocast(x.device, settings.precision):
-            out = model(x)
+            out = model(resize(x, image_size(recipe, epoch, full)))
         loss_fn(out.float(), y).backward()   # compiles forward and backward graphs
         model.zero_grad(set_to_none=True)
         evaluate(model, test_loader, settings.precision, recipe.tta)  # and the eval-mode graphs

@@ -22,7 +22,7 @@ from .device import (configure_backends, make_scaler, peak_rss_mb, pick_device, 
                      resolve_channels_last, resolve_compile, resolve_precision)
 from .errors import UserError
 from .loop import (NonFiniteLossError, compile_model, evaluate, make_ema, make_lookahead, make_optimizer,
-                   make_scheduler, progress_default, set_whiten_bias, train_one_epoch)
+                   make_scheduler, progress_default, image_size, set_whiten_bias, train_one_epoch)
 from .model import count_params
 from .record import Record
 from .recipes import Recipe, Settings, get_recipe, split_fields
@@ -131,9 +131,11 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> dict:
         """Train epoch `epoch` (1-based): its own seeds, so that dropout, batch order and augmentation
         depend only on (seed, epoch) and a resumed run repeats it exactly; the whitening bias
-        schedule; then the SGD steps along the lr schedule (the module's train_one_epoch)."""
+        schedule and the image size (progressive resizing); then the SGD steps along the lr schedule
+        (the module's train_one_epoch)."""
         torch.manual_seed(self.seed * 100_003 + epoch)
         self.train_loader.set_epoch(epoch, self.seed)
+        self.train_loader.size = image_size(self.recipe, epoch, self.train_loader.images.shape[-2])
         set_whiten_bias(self.model, self.recipe, epoch)
         try:
             stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler, self.recipe,

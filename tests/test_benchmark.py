@@ -79,6 +79,21 @@ def test_benchmark_keeps_runs_with_out_and_never_overwrites(tmp_path, capsys):
     assert e.value.code == 2 and "already holds runs" in capsys.readouterr().err
 
 
+def test_achieved_rate_counts_small_epochs_at_their_own_cost(capsys):
+    """fast trains epoch 1 on 16 px images: the work done is one 16 px and one 32 px pass per image,
+    not two full-size ones."""
+    from helpers.speed import gflop_per_image
+
+    assert benchmark.main(["--recipe", "fast", "--data", "synthetic", "--limit", "60", "--epochs", "2",
+                           "--batch-size", "30"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    net = build_model("fast", **RECIPES["fast"].model_kwargs)
+    full, small = gflop_per_image(net), gflop_per_image(net, (3, 16, 16))
+    assert small < full / 3 and row["gflop_per_image"] == round(full, 4)
+    images = row["img_per_s"] * row["train_seconds"] / row["epochs"]  # per epoch
+    assert row["gflop_per_s"] == pytest.approx((small + full) * images / row["train_seconds"], rel=0.02)
+
+
 def test_benchmark_set_overrides_recipe_fields(capsys, tmp_path):
     assert benchmark.main(["--recipe", "fast", "--data", "synthetic", "--limit", "60", "--epochs", "1",
                            "--batch-size", "30", "--out", str(tmp_path), "--set", "alternate_flip=false",

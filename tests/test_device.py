@@ -295,6 +295,17 @@ def test_compile_warms_up_both_whitening_bias_graphs(eager_compile):
     assert counters["stats"]["unique_graphs"] == compiled  # nothing compiled during training
 
 
+def test_compile_warms_up_the_small_images_graphs(eager_compile):
+    """Progressive resizing trains epoch 1 on 16 px images: that shape compiles in the warm-up too."""
+    from torch._dynamo.utils import counters
+    trial = Trial(recipe="fast", compile="default", precision="fp32", resize_start=16, resize_epochs=1,
+                  **{**SMALL, "epochs": 2, "batch_size": 50, "limit": 200})
+    trainer = trial.setup()
+    compiled = counters["stats"]["unique_graphs"]
+    trainer.fit()
+    assert counters["stats"]["unique_graphs"] == compiled  # nothing compiled during training
+
+
 # --------------------------------------------------------------------------- on real accelerators
 # These need the hardware itself; scripts/gpu_check.sh runs them on a CUDA machine.
 

@@ -36,6 +36,25 @@ def test_augmentation_ops():
     assert 16 <= sum(mirrored) <= 48  # about half mirrored: neither a no-op nor a flip of everything
 
 
+def test_resize_averages_areas_and_keeps_the_aspect():
+    x = torch.arange(4 * 4, dtype=torch.float32).view(1, 1, 4, 4).expand(2, 3, 4, 4)
+    half = L.resize(x, 2)
+    assert half.shape == (2, 3, 2, 2) and half[0, 0, 0, 0] == (0 + 1 + 4 + 5) / 4  # each pixel: a 2x2 mean
+    assert L.resize(torch.zeros(1, 3, 32, 16), 16).shape == (1, 3, 16, 8)
+    assert L.resize(x, 4) is x and L.resize(x, 8) is x                           # never enlarged
+
+
+def test_loader_resizes_its_batches_when_given_a_size():
+    train = load_split("synthetic", "train", limit=64)
+    loader = Loader(train, 32, train=True, mean=(0.5,) * 3, std=(0.25,) * 3, translate=2, flip=True,
+                    channels_last=True)
+    full, _ = next(iter(loader))
+    loader.size = 16
+    small, _ = next(iter(loader))
+    assert full.shape == (32, 3, 32, 32) and small.shape == (32, 3, 16, 16)
+    assert small.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_cutout_blanks_one_square_inside_each_image():
     x = torch.ones(16, 3, 32, 32)
     assert torch.equal(L.random_cutout(x, 0), x)

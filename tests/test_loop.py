@@ -141,6 +141,27 @@ def test_whitening_bias_trains_only_for_its_epochs():
     assert torch.equal(after_one, bias) and not torch.equal(head_one, head)      # frozen in epoch 2 only
 
 
+def test_image_size_grows_from_resize_start_to_full():
+    from helpers.loop import image_size
+
+    sizes = lambda **kw: [image_size(get_recipe("fast", epochs=4, **kw), e, 32) for e in range(1, 5)]  # noqa: E731
+    assert sizes(resize_start=16, resize_epochs=2) == [16, 24, 32, 32]
+    assert sizes(resize_start=16, resize_epochs=1) == [16, 32, 32, 32]
+    assert sizes(resize_start=0, resize_epochs=0) == [32] * 4
+    assert sizes(resize_start=40, resize_epochs=2) == [32] * 4   # never larger than the images
+
+
+def test_progressive_resizing_trains_small_and_tests_full_size():
+    trainer = Trial(**dict(SMALL_FAST, epochs=2, resize_start=16, resize_epochs=1)).setup()
+    seen = []  # (training?, height) of every batch the network sees
+    trainer.model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[-1])))
+    trainer.fit(stop_after=1)
+    assert {h for t, h in seen if t} == {16} and {h for t, h in seen if not t} == {32}
+    seen.clear()
+    trainer.fit()
+    assert {h for _, h in seen} == {32}
+
+
 # --------------------------------------------------------------------------- precision
 
 def test_bf16_autocast_trains():

@@ -44,10 +44,16 @@ def test_recipe_rejects_wrong_types_from_python_too(field, value, message):
 
 
 @pytest.mark.parametrize("field, value", [("lr_start", 0.0), ("lr_end", 0.5), ("lookahead", -1),
-                                          ("whiten_bias_epochs", -2)])
+                                          ("whiten_bias_epochs", -2), ("resize_start", 8),
+                                          ("resize_epochs", -1)])
 def test_new_schedule_fields_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         get_recipe("fast", **{field: value})
+
+
+def test_resize_start_needs_epochs_to_resize():
+    with pytest.raises(ValueError, match="resize_start .* resize_epochs >= 1"):
+        get_recipe("seed", resize_start=16, resize_epochs=0)
 
 
 def test_old_checkpoint_config_records_the_momentum_it_used():
