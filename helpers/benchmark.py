@@ -27,7 +27,7 @@ import torch
 from .device import peak_memory_mb
 from .cli import get_args_parser, overrides, parse, positive_int
 from .device import peak_rss_mb
-from .loop import NonFiniteLossError, image_size
+from .loop import NonFiniteLossError, image_sizes
 from .registry import build_model
 from .run import Trial
 from .speed import Stopwatch, gflop_per_image, peak_gflop_per_s
@@ -82,7 +82,7 @@ def bench_one(args, seed: int, peak: dict) -> dict:
     train_seconds = sum(h["train_seconds"] for h in record.history)
     # the work against the machine's limit: the FLOPs counted per run (a fraction of a second), the peak
     # timed once per process (two seconds)
-    gflop, trained = training_gflop(trial, trainer.train_loader.images.shape[1:], len(record.history))
+    gflop, trained = training_gflop(trial, trainer.train_loader.images.shape[1:])
     if not peak:
         peak |= peak_gflop_per_s(trainer.device, trial.settings.precision)
     achieved = trained * n_train / train_seconds
@@ -112,13 +112,13 @@ def bench_one(args, seed: int, peak: dict) -> dict:
         dict(profile={k: round(v, 2) for k, v in trainer.stopwatch.seconds.items()}) if args.profile else {})
 
 
-def training_gflop(trial, image_shape, epochs: int) -> tuple[float, float]:
-    """(GFLOP per full-size image, GFLOP per image summed over the epochs trained). They differ under
+def training_gflop(trial, image_shape) -> tuple[float, float]:
+    """(GFLOP per full-size image, GFLOP per image summed over the recipe's epochs). They differ under
     progressive resizing: smaller early images cost less, and counting them at full size would
     overstate the rate achieved."""
     model = build_model(trial.factory or trial.recipe.model, **trial.recipe.model_kwargs)
     channels, height, width = image_shape
-    sizes = [image_size(trial.recipe, epoch, height) for epoch in range(1, epochs + 1)]
+    sizes = image_sizes(trial.recipe, height)
     per_size = {s: gflop_per_image(model, (channels, s, round(width * s / height))) for s in {height, *sizes}}
     return per_size[height], sum(per_size[s] for s in sizes)
 

@@ -165,7 +165,7 @@ class Loader:
             x = self.normalize(x)
             if self.cutout:
                 x = cutout(x, self.cutout, d["top"], d["left"])
-            if self.size and self.size < x.shape[-2]:
+            if self.size:  # resize leaves images of this size or smaller alone
                 x = resize(x, self.size)
                 x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
             yield x, self.labels[idx]

@@ -129,6 +129,11 @@ def image_size(recipe: Recipe, epoch: int, full: int) -> int:
     return min(full, 2 * round(size / 2))
 
 
+def image_sizes(recipe: Recipe, full: int) -> list[int]:
+    """`image_size` of every epoch of the recipe, in order."""
+    return [image_size(recipe, epoch, full) for epoch in range(1, recipe.epochs + 1)]
+
+
 def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> dict:
     """The learning rate of both parameter groups and the momentum at every step of a run, read off
     the recipe's own optimizer and scheduler driven on a stand-in model (one weight, one bias: the
@@ -164,8 +169,8 @@ def recipe_table(trainer) -> str:
                  f"lookahead every {r.lookahead} steps (trails more as training ends)" if r.lookahead else ""]
     whitening = any(hasattr(m, "init_whitening") for m in trainer.model.modules())
     full = trainer.train_loader.images.shape[-2]
-    sizes = [image_size(r, e, full) for e in range(1, r.epochs + 1)]
-    small = [s for s in sizes if s < full]
+    small = [s for s in image_sizes(r, full) if s < full]  # the first epochs, under progressive resizing
+    first = "epoch 1" if len(small) == 1 else f"epochs 1-{len(small)}"
     rows = [
         ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"),
         ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, "
@@ -180,9 +185,8 @@ def recipe_table(trainer) -> str:
         ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
                     f"{r.epochs} epoch{'s' * (r.epochs != 1)} = {r.epochs * steps} steps"),
         ("augmentation", ", ".join(a for a in augment if a) or "none"),
-        *([("image size", f"progressive: {', '.join(map(str, small))} px in epoch{'s' * (len(small) > 1)} "
-                          f"1{f'-{len(small)}' if len(small) > 1 else ''}, then {full} px (test images: {full} px)")]
-          if small else []),
+        *([("image size", f"progressive: {', '.join(map(str, small))} px in {first}, then {full} px "
+                          f"(test images: {full} px)")] if small else []),
         ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
         *([("whitening layer", "frozen filters; bias trains " + ("every epoch" if r.whiten_bias_epochs < 0 else
                                                                  f"for the first {r.whiten_bias_epochs} epochs"))]
