@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers.constraints import check
-from helpers.model import DepthwiseSeparableConv, count_params
+from helpers.model import DepthwiseSeparableConv, GlobalPool2d, count_params
 from helpers.registry import build_model, list_models
 
 
@@ -162,3 +162,35 @@ def test_last_conv_adds_a_plain_3x3_conv_before_the_separable_pair():
     assert isinstance(last.block4[0].conv, torch.nn.Conv2d) and last.block4[0].conv.groups == 1
     assert isinstance(last.block4[1].conv, DepthwiseSeparableConv)
     assert check(last).passed and last(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_channels_last_gradients_stay_channels_last(name):
+    # a layer that hands an NCHW gradient to a channels_last network makes every BatchNorm and conv
+    # backward below it convert layouts (adaptive pooling's backward did: ~20 % of a CPU step)
+    model = build_model(name).to(memory_format=torch.channels_last)
+    nchw = []
+
+    def watch(module_name):
+        def hook(module, inputs):
+            x = inputs[0]
+            if x.requires_grad and x.shape[-1] > 1:   # at 1x1 both layouts are the same
+                x.register_hook(lambda g: None if g.is_contiguous(memory_format=torch.channels_last)
+                                else nchw.append(module_name))
+        return hook
+
+    for module_name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d)):
+            m.register_forward_pre_hook(watch(module_name))
+    model(torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)).sum().backward()
+    assert not nchw, f"NCHW gradients reach {nchw}"
+
+
+@pytest.mark.parametrize("mode, reduce", [("avg", torch.mean), ("max", torch.amax)])
+def test_global_pool_covers_any_input_size(mode, reduce):
+    pool = GlobalPool2d(mode)
+    for size in (3, 2, 1):   # progressive resizing shrinks the last map
+        x = torch.randn(2, 5, size, size)
+        assert torch.allclose(pool(x), reduce(x, dim=(2, 3), keepdim=True), atol=1e-6)
+    with pytest.raises(ValueError, match="pool must be"):
+        GlobalPool2d("min")
