@@ -236,7 +236,7 @@ FAST_BASE = Recipe(model="fast", model_kwargs={"act": "gelu"}, epochs=3, batch_s
 # and label smoothing of the first sweep's best trial (docs/sweeps.md) 80.3-81.2 %. GELU instead of
 # ReLU costs ~10 % per epoch here but is worth ~0.6 points in so few epochs. Epoch 1 on 16 px images
 # (progressive resizing) takes under half a full epoch's time and keeps every seed above 80 %
-# (80.4-80.7 %); two small epochs (16, 24 px) save more but leave seed 2 at 79.8 %.
+# (80.5-80.8 %); two small epochs (16, 24 px) save more but leave seed 2 at 79.8 %.
 FAST = FAST_BASE.override(epochs=4, lr=0.89, weight_decay=1.6e-4, label_smoothing=0.29, resize_start=16,
                           resize_epochs=1)
 
