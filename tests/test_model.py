@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -194,3 +196,14 @@ def test_global_pool_covers_any_input_size(mode, reduce):
         assert torch.allclose(pool(x), reduce(x, dim=(2, 3), keepdim=True), atol=1e-6)
     with pytest.raises(ValueError, match="pool must be"):
         GlobalPool2d("min")
+
+
+def test_airbench93_net_has_airbench93s_size_and_breaks_the_rules_it_should():
+    # scripts/airbench93_net.py prices the rules: airbench93's layout, so it must fail them
+    path = Path(__file__).resolve().parents[1] / "scripts" / "airbench93_net.py"
+    model = build_model(f"{path}:net")
+    assert count_params(model) == 569_656                     # airbench93's own count
+    report = check(model)
+    assert {r.name for r in report.rules if not r.passed} == {"exactly 3 max-pools", "depthwise-separable conv",
+                                                             "dilated conv", "ConvBlock -> TransitionBlock structure"}
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
