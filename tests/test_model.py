@@ -169,7 +169,7 @@ def test_last_conv_adds_a_plain_3x3_conv_before_the_separable_pair():
 @pytest.mark.parametrize("name", list_models())
 def test_channels_last_gradients_stay_channels_last(name):
     # a layer that hands an NCHW gradient to a channels_last network makes every BatchNorm and conv
-    # backward below it convert layouts (adaptive pooling's backward did: ~20 % of a CPU step)
+    # backward below it convert layouts (adaptive pooling's backward did: ~10 % of a CPU step)
     model = build_model(name).to(memory_format=torch.channels_last)
     nchw = []
 
