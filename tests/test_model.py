@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.constraints import check
+from helpers.constraints import check, trace
 from helpers.model import DepthwiseSeparableConv, GlobalPool2d, count_params
 from helpers.registry import build_model, list_models
 
@@ -207,3 +207,37 @@ def test_airbench93_net_has_airbench93s_size_and_breaks_the_rules_it_should():
     assert {r.name for r in report.rules if not r.passed} == {"exactly 3 max-pools", "depthwise-separable conv",
                                                              "dilated conv", "ConvBlock -> TransitionBlock structure"}
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+BROKEN_BY_AIRBENCH = {"depthwise-separable conv", "dilated conv", "ConvBlock -> TransitionBlock structure"}
+
+
+@pytest.mark.parametrize("spec, kwargs, broken", [
+    # one change each to airbench93's net: each of the first two leaves the three max-pools the rules ask for
+    ("airbench93_net.py:net", {"head_pool": "avg"}, BROKEN_BY_AIRBENCH),
+    ("airbench93_net.py:net", {"first_pool": "avg"}, BROKEN_BY_AIRBENCH),
+    ("airbench93_net.py:net", {"dilated": True}, BROKEN_BY_AIRBENCH - {"dilated conv"} | {"exactly 3 max-pools"}),
+    # air with its rule-required layers moved or removed
+    ("air_variants.py:without_pair", {}, {"depthwise-separable conv"}),
+    ("air_variants.py:max_head", {}, set()),
+    ("air_variants.py:max_head", {"avg_at": "trans3"}, set()),
+])
+def test_rule_pricing_variants_break_only_what_they_change(spec, kwargs, broken):
+    model = build_model(f"{SCRIPTS / spec}", **kwargs)
+    report = check(model)
+    assert {r.name for r in report.rules if not r.passed} == broken, report.rules_text()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("avg_at", ["trans1", "trans3"])
+def test_max_head_variant_pools_globally_by_max_in_a_fourth_transition(avg_at):
+    model = build_model(f"{SCRIPTS}/air_variants.py:max_head", avg_at=avg_at)
+    pools = [op for op in trace(model) if op.kind == "maxpool"]
+    averaged = [op for op in trace(model) if op.kind == "avgpool" and op.module == f"{avg_at}.pool"]
+    assert [op.module for op in pools][-1] == "trans4.pool" and pools[-1].out_shape[1:] == (1, 1)
+    assert len(pools) == 3 and f"{avg_at}.pool" not in [op.module for op in pools] and averaged
+    x = torch.randn(2, 128, 3, 3)
+    assert torch.equal(model.trans4(x), x.amax(dim=(2, 3), keepdim=True))
+    with pytest.raises(ValueError, match="avg_at must be"):
+        build_model(f"{SCRIPTS}/air_variants.py:max_head", avg_at="head")
