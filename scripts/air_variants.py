@@ -27,8 +27,6 @@ def max_head(num_classes=10, avg_at="trans1"):
         raise ValueError(f"avg_at must be 'trans1', 'trans2' or 'trans3', got {avg_at!r}")
     net = air_net(num_classes)
     getattr(net, avg_at).pool = nn.AvgPool2d(2)
-    trans4 = TransitionBlock(128)
-    trans4.pool = GlobalPool2d("max")
     stages = dict(net.named_children())
     head = stages.pop("head")                   # averages a 1x1 map: the identity
-    return Net(**stages, trans4=trans4, head=head)
+    return Net(**stages, trans4=TransitionBlock(128, pool=GlobalPool2d("max")), head=head)

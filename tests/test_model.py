@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers.constraints import check, trace
-from helpers.model import DepthwiseSeparableConv, GlobalPool2d, count_params
+from helpers.model import DepthwiseSeparableConv, GlobalPool2d, TransitionBlock, count_params
 from helpers.registry import build_model, list_models
 
 
@@ -198,10 +198,12 @@ def test_global_pool_covers_any_input_size(mode, reduce):
         GlobalPool2d("min")
 
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
 def test_airbench93_net_has_airbench93s_size_and_breaks_the_rules_it_should():
     # scripts/airbench93_net.py prices the rules: airbench93's layout, so it must fail them
-    path = Path(__file__).resolve().parents[1] / "scripts" / "airbench93_net.py"
-    model = build_model(f"{path}:net")
+    model = build_model(f"{SCRIPTS}/airbench93_net.py:net")
     assert count_params(model) == 569_656                     # airbench93's own count
     report = check(model)
     assert {r.name for r in report.rules if not r.passed} == {"exactly 3 max-pools", "depthwise-separable conv",
@@ -209,7 +211,6 @@ def test_airbench93_net_has_airbench93s_size_and_breaks_the_rules_it_should():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 BROKEN_BY_AIRBENCH = {"depthwise-separable conv", "dilated conv", "ConvBlock -> TransitionBlock structure"}
 
 
@@ -233,11 +234,18 @@ def test_rule_pricing_variants_break_only_what_they_change(spec, kwargs, broken)
 @pytest.mark.parametrize("avg_at", ["trans1", "trans3"])
 def test_max_head_variant_pools_globally_by_max_in_a_fourth_transition(avg_at):
     model = build_model(f"{SCRIPTS}/air_variants.py:max_head", avg_at=avg_at)
-    pools = [op for op in trace(model) if op.kind == "maxpool"]
-    averaged = [op for op in trace(model) if op.kind == "avgpool" and op.module == f"{avg_at}.pool"]
+    ops = trace(model)
+    pools = [op for op in ops if op.kind == "maxpool"]
+    averaged = [op for op in ops if op.kind == "avgpool" and op.module == f"{avg_at}.pool"]
     assert [op.module for op in pools][-1] == "trans4.pool" and pools[-1].out_shape[1:] == (1, 1)
     assert len(pools) == 3 and f"{avg_at}.pool" not in [op.module for op in pools] and averaged
     x = torch.randn(2, 128, 3, 3)
     assert torch.equal(model.trans4(x), x.amax(dim=(2, 3), keepdim=True))
     with pytest.raises(ValueError, match="avg_at must be"):
         build_model(f"{SCRIPTS}/air_variants.py:max_head", avg_at="head")
+
+
+def test_transition_block_takes_its_pool():
+    x = torch.randn(2, 4, 6, 6)
+    assert TransitionBlock(4)(x).shape == (2, 4, 3, 3)                           # a 2x2 max-pool by default
+    assert torch.equal(TransitionBlock(4, pool=GlobalPool2d("max"))(x), x.amax(dim=(2, 3), keepdim=True))
