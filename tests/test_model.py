@@ -249,3 +249,17 @@ def test_transition_block_takes_its_pool():
     x = torch.randn(2, 4, 6, 6)
     assert TransitionBlock(4)(x).shape == (2, 4, 3, 3)                           # a 2x2 max-pool by default
     assert torch.equal(TransitionBlock(4, pool=GlobalPool2d("max"))(x), x.amax(dim=(2, 3), keepdim=True))
+
+
+def test_stem_stride_2_tiles_the_image_and_keeps_every_rule():
+    # the cheaper `fast` of docs/experiments.md's GPU ablations: same weights, every map a quarter the size
+    torch.manual_seed(0)
+    tiled = build_model("fast", stem_stride=2)
+    torch.manual_seed(0)
+    sliding = build_model("fast")
+    assert all(torch.equal(a, b) for a, b in zip(tiled.state_dict().values(), sliding.state_dict().values()))
+    x = torch.randn(2, 3, 32, 32)
+    assert tiled.prep(x).shape == (2, 24, 16, 16) and sliding.prep(x).shape == (2, 24, 31, 31)
+    report = check(tiled)
+    assert report.passed, report.rules_text()
+    assert "trans3.pool->2x2" in report.rules_text() and report.params == count_params(sliding)
