@@ -11,12 +11,17 @@
 #   bash scripts/gpu_check.sh DATA_DIR             # an ImageFolder root with train/ and test/
 #
 # Where torch is already installed (Colab, a GPU image) it adds only this project and pytest, with
-# floors that the installed torch, torchvision and matplotlib meet; anywhere else it sets up .venv.
+# floors that the installed torch, torchvision and matplotlib meet (offline, it runs from the checkout);
+# anywhere else it sets up .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if "$PY" -c "import torch" 2>/dev/null; then
-  "$PY" -m pip install -q -e . "pytest>=7"
+  if ! "$PY" -m pip install -q -e . "pytest>=7"; then
+    # a GPU image with torch and pytest but no package index (an offline lab machine): run from the checkout
+    echo "gpu_check: pip could not install this project (no package index?); running it from the checkout"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  fi
 else
   bash scripts/setup.sh
   PY=.venv/bin/python
