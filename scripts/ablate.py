@@ -75,7 +75,7 @@ def run_line(name: str, args: list[str], common: list[str], out: Path, end: floa
         stderr.write(shlex.join(cmd) + "\n")
         stderr.flush()
         try:
-            rc = subprocess.run(cmd, stdout=stdout, stderr=stderr, cwd=ROOT, env=env, timeout=left).returncode
+            rc = subprocess.run(cmd, stdout=stdout, stderr=stderr, env=env, timeout=left).returncode
         except subprocess.TimeoutExpired:
             rc = None
     seconds = time.monotonic() - t0

@@ -2,6 +2,7 @@
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +18,9 @@ def ablate_module():
     return module
 
 
-def run(*args, timeout=300):
+def run(*args, cwd=PROJECT, timeout=300):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=PROJECT)
+                          cwd=cwd)
 
 
 @pytest.mark.parametrize("line, says", [
@@ -53,14 +54,17 @@ def test_a_grid_runs_its_lines_tabulates_them_and_skips_what_finished_when_run_a
     grid = tmp_path / "grid.txt"
     grid.write_text("# one ingredient per line\n"
                     "base | --recipe fast --seeds 2 --set epochs=1\n"
-                    "ls | --recipe fast --set epochs=1 --set label_smoothing=0.1\n"
+                    "ls | --recipe fast --set epochs=1 --set label_smoothing=0.1 --model tiny.py:net\n"
                     "bad | --recipe nosuch\n")
+    # paths in the grid are the caller's: run from elsewhere than the project, with a model file beside the grid
+    (tmp_path / "tiny.py").write_text("from helpers.registry import build_model\n\n\n"
+                                      "def net(num_classes=10):\n    return build_model('fast', widths=(8, 16, 32))\n")
     out = tmp_path / "out"
-    done = run(str(grid), "--out", str(out), "--jobs", "2", *TINY)
+    done = run("grid.txt", "--out", "out", "--jobs", "2", *TINY, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     # the failing line is reported with its log; the others are not held back by it
     assert "base: 2 seed(s)" in done.stderr and "ls: 1 seed(s)" in done.stderr
-    assert f"bad: failed (exit 2), see {out / 'bad.err'}" in done.stderr
+    assert f"bad: failed (exit 2), see {Path('out') / 'bad.err'}" in done.stderr
     assert "invalid choice: 'nosuch'" in (out / "bad.err").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in done.stdout.splitlines()[2:]}
     assert list(rows) == ["base", "ls", "bad"]
@@ -71,7 +75,7 @@ def test_a_grid_runs_its_lines_tabulates_them_and_skips_what_finished_when_run_a
     assert sorted(p.name for p in out.glob("*.done")) == ["base.done", "ls.done"]
 
     before = (out / "base.jsonl").read_text()
-    again = run(str(grid), "--out", str(out), "--jobs", "2", *TINY)
+    again = run("grid.txt", "--out", "out", "--jobs", "2", *TINY, cwd=tmp_path)
     assert "base: done before, skipped" in again.stderr and "ls: done before, skipped" in again.stderr
     assert "bad: failed" in again.stderr  # only what did not finish runs again
     assert (out / "base.jsonl").read_text() == before
