@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,10 +155,11 @@ def main(argv=None):
     if not args.table:
         out.mkdir(parents=True, exist_ok=True)
         end = time.monotonic() + args.deadline if args.deadline is not None else None
+        print(f"{len(grid)} lines, {args.jobs} at a time; each line's log: {out}/NAME.err", file=sys.stderr, flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(run_line, name, line_args, common, out, end) for name, line_args in grid]
-            for future in futures:
-                print(future.result(), file=sys.stderr, flush=True)
+            for done, future in enumerate(as_completed(futures), 1):  # each line as it ends, not in grid order
+                print(f"[{done}/{len(grid)}] {future.result()}", file=sys.stderr, flush=True)
     print(table(grid, out))
 
 
