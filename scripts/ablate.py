@@ -1,8 +1,8 @@
 """Run an ablation grid: one benchmark command per line, several at once, then one table of accuracies.
 
-    python scripts/ablate.py scripts/grids/issue19.txt --out runs/ablate/issue19 --jobs 6 \
+    python scripts/ablate.py scripts/grids/ingredients.txt --out runs/ablate/ingredients --jobs 6 \
         --data folder --data-dir ../shared/data/cifar10-jpeg-dev
-    python scripts/ablate.py scripts/grids/issue19.txt --out runs/ablate/issue19 --table   # the table again
+    python scripts/ablate.py scripts/grids/ingredients.txt --out runs/ablate/ingredients --table   # the table again
 
 A grid file holds one `NAME | BENCHMARK ARGUMENTS` line per ingredient (`#` starts a comment), e.g.
 `ls01 | --recipe best --seeds 3 --set label_smoothing=0.1`. Each line runs as
