@@ -17,7 +17,7 @@ On a CPU use --jobs 1. `--deadline SECONDS` stops the grid after that long: line
 skipped, running lines are stopped (the seeds they finished are kept), and a later run finishes them.
 
 The table: per line, plain and TTA accuracy of each seed and their medians, the medians' difference from
-the grid's first line of the same --recipe (the grid's baseline for that recipe), and the training work
+the grid's first line that ran the same recipe (the grid's baseline for that recipe), and the training work
 in TFLOP (the benchmark's gflop_per_s x train_seconds: FLOPs counted, so the same on any device).
 """
 from __future__ import annotations
@@ -94,15 +94,6 @@ def read_results(out: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
-def recipe_of(args: list[str]) -> str:
-    for i, a in enumerate(args):
-        if a == "--recipe" and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith("--recipe="):
-            return a.split("=", 1)[1]
-    return "seed"  # the benchmark's default recipe
-
-
 def table(grid, out: Path) -> str:
     """The grid's accuracies as a markdown table, in the grid's order."""
     def pct(values):
@@ -111,7 +102,7 @@ def table(grid, out: Path) -> str:
     rows = ["| line | seeds | plain test acc % (median) | TTA % (median) | Δ median vs baseline (plain / TTA) "
             "| training work, TFLOP |", "|---|---|---|---|---|---|"]
     baseline = {}
-    for name, args in grid:
+    for name, _ in grid:
         results = read_results(out, name)
         if not results:
             rows.append(f"| {name} | – | no result: see {name}.err, or run the grid | | | |")
@@ -119,7 +110,7 @@ def table(grid, out: Path) -> str:
         plain = [r["test_acc"] for r in results]
         tta = [r["tta_acc"] for r in results if r.get("tta_acc") is not None]
         med = (statistics.median(plain), statistics.median(tta) if tta else None)
-        base = baseline.setdefault(recipe_of(args), (name, med))
+        base = baseline.setdefault(results[0]["recipe"], (name, med))  # the recipe each line ran, as it says
         if base[0] == name:
             delta = "baseline"
         else:
