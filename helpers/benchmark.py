@@ -100,6 +100,8 @@ def bench_one(args, seed: int, peak: dict) -> dict:
                 device=_device_name(trainer.device),
                 threads=torch.get_num_threads(), torch=str(torch.__version__), precision=trial.settings.precision,
                 compile=trial.settings.compile, compile_seconds=compile_seconds,
+                # an uncompiled GPU run's first pass over each shape, done before the clock (device.needs_warm_up)
+                warmup_seconds=record.config.get("warmup_seconds", 0.0),
                 # what a student waits for: a compile only pays when this sum drops (device.COMPILE_MIN_STEPS)
                 train_plus_compile_seconds=round(train_seconds + compile_seconds, 2),
                 data=args.data if args.data != "folder" else f"folder:{Path(args.data_dir).name}",

@@ -172,6 +172,15 @@ def resolve_compile(mode: str, device: torch.device, steps: int | None = None) -
     return mode
 
 
+def needs_warm_up(device: torch.device) -> bool:
+    """Whether an uncompiled run runs its graphs once before the clock starts (helpers.loop.warm_up; a
+    compiled run always does). On an accelerator, yes: its first use of each shape costs seconds (cuDNN
+    autotuning, lazy kernel loading: 6-11 s of `fast` on an H200, docs/devices.md). On the CPU, no: the
+    airbench93 reference (scripts/reference_airbench93.py) starts cold there too, so times compare like
+    for like."""
+    return device.type != "cpu"
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB (NaN where unknown, e.g. Windows)."""
     try:

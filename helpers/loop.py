@@ -1,7 +1,7 @@
 """The training step, read top to bottom: loss, optimizer and its two parameter groups, the one-cycle
 schedule, Lookahead, EMA, the whitening-bias toggle, the image size of each epoch, one epoch, then
 prediction and evaluation (plain single-view accuracy, test-time augmentation beside it), and
-torch.compile's warm-up.
+the warm-up that runs each graph once before the clock starts (torch.compile's, cuDNN's).
 
 Nothing here knows about run folders, checkpoints or the command line (helpers/run.py and
 helpers/checkpoint.py do): every function takes a model, a loader and a Recipe.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .loader import reflect_pad, resize
 from .device import autocast
 from .recipes import Recipe, Settings
-from .speed import IDLE
+from .speed import IDLE, synchronize
 
 
 class NonFiniteLossError(RuntimeError):
@@ -188,9 +188,10 @@ def recipe_table(trainer) -> str:
         *([("image size", f"progressive: {', '.join(map(str, small))} px in {first}, then {full} px "
                           f"(test images: {full} px)")] if small else []),
         ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
-        *([("whitening layer", "frozen filters; bias trains " + ("every epoch" if r.whiten_bias_epochs < 0 else
-                                                                 f"for the first {r.whiten_bias_epochs} epochs"))]
-          if whitening else []),
+        *([("whitening layer", "frozen filters; " + (
+            "bias trains every epoch" if r.whiten_bias_epochs < 0 else "bias frozen too" if r.whiten_bias_epochs == 0
+            else "bias trains in epoch 1 only" if r.whiten_bias_epochs == 1
+            else f"bias trains for the first {r.whiten_bias_epochs} epochs"))] if whitening else []),
         ("test accuracy", "plain: one view per image" + {
             0: "", 1: "; TTA beside it: + the mirror (2 views)",
             2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
@@ -335,35 +336,47 @@ def select_examples(model, loader, correct: bool, n: int = 25, precision="fp32",
 
 
 
-def compile_model(model, recipe: Recipe, settings: Settings, train_loader, test_loader) -> float:
-    """torch.compile `model` in place and compile it now, so that the compile time is
-    measured here (returned, in seconds) rather than hidden in the first epoch's.
+def warm_up(model, recipe: Recipe, settings: Settings, train_loader, test_loader) -> float:
+    """Run every graph the run will need once, before its clock starts; returns the seconds it took.
 
-    In place (`nn.Module.compile`) keeps the state_dict keys unchanged, so checkpoints load
-    into compiled and uncompiled models alike. The warm-up passes leave no trace: weights,
-    BatchNorm statistics and the random state are restored, and no optimizer step is taken.
+    A device's first use of each shape is one-time work: torch.compile's compile, cuDNN's autotuning
+    (helpers/device.py turns it on), CUDA's lazy kernel loading. Done here, it is reported apart instead
+    of landing in the first epochs' train_seconds. The passes leave no trace: weights, BatchNorm
+    statistics, which parameters train and the random state are restored, and no optimizer step is taken.
     """
     t0 = time.perf_counter()
-    model.compile(mode=settings.compile, dynamic=False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     rng = torch.get_rng_state()
     x, y = next(iter(train_loader))
     # the graphs depend on which parameters train and on the image size: a recipe that freezes the
     # whitening bias part-way (whiten_bias_epochs) or starts on smaller images (resize_start) needs
-    # those graphs too, or they would compile inside that epoch's time
+    # those graphs too, or they would be built inside that epoch's time
     full = x.shape[-2]
     for epoch in sorted({1, *range(1, recipe.resize_epochs + 1), recipe.epochs}):
         set_whiten_bias(model, recipe, epoch)
         model.train()
         with autocast(x.device, settings.precision):
             out = model(resize(x, image_size(recipe, epoch, full)))
-        loss_fn(out.float(), y).backward()   # compiles forward and backward graphs
+        loss_fn(out.float(), y).backward()   # the forward and backward graphs
         model.zero_grad(set_to_none=True)
-        evaluate(model, test_loader, settings.precision, recipe.tta)  # and the eval-mode graphs
+        evaluate(model, test_loader, settings.precision, recipe.tta)  # and the eval-mode ones
     for p, trains in zip(model.parameters(), flags):
         p.requires_grad_(trains)
     model.load_state_dict(state)
     torch.set_rng_state(rng)
+    synchronize(x.device)
     return time.perf_counter() - t0
 
+
+def compile_model(model, recipe: Recipe, settings: Settings, train_loader, test_loader) -> float:
+    """torch.compile `model` in place and compile it now (`warm_up`), so that the compile time is
+    measured here (returned, in seconds) rather than hidden in the first epoch's.
+
+    In place (`nn.Module.compile`) keeps the state_dict keys unchanged, so checkpoints load
+    into compiled and uncompiled models alike.
+    """
+    t0 = time.perf_counter()
+    model.compile(mode=settings.compile, dynamic=False)
+    warm_up(model, recipe, settings, train_loader, test_loader)
+    return time.perf_counter() - t0

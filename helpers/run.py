@@ -18,11 +18,11 @@ from .checkpoint import (CHECKPOINT, FORMAT, PREV_CHECKPOINT, CheckpointError, c
 from .constraints import check
 from .data import SOURCES, channel_stats, load_splits
 from .loader import Loader
-from .device import (configure_backends, make_scaler, peak_rss_mb, pick_device, reset_peak_memory,
+from .device import (configure_backends, make_scaler, needs_warm_up, peak_rss_mb, pick_device, reset_peak_memory,
                      resolve_channels_last, resolve_compile, resolve_precision)
 from .errors import UserError
 from .loop import (NonFiniteLossError, compile_model, evaluate, make_ema, make_lookahead, make_optimizer,
-                   make_scheduler, progress_default, image_size, set_whiten_bias, train_one_epoch)
+                   make_scheduler, progress_default, image_size, set_whiten_bias, train_one_epoch, warm_up)
 from .model import count_params
 from .record import Record
 from .recipes import Recipe, Settings, get_recipe, split_fields
@@ -293,12 +293,19 @@ class Trial:
             model = model.to(memory_format=torch.channels_last)
         identity = model_identity(self.factory or r.model, model, source)
         keep_copy(self.out_dir, identity, source)
-        compile_seconds = compile_model(model, r, s, train_loader, test_loader) if s.compile != "off" else 0.0
+        # one-time work on each shape (compiling, cuDNN autotuning) is done now and reported apart, never
+        # inside train_seconds; a compile includes its warm-up
+        compile_seconds, warmup_seconds = 0.0, 0.0
+        if s.compile != "off":
+            compile_seconds = compile_model(model, r, s, train_loader, test_loader)
+        elif needs_warm_up(device):
+            warmup_seconds = warm_up(model, r, s, train_loader, test_loader)
         info = dict(name=self.name, requested=requested.to_dict(), data=self.data,
                     data_dir=str(self.data_dir) if self.data_dir else None, limit=self.limit, mean=mean, std=std,
                     classes=train_set.classes,
                     params=count_params(model), device=str(device), torch=str(torch.__version__),
-                    compile_seconds=round(compile_seconds, 1), model_identity=identity)
+                    compile_seconds=round(compile_seconds, 1), warmup_seconds=round(warmup_seconds, 1),
+                    model_identity=identity)
         # what the run is trained and evaluated on: a resume must match it (checkpoint.check_resume)
         info["data_identity"] = dict(
             source=self.data, folder=str(Path(self.data_dir).resolve()) if self.data_dir else None,

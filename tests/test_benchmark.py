@@ -12,7 +12,8 @@ from helpers.loop import evaluate
 from helpers.record import load_run, test_loader_for as run_test_loader
 
 KEYS = {"recipe", "model", "params", "epochs", "seed", "train_seconds", "test_acc", "tta_acc", "tta", "img_per_s",
-        "peak_rss_mb", "peak_device_mb", "device", "threads", "torch", "compile_seconds", "train_plus_compile_seconds"}
+        "peak_rss_mb", "peak_device_mb", "device", "threads", "torch", "compile_seconds", "warmup_seconds",
+        "train_plus_compile_seconds"}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -281,6 +281,24 @@ def test_compiled_run_matches_uncompiled_and_checkpoints_load_either_way(tmp_pat
     assert trainer.epoch == 2
 
 
+def test_uncompiled_warm_up_leaves_no_trace_and_is_reported_apart(tmp_path, monkeypatch):
+    """On a GPU an uncompiled run warms up before its clock starts (cuDNN autotunes each new shape); here
+    the CPU is made to warm up too, and trains exactly what a cold run trains."""
+    import helpers.run
+    cold = train(out_dir=tmp_path / "cold", recipe="fast", resize_start=16, resize_epochs=1, **SMALL)
+    assert cold.config["warmup_seconds"] == 0  # the CPU starts cold, as the airbench93 reference does
+    monkeypatch.setattr(helpers.run, "needs_warm_up", lambda device: True)
+    warm = train(out_dir=tmp_path / "warm", recipe="fast", resize_start=16, resize_epochs=1, **SMALL)
+    assert warm.config["warmup_seconds"] > 0
+    assert outcome(warm) == outcome(cold)
+
+
+def test_only_accelerators_warm_up_uncompiled_runs():
+    from helpers.device import needs_warm_up
+    assert not needs_warm_up(torch.device("cpu"))
+    assert needs_warm_up(torch.device("cuda")) and needs_warm_up(torch.device("mps"))
+
+
 def test_compile_warms_up_both_whitening_bias_graphs(eager_compile):
     """`best` freezes the whitening bias after epoch 3; the graphs without its gradient must compile
     in the warm-up (compile_seconds), not inside that epoch's train_seconds."""

@@ -231,3 +231,6 @@ def test_recipe_table_reads_the_run():
     assert f"{sum(p.numel() for p in groups[0]['params']):,} values): peak lr 1.5" in table
     assert "(x64)" in table and "lookahead every 5 steps" in table and "label smoothing 0.2" in table
     assert "first 3 epochs" in table and "+ mirror and 1 px shifts (6 views)" in table and "3 steps per epoch" in table
+    for epochs, words in [(0, "bias frozen too"), (1, "bias trains in epoch 1 only"), (-1, "bias trains every epoch")]:
+        trainer.recipe = trainer.recipe.override(whiten_bias_epochs=epochs)
+        assert words in recipe_table(trainer)
