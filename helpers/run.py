@@ -297,9 +297,12 @@ class Trial:
         # inside train_seconds; a compile includes its warm-up
         compile_seconds, warmup_seconds = 0.0, 0.0
         if s.compile != "off":
+            self.log(f"torch.compile ({s.compile}): compiling every graph now, before the clock starts")
             compile_seconds = compile_model(model, r, s, train_loader, test_loader)
+            self.log(f"compiled in {compile_seconds:.1f} s")
         elif needs_warm_up(device):
             warmup_seconds = warm_up(model, r, s, train_loader, test_loader)
+            self.log(f"warm-up (each graph once, before the clock starts): {warmup_seconds:.1f} s")
         info = dict(name=self.name, requested=requested.to_dict(), data=self.data,
                     data_dir=str(self.data_dir) if self.data_dir else None, limit=self.limit, mean=mean, std=std,
                     classes=train_set.classes,

@@ -3,7 +3,8 @@
 #   1. the tests that need CUDA (tests/test_device.py, the ones a CPU machine skips): auto precision and
 #      compile, the fp16 GradScaler state, a resume that crosses precisions (a Colab reconnect);
 #   2. the benchmark, precision auto: `fast` for 3 seeds, `best` for 1; one JSON line each, with the
-#      GPU's own peak memory (peak_device_mb);
+#      GPU's own peak memory (peak_device_mb) and the warm-up done before the clock (warmup_seconds):
+#      seed 0's train_seconds should now be level with seeds 1 and 2 (docs/devices.md, the first GPU run);
 #   3. torch.compile off and on for both, timed with the compile included (train_plus_compile_seconds):
 #      the numbers that decide compile="auto" (helpers/device.py, COMPILE_MIN_STEPS).
 #
