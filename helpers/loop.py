@@ -168,6 +168,9 @@ def recipe_table(trainer) -> str:
     averaging = [f"EMA of the weights, decay {r.ema:g} per step (evaluated)" if r.ema else "",
                  f"lookahead every {r.lookahead} steps (trails more as training ends)" if r.lookahead else ""]
     whitening = any(hasattr(m, "init_whitening") for m in trainer.model.modules())
+    wb = r.whiten_bias_epochs
+    bias = ("bias trains every epoch" if wb < 0 else "bias frozen too" if wb == 0 else
+            "bias trains in epoch 1 only" if wb == 1 else f"bias trains for the first {wb} epochs")
     full = trainer.train_loader.images.shape[-2]
     small = [s for s in image_sizes(r, full) if s < full]  # the first epochs, under progressive resizing
     first = "epoch 1" if len(small) == 1 else f"epochs 1-{len(small)}"
@@ -188,10 +191,7 @@ def recipe_table(trainer) -> str:
         *([("image size", f"progressive: {', '.join(map(str, small))} px in {first}, then {full} px "
                           f"(test images: {full} px)")] if small else []),
         ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
-        *([("whitening layer", "frozen filters; " + (
-            "bias trains every epoch" if r.whiten_bias_epochs < 0 else "bias frozen too" if r.whiten_bias_epochs == 0
-            else "bias trains in epoch 1 only" if r.whiten_bias_epochs == 1
-            else f"bias trains for the first {r.whiten_bias_epochs} epochs"))] if whitening else []),
+        *([("whitening layer", f"frozen filters; {bias}")] if whitening else []),
         ("test accuracy", "plain: one view per image" + {
             0: "", 1: "; TTA beside it: + the mirror (2 views)",
             2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
