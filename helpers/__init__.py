@@ -17,7 +17,8 @@ _EXPORTS = {
     "loader": ["Loader"],
     "errors": ["UserError"],
     "model": ["count_params", "params_per_block"],
-    "notebook": ["check_params", "drive_path", "in_colab", "run_folder", "run_name", "summary", "warn_if_no_gpu"],
+    "colab": ["in_colab"],
+    "notebook": ["check_params", "drive_path", "run_folder", "run_name", "summary", "warn_if_no_gpu"],
     "recipes": ["RECIPES", "Recipe", "Settings", "get_recipe"],
     "registry": ["build_model", "list_models"],
     "loop": ["accuracy", "evaluate", "lr_schedule", "predict", "recipe_table", "select_examples"],
@@ -26,7 +27,7 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...), H.study.load_study(...)
-_SUBMODULES = ("benchmark", "checkpoint", "cli", "constraints", "data", "device", "diagram", "loader", "loop", "model",
+_SUBMODULES = ("benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram", "loader", "loop", "model",
                "objective", "plots", "recipes", "record", "registry", "run", "space", "speed", "study", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 

@@ -13,17 +13,13 @@ import io
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
+from .colab import in_colab, project_folder
 from .data import SOURCES, data_dir_problem
 from .errors import UserError
 from .recipes import PRECISIONS, RECIPES, Settings, get_recipe, recipe_name, split_fields
 from .registry import FACTORY, ModelError, build_model, is_file_spec, model_problem, parse_file_spec, spec_name
-
-# the project's folder in "My Drive"
-DRIVE_FOLDER = "cifar10-small-cnn"
-
 
 class ParameterError(UserError):
     """Bad notebook parameters (or pipeline options): every problem, one line each."""
@@ -106,15 +102,6 @@ def run_name(recipe: str, seed: int, model=None) -> str:
     return f"{recipe}-{label}-s{seed}"
 
 
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
-
-
-def drive_mount() -> Path:
-    """Where Google Drive is mounted: Colab's /content/drive (CIFAR_DRIVE_MOUNT moves it)."""
-    return Path(os.environ.get("CIFAR_DRIVE_MOUNT", "/content/drive"))
-
-
 def drive_path(path, use_drive: bool) -> str:
     """`path` as it is, or, in Colab with use_drive, the same path inside the project's Drive folder
     (mounting Drive first: Colab asks once per runtime for permission)."""
@@ -125,12 +112,7 @@ def drive_path(path, use_drive: bool) -> str:
         print(f"note: use_drive is off, so {path} stays on this runtime's disk, which the other notebooks "
               "(each in a Colab runtime of its own) cannot see")
         return path
-    from google.colab import drive  # type: ignore
-
-    mount = drive_mount()
-    if not (mount / "MyDrive").is_dir():
-        drive.mount(str(mount))
-    return str(mount / "MyDrive" / DRIVE_FOLDER / path)
+    return str(project_folder() / path)
 
 
 def run_folder(*, recipe: str, seed: int, model=None, out_dir=None, use_drive: bool = False) -> str:
