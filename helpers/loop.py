@@ -27,12 +27,21 @@ class NonFiniteLossError(RuntimeError):
 
 
 
-def loss_fn(log_probs, target, label_smoothing: float = 0.0):
-    """nll_loss on log-softmax outputs, optionally label-smoothed (mix in the uniform target)."""
-    nll = F.nll_loss(log_probs, target)
-    if label_smoothing:
-        return (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1).mean()
-    return nll
+def loss_fn(out, target, label_smoothing: float = 0.0):
+    """Cross-entropy of the network's output, optionally label-smoothed (mix in the uniform target).
+
+    The output may be logits (PyTorch's convention: a network ending in nn.Linear) or log-probabilities
+    (a log_softmax head, like the original solution's). cross_entropy takes the log-softmax of what it is
+    given, and the log-softmax of log-probabilities is themselves, so both train exactly alike. (nll_loss
+    alone would train a logits network on -logit[y]: a loss that falls without bound, and a network that
+    learns little, without a word.)
+    """
+    return F.cross_entropy(out, target, label_smoothing=label_smoothing)
+
+
+def log_probs(out):
+    """Log-probabilities from a network's output, logits or log-probabilities alike (see loss_fn)."""
+    return out.float().log_softmax(dim=1)
 
 
 
@@ -183,7 +192,7 @@ def recipe_table(trainer) -> str:
         ("lr schedule", f"one cycle: {r.lr * r.lr_start:g} -> {r.lr:g} at {r.pct_start:.0%} of the steps -> "
                         f"{r.lr * r.lr_end:g} ({'cosine' if r.anneal == 'cos' else 'linear'}), stepped every batch"),
         ("momentum", momentum),
-        ("loss", "nll_loss of the log-softmax output" +
+        ("loss", "cross-entropy of the network's output (logits or log-probabilities alike)" +
          (f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ", no label smoothing")),
         ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
                     f"{r.epochs} epoch{'s' * (r.epochs != 1)} = {r.epochs * steps} steps"),
@@ -292,7 +301,7 @@ def predict_views(model, loader, precision="fp32", tta=0):
     for x, y in loader:
         with autocast(x.device, precision):
             views = tta_views(x, int(tta))
-            logs = torch.stack([model(v).float() for _, v in views])  # (V, N, classes)
+            logs = torch.stack([log_probs(model(v)) for _, v in views])  # (V, N, classes)
         plain.append(logs[0])
         if tta:
             weights = torch.tensor([math.log(wt) for wt, _ in views], device=logs.device)[:, None, None]

@@ -34,6 +34,31 @@ def test_loss_goes_down_on_synthetic_data():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def plain_torch_net(log_softmax: bool):
+    """A network as a torch user writes it: nn.Sequential ending in nn.Linear (logits), or with a
+    LogSoftmax after it."""
+    layers = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+              torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+              torch.nn.Conv2d(32, 32, 3, padding=2, dilation=2), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+              torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, 10)]
+    return torch.nn.Sequential(*layers, *([torch.nn.LogSoftmax(1)] if log_softmax else []))
+
+
+def test_a_logits_network_trains_as_well_as_a_log_softmax_one():
+    """PyTorch's convention (logits) and the original solution's (log-probabilities) train alike: the same
+    network, the same seed, either head, ends within a point (nll_loss on logits would train -logit[y]).
+    Its probabilities are probabilities either way (what TTA averages and notebook 04 shows)."""
+    runs = {}
+    for head in (False, True):
+        trial = Trial(**dict(SMALL, limit=400, epochs=4, model=lambda h=head: plain_torch_net(h), enforce_rules=False))
+        record = trial.run()
+        assert all(h["train_loss"] > 0 for h in record.history)  # a cross-entropy: never below 0
+        probs = predict(trial.trainer.eval_model, trial.trainer.test_loader)[0].exp()
+        assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-4)
+        runs[head] = record.final_acc
+    assert runs[True] > 0.5 and abs(runs[False] - runs[True]) <= 0.01, runs
+
+
 def test_label_smoothing_matches_torch():
     logits = torch.randn(8, 10)
     y = torch.randint(0, 10, (8,))
