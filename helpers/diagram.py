@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyBboxPatch, Patch
 
 from .constraints import check, receptive_field, stage_kind, trace
-from .registry import build_model, is_file_spec, list_models, parse_file_spec
+from .registry import build_model, file_label, is_file_spec, list_models
 
 DPI = 130  # the committed PNGs: ~900 px wide, legible on GitHub without zooming
 
@@ -219,7 +219,7 @@ def image_path(name: str, images_dir="images") -> str:
     model_architecture_NAME.png for the others (NAME alone for your FILE.py:NAME), so one model's
     picture never overwrites another's."""
     if is_file_spec(name):
-        name = parse_file_spec(name)[1]
+        name = file_label(name)
     return f"{images_dir}/model_architecture{'' if name == 'seed' else '_' + name}.png"
 
 

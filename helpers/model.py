@@ -47,12 +47,12 @@ def _same_padding(kernel_size: int, dilation: int) -> int:
     return dilation * (kernel_size - 1) // 2
 
 
-class ConvReLUBN(nn.Sequential):
-    """conv -> ReLU -> BatchNorm -> Dropout: the original solution's unit, in its order.
+class ConvActBN(nn.Sequential):
+    """conv -> activation -> BatchNorm -> Dropout: the original solution's unit, in its order (with ReLU).
 
     "Same" padding for any odd kernel and dilation; `conv` is the conv class to use
-    (nn.Conv2d or DepthwiseSeparableConv), `act_layer` the activation class (nn.ReLU,
-    nn.GELU); dropout 0 becomes nn.Identity.
+    (nn.Conv2d or DepthwiseSeparableConv), `act_layer` the activation class (nn.ReLU, the
+    default, or nn.GELU); dropout 0 becomes nn.Identity.
     """
     order = ("conv", "act", "bn", "drop")
 
@@ -68,20 +68,21 @@ class ConvReLUBN(nn.Sequential):
         super().__init__(OrderedDict((name, parts[name]) for name in self.order))
 
 
-class ConvBNReLU(ConvReLUBN):
-    """conv -> BatchNorm -> ReLU -> Dropout: the usual order, used by the fast models."""
+class ConvBNAct(ConvActBN):
+    """conv -> BatchNorm -> activation -> Dropout: the usual order, used by the fast models (which pass
+    act_layer=nn.GELU)."""
     order = ("conv", "bn", "act", "drop")
 
 
-class Conv(ConvReLUBN):
+class Conv(ConvActBN):
     """A bare conv ("same" padding): for blocks whose BatchNorm and ReLU come after the pool."""
     order = ("conv",)
 
 
-class BNReLU(nn.Sequential):
-    """BatchNorm -> ReLU after a pool: max-pool commutes with the (monotonic) ReLU, so
-    normalising after the pool does the same job on 4x fewer pixels. With GELU (not
-    monotonic) the order is a different but equally trainable layer, airbench's."""
+class BNAct(nn.Sequential):
+    """BatchNorm -> activation after a pool: max-pool commutes with a monotonic activation
+    (ReLU, the default), so normalising after the pool does the same job on 4x fewer pixels.
+    With GELU (not monotonic) the order is a different but equally trainable layer, airbench's."""
 
     def __init__(self, channels, act_layer=nn.ReLU):
         super().__init__(OrderedDict(bn=nn.BatchNorm2d(channels), act=_act(act_layer)))
@@ -129,6 +130,11 @@ class PatchWhitening(nn.Module):
         return self.act(self.conv(x))
 
 
+# the units' earlier names, kept so that network files written with them still import (the activation is
+# act_layer's, ReLU by default, whatever the name says)
+ConvReLUBN, ConvBNReLU, BNReLU = ConvActBN, ConvBNAct, BNAct
+
+
 # --------------------------------------------------------------------------- stages
 
 class ConvBlock(nn.Sequential):
@@ -138,7 +144,7 @@ class ConvBlock(nn.Sequential):
     lets deeper fast models train in few epochs without changing what the checker sees.
     """
 
-    def __init__(self, channels, unit=ConvReLUBN, residual=False, lead=(), **unit_kwargs):
+    def __init__(self, channels, unit=ConvActBN, residual=False, lead=(), **unit_kwargs):
         # `lead`: ready-made units to run first (e.g. a plain conv before a dilated one)
         super().__init__(*lead, *[unit(cin, cout, **unit_kwargs) for cin, cout in zip(channels, channels[1:])])
         self.residual = residual and channels[0] == channels[-1]
@@ -156,10 +162,10 @@ class TransitionBlock(nn.Module):
     (e.g. GlobalPool2d("max") for a global max-pool the rule checker counts as one of the three).
     """
 
-    def __init__(self, in_channels, out_channels=None, unit=ConvReLUBN, post=None, pool=None, **unit_kwargs):
+    def __init__(self, in_channels, out_channels=None, unit=ConvActBN, post=None, pool=None, **unit_kwargs):
         super().__init__()
         self.pool = pool or nn.MaxPool2d(2)
-        self.post = post or nn.Identity()  # e.g. BNReLU when the ConvBlock before ends in a bare conv
+        self.post = post or nn.Identity()  # e.g. BNAct when the ConvBlock before ends in a bare conv
         self.proj = (nn.Identity() if out_channels is None
                      else unit(in_channels, out_channels, kernel_size=1, **unit_kwargs))
 
@@ -230,7 +236,7 @@ def seed_net(num_classes=10, dropout=0.05):
     """
     kw = dict(dropout=dropout)
     return Net(
-        prep=ConvReLUBN(3, 32, **kw),                                       # 32x32
+        prep=ConvActBN(3, 32, **kw),                                       # 32x32
         block1=ConvBlock([32, 64, 128], **kw),                              # 32x32
         trans1=TransitionBlock(128, 32, **kw),                              # 16x16
         block2=ConvBlock([32, 64, 128], dilation=2, **kw),                  # 16x16, dilated
@@ -290,14 +296,14 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_con
     if not (isinstance(res_pairs, int) and res_pairs >= 0):
         raise ValueError(f"res_pairs must be an int >= 0, got {res_pairs!r}")
     a = dict(act_layer=ACTIVATIONS[act])
-    lead2 = [ConvBNReLU(w1, w1, dilation=2 if dilated == "lead2" else 1, **a)] if extra_conv else []
+    lead2 = [ConvBNAct(w1, w1, dilation=2 if dilated == "lead2" else 1, **a)] if extra_conv else []
     # res_pairs: residual pairs of w1-wide convs deepen stage 2 at 15x15, where a conv is cheap
-    lead2 += [ConvBlock([w1, w1, w1], unit=ConvBNReLU, residual=True, **a) for _ in range(res_pairs)]
-    lead3 = [ConvBNReLU(w2, w2, **a)] if extra_conv else []
-    lead4 = [ConvBNReLU(w3, w3, **a)] if last_conv else []
+    lead2 += [ConvBlock([w1, w1, w1], unit=ConvBNAct, residual=True, **a) for _ in range(res_pairs)]
+    lead3 = [ConvBNAct(w2, w2, **a)] if extra_conv else []
+    lead4 = [ConvBNAct(w3, w3, **a)] if last_conv else []
     # bn_after_pool=False: the plain conv-BN-ReLU then pool order (kept to measure the difference)
-    unit = Conv if bn_after_pool else partial(ConvBNReLU, **a)
-    post = partial(BNReLU, **a) if bn_after_pool else (lambda channels: None)
+    unit = Conv if bn_after_pool else partial(ConvBNAct, **a)
+    post = partial(BNAct, **a) if bn_after_pool else (lambda channels: None)
     net = Net(
         prep=PatchWhitening(eps=whiten_eps, stride=stem_stride, **a),           # 31x31, 24 ch
         block1=ConvBlock([24, w1], unit=unit),                                  # 31x31
@@ -306,7 +312,7 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_con
         trans2=TransitionBlock(w2, post=post(w2)),                              # 7x7
         block3=ConvBlock([w2, w3], unit=unit, dilation=2 if dilated == "block3" else 1, lead=lead3),  # 7x7
         trans3=TransitionBlock(w3, post=post(w3)),                              # 3x3
-        block4=ConvBlock([w3, w3, w3], unit=ConvBNReLU, conv=DepthwiseSeparableConv if separable else nn.Conv2d,
+        block4=ConvBlock([w3, w3, w3], unit=ConvBNAct, conv=DepthwiseSeparableConv if separable else nn.Conv2d,
                          residual=True, lead=lead4, **a),                               # 3x3
         head=Head(w3, num_classes, scale=logit_scale, pool=head_pool),
     )

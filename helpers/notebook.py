@@ -19,7 +19,7 @@ from .colab import in_colab, project_folder
 from .data import SOURCES, data_dir_problem
 from .errors import UserError
 from .recipes import PRECISIONS, RECIPES, Settings, get_recipe, recipe_name, split_fields
-from .registry import FACTORY, ModelError, build_model, is_file_spec, model_problem, parse_file_spec, spec_name
+from .registry import FACTORY, ModelError, build_model, file_label, is_file_spec, model_problem, spec_name
 
 class ParameterError(UserError):
     """Bad notebook parameters (or pipeline options): every problem, one line each."""
@@ -98,7 +98,7 @@ def run_name(recipe: str, seed: int, model=None) -> str:
     (so your network never meets the checkpoint of the recipe's)."""
     if model is None or model == getattr(RECIPES.get(recipe), "model", None):
         return f"{recipe}-s{seed}"
-    label = parse_file_spec(model)[1] if is_file_spec(model) else spec_name(model).removeprefix(FACTORY)
+    label = file_label(model) if is_file_spec(model) else spec_name(model).removeprefix(FACTORY)
     return f"{recipe}-{label}-s{seed}"
 
 

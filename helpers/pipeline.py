@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .notebook import check_params, run_name
-from .registry import is_file_spec, parse_file_spec
+from .registry import DRIVE_PREFIX, is_file_spec, parse_file_spec
 from .recipes import get_recipe, split_fields
 from .cli import get_args_parser, overrides, parse
 
@@ -263,7 +263,7 @@ def in_root():
 
 def rooted_model(model) -> str | None:
     """--model as the notebooks see it: FILE.py:NAME with FILE relative to the project root."""
-    if not is_file_spec(model):
+    if not is_file_spec(model) or model.startswith(DRIVE_PREFIX):  # a Drive file is where Drive is
         return model
     path, name = parse_file_spec(model)
     return f"{rooted(path)}:{name}"

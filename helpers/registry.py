@@ -27,12 +27,18 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from .colab import DRIVE_FOLDER, project_folder
 from .errors import UserError
 from .rundir import atomic_write
 from .model import MODELS
 
 # recipe.model of a network passed as a Python callable: it cannot be rebuilt from the name alone
 FACTORY = "factory:"
+# a model file in the project's folder on Google Drive: "drive:mynet.py:MyNet"
+DRIVE_PREFIX = "drive:"
+# the SHA-1 of the example network shipped as mynet.py (tests/test_registry.py keeps it equal to the file), so a
+# notebook can say when a student's "own" network is still the example
+EXAMPLE_SHA1 = "bc494cdff9832519da25819d4fcd6a7399497125"
 
 
 class ModelError(UserError):
@@ -48,13 +54,24 @@ def is_file_spec(spec) -> bool:
     return isinstance(spec, str) and ".py:" in spec
 
 
+def file_label(spec: str) -> str:
+    """NAME of a FILE.py:NAME spec, for run names and picture names (nothing is resolved or mounted)."""
+    return spec.rpartition(":")[2]
+
+
 def parse_file_spec(spec: str) -> tuple[Path, str]:
-    """"dir/mynet.py:MyNet" -> (Path("dir/mynet.py"), "MyNet")."""
+    """"dir/mynet.py:MyNet" -> (Path("dir/mynet.py"), "MyNet").
+
+    "drive:FILE.py:NAME" is FILE in the project's folder on Google Drive (My Drive/cifar10-small-cnn/FILE.py),
+    mounted first in Colab: every notebook's runtime finds the same file there, however the code was cloned.
+    """
     path, _, name = spec.rpartition(":")
-    if not path.endswith(".py") or not name.isidentifier():
-        raise ModelError(f"model {spec!r}: write FILE.py:NAME, e.g. mynet.py:MyNet "
-                         "(NAME: a class or function defined in FILE.py)")
-    return Path(path).expanduser(), name
+    on_drive = path.startswith(DRIVE_PREFIX)
+    path = path.removeprefix(DRIVE_PREFIX)
+    if not path.endswith(".py") or not name.isidentifier() or (on_drive and Path(path).is_absolute()):
+        raise ModelError(f"model {spec!r}: write FILE.py:NAME, e.g. mynet.py:MyNet (NAME: a class or function "
+                         f"defined in FILE.py), or {DRIVE_PREFIX}FILE.py:NAME for a file in My Drive/{DRIVE_FOLDER}")
+    return (project_folder() / path if on_drive else Path(path).expanduser()), name
 
 
 def spec_name(spec) -> str:
@@ -73,9 +90,12 @@ def model_problem(spec) -> str | None:
     if is_file_spec(spec):
         try:
             path, _ = parse_file_spec(spec)
-        except ModelError as e:
+        except UserError as e:  # a malformed spec; a Drive file outside Colab
             return str(e)
         if not path.is_file():
+            if spec.startswith(DRIVE_PREFIX):
+                return (f"model {spec!r}: there is no file {path} on your Google Drive yet; notebook 02 puts the "
+                        f"example network there when it is missing (or upload your own FILE.py to My Drive/{DRIVE_FOLDER})")
             return (f"model {spec!r}: there is no file {path} (a path relative to the folder you run from, "
                     "which is the project root in the notebooks, or an absolute one)")
         return None
@@ -169,6 +189,32 @@ def model_identity(spec, model: nn.Module, source: bytes | None = None) -> dict:
         path, _ = parse_file_spec(spec)
         identity |= dict(file=str(path), sha1=hashlib.sha1(source).hexdigest(), copy=path.name)
     return identity
+
+
+def network_source(spec, identity: dict | None = None) -> str:
+    """One line saying which network is built, from which file: its path and SHA-1, and a note when it is
+    the example shipped as mynet.py, unchanged. With a run's `identity` (model_identity), the file the run
+    was trained from. So a notebook never trains or analyses another network than the one meant, unseen."""
+    spec = spec_name(spec)
+    if spec in MODELS:
+        return f"network: {spec}, registered in helpers/model.py ({MODELS[spec].__name__})"
+    if not is_file_spec(spec):
+        return f"network: {spec} (a Python function, as passed)"
+    if identity and identity.get("sha1"):
+        where, sha1, how = identity["file"], identity["sha1"], "as this run trained it"
+    else:
+        path = parse_file_spec(spec)[0]
+        where, sha1, how = str(path), hashlib.sha1(path.read_bytes()).hexdigest(), "as it is now"
+    line = f"network: {file_label(spec)} from {where} (SHA-1 {sha1[:12]}, {how})"
+    if sha1 == EXAMPLE_SHA1:
+        line += ("; this is the example shipped with the project, unchanged: edit it to make the network yours "
+                 "(docs/usage.md, Make it yours)")
+    return line
+
+
+def example_file() -> Path:
+    """The example network shipped with the project (its mynet.py)."""
+    return Path(__file__).resolve().parents[1] / "mynet.py"
 
 
 def keep_copy(run_dir, identity: dict, source: bytes | None):

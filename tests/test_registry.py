@@ -196,3 +196,46 @@ def test_a_copy_is_written_once_and_atomically(tmp_path):
     assert (tmp_path / "run" / "studentnet.py").read_bytes() == source
     assert not list((tmp_path / "run").glob("*.tmp"))
     shutil.rmtree(tmp_path / "run")
+
+
+# --------------------------------------------------------------------------- which network, from which file
+
+def test_the_example_hash_is_the_shipped_files():
+    """network_source recognises the example by this hash: it must follow every edit of mynet.py."""
+    import hashlib
+
+    assert registry.EXAMPLE_SHA1 == hashlib.sha1((ROOT / "mynet.py").read_bytes()).hexdigest()
+    assert registry.example_file() == ROOT / "mynet.py"
+
+
+def test_the_source_line_names_the_file_its_hash_and_the_unchanged_example(tmp_path):
+    import hashlib
+
+    example = registry.network_source(f"{ROOT / 'mynet.py'}:MyNet")
+    assert f"from {ROOT / 'mynet.py'} (SHA-1 {registry.EXAMPLE_SHA1[:12]}, as it is now)" in example
+    assert "the example shipped with the project, unchanged" in example
+    mine = write_net(tmp_path)
+    line = registry.network_source(f"{mine}:make")
+    assert hashlib.sha1(mine.read_bytes()).hexdigest()[:12] in line and "unchanged" not in line
+    assert registry.network_source("fast") == "network: fast, registered in helpers/model.py (fast_net)"
+    identity = dict(spec=f"{mine}:make", file="/elsewhere/studentnet.py", sha1="f" * 40)
+    assert "from /elsewhere/studentnet.py (SHA-1 ffffffffffff, as this run trained it)" in \
+        registry.network_source(identity["spec"], identity)
+
+
+def test_a_drive_model_lives_in_the_projects_drive_folder(tmp_path, monkeypatch):
+    """drive:FILE.py:NAME is FILE in My Drive/cifar10-small-cnn, whichever runtime asks; outside Colab with no
+    Drive there, one line says where Drive is."""
+    monkeypatch.setenv("CIFAR_DRIVE_MOUNT", str(tmp_path / "drive"))
+    with pytest.raises(UserError, match="Google Drive is mounted in Colab only"):
+        registry.parse_file_spec("drive:mynet.py:MyNet")
+    assert "mounted in Colab only" in registry.model_problem("drive:mynet.py:MyNet")
+    folder = tmp_path / "drive" / "MyDrive" / "cifar10-small-cnn"
+    folder.mkdir(parents=True)
+    assert registry.parse_file_spec("drive:mynet.py:MyNet") == (folder / "mynet.py", "MyNet")
+    assert "notebook 02 puts the example network there" in registry.model_problem("drive:mynet.py:MyNet")
+    shutil.copyfile(ROOT / "mynet.py", folder / "mynet.py")
+    assert registry.model_problem("drive:mynet.py:MyNet") is None
+    assert type(build_model("drive:mynet.py:MyNet")).__name__ == "MyNet"
+    with pytest.raises(ModelError, match="drive:FILE.py:NAME"):
+        registry.parse_file_spec("drive:/abs/mynet.py:MyNet")
