@@ -350,8 +350,9 @@ def warm_up(model, recipe: Recipe, settings: Settings, train_loader, test_loader
 
     A device's first use of each shape is one-time work: torch.compile's compile, cuDNN's autotuning
     (helpers/device.py turns it on), CUDA's lazy kernel loading. Done here, it is reported apart instead
-    of landing in the first epochs' train_seconds. The passes leave no trace: weights, BatchNorm
-    statistics, which parameters train and the random state are restored, and no optimizer step is taken.
+    of landing in the first epochs' train_seconds. The passes leave no trace, even when one fails: weights,
+    BatchNorm statistics, which parameters train and the random state are restored, and no optimizer step
+    is taken.
     """
     t0 = time.perf_counter()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -362,20 +363,26 @@ def warm_up(model, recipe: Recipe, settings: Settings, train_loader, test_loader
     # whitening bias part-way (whiten_bias_epochs) or starts on smaller images (resize_start) needs
     # those graphs too, or they would be built inside that epoch's time
     full = x.shape[-2]
-    for epoch in sorted({1, *range(1, recipe.resize_epochs + 1), recipe.epochs}):
-        set_whiten_bias(model, recipe, epoch)
-        model.train()
-        with autocast(x.device, settings.precision):
-            out = model(resize(x, image_size(recipe, epoch, full)))
-        loss_fn(out.float(), y).backward()   # the forward and backward graphs
-        model.zero_grad(set_to_none=True)
-        evaluate(model, test_loader, settings.precision, recipe.tta)  # and the eval-mode ones
-    for p, trains in zip(model.parameters(), flags):
-        p.requires_grad_(trains)
-    model.load_state_dict(state)
-    torch.set_rng_state(rng)
+    try:
+        for epoch in sorted({1, *range(1, recipe.resize_epochs + 1), recipe.epochs}):
+            set_whiten_bias(model, recipe, epoch)
+            model.train()
+            with autocast(x.device, settings.precision):
+                out = model(resize(x, image_size(recipe, epoch, full)))
+            loss_fn(out.float(), y).backward()   # the forward and backward graphs
+            model.zero_grad(set_to_none=True)
+            evaluate(model, test_loader, settings.precision, recipe.tta)  # and the eval-mode ones
+    finally:
+        for p, trains in zip(model.parameters(), flags):
+            p.requires_grad_(trains)
+        model.load_state_dict(state)
+        torch.set_rng_state(rng)
     synchronize(x.device)
     return time.perf_counter() - t0
+
+
+class CompileFailed(RuntimeError):
+    """torch.compile failed on a network that runs uncompiled; the network is back to uncompiled."""
 
 
 def compile_model(model, recipe: Recipe, settings: Settings, train_loader, test_loader) -> float:
@@ -384,8 +391,18 @@ def compile_model(model, recipe: Recipe, settings: Settings, train_loader, test_
 
     In place (`nn.Module.compile`) keeps the state_dict keys unchanged, so checkpoints load
     into compiled and uncompiled models alike.
+
+    Compiling can fail where training would not: no C compiler, a Triton build without this GPU, an inductor
+    bug, a forward() the compiler cannot trace. Then the model is put back as it was and warmed up uncompiled:
+    a network that fails that way too raises its own error (it is the network, not the compiler); one that
+    runs raises CompileFailed with the compiler's first line, and the caller trains it uncompiled.
     """
     t0 = time.perf_counter()
-    model.compile(mode=settings.compile, dynamic=False)
-    warm_up(model, recipe, settings, train_loader, test_loader)
+    try:
+        model.compile(mode=settings.compile, dynamic=False)
+        warm_up(model, recipe, settings, train_loader, test_loader)
+    except Exception as e:
+        model._compiled_call_impl = None  # what nn.Module.compile set: calls go to forward() again
+        warm_up(model, recipe, settings, train_loader, test_loader)
+        raise CompileFailed(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]) from e
     return time.perf_counter() - t0

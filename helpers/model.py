@@ -351,6 +351,18 @@ MODELS = {
 }
 
 
+def output_kind(out: torch.Tensor) -> str:
+    """What a network's (N, classes) output holds: "log-probabilities" (every row's logsumexp is 0: a
+    log_softmax head), "probabilities" (rows of non-negative numbers summing to 1: a softmax head) or
+    "logits" (anything else: PyTorch's convention, a network ending in nn.Linear or a 1x1 conv)."""
+    out = out.detach().float()
+    if torch.allclose(out.logsumexp(1), torch.zeros(len(out), device=out.device), atol=1e-3):
+        return "log-probabilities"
+    if (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-3):
+        return "probabilities"
+    return "logits"
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -21,9 +21,10 @@ from .loader import Loader
 from .device import (configure_backends, make_scaler, needs_warm_up, peak_rss_mb, pick_device, reset_peak_memory,
                      resolve_channels_last, resolve_compile, resolve_precision)
 from .errors import UserError
-from .loop import (NonFiniteLossError, compile_model, evaluate, make_ema, make_lookahead, make_optimizer,
+from .loop import (CompileFailed, NonFiniteLossError, compile_model, evaluate, make_ema, make_lookahead, make_optimizer,
                    make_scheduler, progress_default, image_size, set_whiten_bias, train_one_epoch, warm_up)
 from .model import count_params
+from .probe import check_network
 from .record import Record
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .registry import build_model, file_source, keep_copy, model_identity, spec_name
@@ -291,15 +292,27 @@ class Trial:
                 m.init_whitening(train_loader.normalize(train_set.images[:5000].to(device)).contiguous())
         if s.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        # the network's first pass at every image size the recipe feeds it: a network that cannot train is one
+        # line now, not a traceback from inside the first epoch; one that needs full-size images trains without
+        # progressive resizing
+        sample = train_loader.normalize(train_set.images[:8].to(device))
+        r, output = check_network(model, r, sample, len(train_set.classes), self.log)
+        self.recipe = r
         identity = model_identity(self.factory or r.model, model, source)
         keep_copy(self.out_dir, identity, source)
         # one-time work on each shape (compiling, cuDNN autotuning) is done now and reported apart, never
         # inside train_seconds; a compile includes its warm-up
-        compile_seconds, warmup_seconds = 0.0, 0.0
+        compile_seconds, warmup_seconds, compile_error = 0.0, 0.0, None
         if s.compile != "off":
             self.log(f"torch.compile ({s.compile}): compiling every graph now, before the clock starts")
-            compile_seconds = compile_model(model, r, s, train_loader, test_loader)
-            self.log(f"compiled in {compile_seconds:.1f} s")
+            try:
+                compile_seconds = compile_model(model, r, s, train_loader, test_loader)
+                self.log(f"compiled in {compile_seconds:.1f} s")
+            except CompileFailed as e:
+                # compiling is a speed setting, never what is trained: its failure costs speed, not the run
+                compile_error = str(e)
+                self.settings = s = s.override(compile="off")
+                self.log(f"torch.compile failed ({compile_error}); the run continues uncompiled (compile: off)")
         elif needs_warm_up(device):
             warmup_seconds = warm_up(model, r, s, train_loader, test_loader)
             self.log(f"warm-up (each graph once, before the clock starts): {warmup_seconds:.1f} s")
@@ -308,7 +321,7 @@ class Trial:
                     classes=train_set.classes,
                     params=count_params(model), device=str(device), torch=str(torch.__version__),
                     compile_seconds=round(compile_seconds, 1), warmup_seconds=round(warmup_seconds, 1),
-                    model_identity=identity)
+                    compile_error=compile_error, output=output, model_identity=identity)
         # what the run is trained and evaluated on: a resume must match it (checkpoint.check_resume)
         info["data_identity"] = dict(
             source=self.data, folder=str(Path(self.data_dir).resolve()) if self.data_dir else None,

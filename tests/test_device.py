@@ -3,6 +3,8 @@
 Everything here runs on a CPU: the CUDA and MPS rows of the precision table are checked by
 faking what torch reports, and fp16 runs through CPU autocast with GradScaler("cpu").
 """
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -279,6 +281,52 @@ def test_compiled_run_matches_uncompiled_and_checkpoints_load_either_way(tmp_pat
     trainer.model.compile(mode="default")
     trainer.load(tmp_path / "plain" / CHECKPOINT)
     assert trainer.epoch == 2
+
+
+@pytest.fixture
+def failing_compile(monkeypatch):
+    """torch.compile as it fails in the field: it returns, then the first compiled call raises (inductor finds
+    no C compiler, Triton does not know the GPU)."""
+    import torch._dynamo
+
+    def compile(fn, *args, **kwargs):
+        def compiled(*a, **k):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\n(a long compiler log)")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile)
+    torch._dynamo.reset()
+
+
+def test_a_failed_compile_costs_speed_not_the_run(tmp_path, failing_compile):
+    """The run goes on uncompiled, trains exactly what an uncompiled run trains, and says why in its log and
+    its recorded settings; the attempt is not charged to train_seconds."""
+    lines = []
+    plain = train(out_dir=tmp_path / "plain", compile="off", **SMALL)
+    trial = Trial(out_dir=tmp_path / "compiled", compile="default", log=lines.append, **SMALL)
+    fell_back = trial.run()
+    assert outcome(fell_back) == outcome(plain) and trial.trainer.model._compiled_call_impl is None
+    said = [line for line in lines if "torch.compile failed" in line]
+    assert said == ["torch.compile failed (RuntimeError: InductorError: CppCompileError: C++ compile error); "
+                    "the run continues uncompiled (compile: off)"]
+    config = json.loads((tmp_path / "compiled" / "history.json").read_text())["config"]
+    assert config["settings"]["compile"] == "off" and config["requested"]["compile"] == "default"
+    assert config["compile_error"].startswith("RuntimeError: InductorError")
+
+
+def test_a_network_that_fails_uncompiled_too_fails_with_its_own_error(failing_compile):
+    """The fallback never hides a broken network behind the compiler: the uncompiled warm-up raises its error."""
+    class NoGrad(nn.Module):  # forward runs, backward cannot: its output has no gradient
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 10)
+
+        def forward(self, x):
+            with torch.no_grad():
+                return self.fc(x.mean((2, 3)))
+
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        Trial(model=NoGrad, enforce_rules=False, compile="default", **SMALL).setup()
 
 
 def test_uncompiled_warm_up_leaves_no_trace_and_is_reported_apart(tmp_path, monkeypatch):
