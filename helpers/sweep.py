@@ -10,7 +10,8 @@ any SQLAlchemy URL (--storage postgresql://...) lets workers on several machines
 study. Running the same command again continues the study. Each trial is a `Trial` of the
 recipe with the sampled overrides, its run folder (checkpoint + history) in
 runs/sweeps/<study>/trial-<number>/. With --root on Google Drive (Colab), the SQLite file is worked on
-this machine's disk and copied to Drive after each finished trial and at the end.
+this machine's disk and copied to Drive after each finished trial and at the end, and the command
+ends by flushing Drive, so that a notebook in another runtime finds the study.
 
 This module is the command only; the pieces, each importing only those before it:
 helpers/space.py (the search space), helpers/study.py (storage, the study, its results),
@@ -31,6 +32,7 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
+from . import colab
 from .cli import get_args_parser, overrides, parse, positive_int
 from .errors import UserError
 from .objective import Objective
@@ -184,6 +186,19 @@ def _from_drive(args, log):
             f"on Google Drive; copied to {drive} after each finished trial and at the end")
 
 
+def _flush(log_out, log_err):
+    """Push this runtime's Drive writes, so that notebook 05 in another runtime sees the study; or say how."""
+    how = "from google.colab import drive; drive.flush_and_unmount()"
+    try:
+        if colab.flush_drive(log_out):
+            return
+        why = "no mounted Google Drive that this process can flush"
+    except Exception as e:   # Colab's flush failing: the study is on the mount, only not pushed yet
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    log_err(f"note: Google Drive was not flushed ({why}): before opening the study in another runtime "
+            f"(notebook 05), run `{how}` in this one")
+
+
 def _without(argv: list, flag: str) -> list:
     """argv without `flag` and its value (as `flag VALUE` or `flag=VALUE`)."""
     out, skip = [], False
@@ -236,8 +251,10 @@ def main(argv=None) -> int:
     finally:   # also after an error or Ctrl-C: the trials that finished reach Drive all the same
         if drive.get("here") and working_db(args.study, args.root).is_file():
             copied = _to_drive(args, note, last=True)
-    if drive.get("here") and rc in (0, 1) and copied:
-        print(f"study copied to Google Drive: {study_dir(args.study, args.root) / DB}")
+    if drive.get("here") and rc in (0, 1):   # the study is on Drive's mount: push it, for other runtimes
+        if copied:
+            print(f"study copied to Google Drive: {study_dir(args.study, args.root) / DB}")
+        _flush(print, note)
     return rc
 
 

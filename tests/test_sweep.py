@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import optuna
@@ -403,6 +404,9 @@ def test_a_sweep_with_its_root_on_drive_never_opens_sqlite_there(tmp_path, drive
     assert (f"study d is worked on this machine's disk ({local}), since SQLite's locking is not reliable on Google "
             f"Drive; copied to {on_drive} after each finished trial and at the end") in err
     assert f"study copied to Google Drive: {on_drive}" in out
+    # no Colab here: the flush cannot happen, and the command says what to run instead
+    assert ("Google Drive was not flushed" in err
+            and "run `from google.colab import drive; drive.flush_and_unmount()` in this one" in err)
     assert len([t for t in trials_of(drive_root, "d") if t.state in st.DONE]) == 2
     assert (drive_root / "d" / "trial-000" / "history.json").is_file()   # the run folders stay on Drive
 
@@ -412,13 +416,17 @@ def test_a_study_on_drive_continues_in_another_runtime_and_back(tmp_path, drive_
     assert sweep.main([*common, "--trials", "1"]) == 0                        # runtime A
     first = {t.number: t.params for t in trials_of(drive_root, "d")}
     capsys.readouterr()
-    # runtime B: a new machine, whose disk holds no copy
+    # runtime B: a new machine, whose disk holds no copy; Colab's drive module there flushes
+    flushed = []
+    monkeypatch.setattr(colab, "_drive_module",
+                        lambda: types.SimpleNamespace(flush_and_unmount=lambda: flushed.append(True)))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "runtime-b"))
     (tmp_path / "runtime-b").mkdir()
     assert not st.working_db("d", drive_root).is_file()
     assert sweep.main([*common, "--trials", "2"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"study d: copied from Google Drive ({drive_root / 'd' / 'study.db'}) to this machine's disk" in err
+    assert flushed == [True] and "Google Drive flushed and unmounted" in out and "not flushed" not in err
     # back in runtime A, whose copy is now older than Drive's
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "runtime-a"))
     assert sweep.main([*common, "--trials", "3"]) == 0
