@@ -35,7 +35,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .colab import on_drive
+from .colab import DRIVE_DELAY, on_drive
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .record import Record
 from .rundir import atomic_write
@@ -278,19 +278,43 @@ def load_study(name: str, storage=None, root=SWEEPS, log=print) -> optuna.Study:
     storage = resolve_storage(storage, log)
     path = study_dir(name, root) / DB
     if storage is None and not path.is_file():
+        # Drive shows another runtime's files late: a sweep that ran elsewhere may not be visible yet
+        late = (f" {root} is on Google Drive, which can take {DRIVE_DELAY} to show files written by another "
+                "runtime: if the sweep ran in another one, rerun this cell in a minute" if on_drive(root) else "")
         shipped = STUDIES / f"{name}.json"
         if shipped.is_file():
             log(f"no study {name!r} in {study_dir(name, root)}: showing the published one shipped with the "
-                f"project (helpers/studies/{shipped.name}); run python -m helpers.sweep for a study of your own")
+                f"project (helpers/studies/{shipped.name}); run python -m helpers.sweep for a study of your own"
+                + (f".{late}" if late else ""))
             return import_study(shipped)
-        known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.json")))
-        raise SweepError(f"no study {name!r} in {study_dir(name, root)}: run python -m helpers.sweep --study {name} "
-                         f"first, or show a published one ({known})")
+        published = ", ".join(sorted(p.stem for p in STUDIES.glob("*.json"))) or "none"
+        raise SweepError(f"no study {name!r} in {study_dir(name, root)}; {_studies_in(root)}; published: "
+                         f"{published}. Name one of these, or run python -m helpers.sweep --study {name} first."
+                         + late)
     try:  # the file itself, also on Drive: reading results is one process, and no sweep writes it in place
         return optuna.load_study(study_name=name, storage=make_storage(storage or f"sqlite:///{path}", name, root,
                                                                        heartbeat=None))
     except KeyError:
         raise SweepError(f"storage holds no study named {name!r}") from None
+
+
+def _studies_in(root) -> str:
+    """The studies under `root`, with their trial counts where the file can be read, as a phrase."""
+    root = Path(root)
+    if not root.is_dir():
+        return f"{root} does not exist"
+    found = [db.parent.name if (n := _trial_count(db)) is None else f"{db.parent.name} ({n} trial{'s' * (n != 1)})"
+             for db in sorted(root.glob(f"*/{DB}"))]
+    return f"studies in {root}: {', '.join(found)}" if found else f"no studies in {root}"
+
+
+def _trial_count(db: Path) -> int | None:
+    """The trials in a study file, read-only (one query); None when it cannot be read (busy, damaged)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1)) as c:
+            return c.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    except sqlite3.Error:
+        return None
 
 
 def export_study(study: optuna.Study, path) -> Path:
