@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import (CHECKPOINT, FORMAT, PREV_CHECKPOINT, CheckpointError, check_resume, find_checkpoint,
                          read_checkpoint, save_checkpoint, sync_history)
+from .colab import on_drive
 from .constraints import check
 from .data import SOURCES, channel_stats, load_splits
 from .loader import Loader
@@ -43,7 +44,7 @@ class Trainer:
         self.train_loader, self.test_loader = train_loader, test_loader
         self.out_dir = Path(out_dir) if out_dir else None
         # one writer per run folder (helpers/rundir.py): taken by Trial.setup, or here in restore()
-        self.lock = lock or (RunLock(self.out_dir) if self.out_dir else None)
+        self.lock = lock or (RunLock(self.out_dir, drive=on_drive(self.out_dir)) if self.out_dir else None)
         self.progress = progress_default() if progress is None else progress
         self.run_info = run_info or {}
         self.log = log
@@ -268,7 +269,7 @@ class Trial:
         if self.enforce_rules:
             check(model).require(r.model)
         if self.out_dir:  # one run per folder: another one training there is one line, before data is read
-            self.lock = RunLock(check_writable(self.out_dir)).acquire()
+            self.lock = RunLock(check_writable(self.out_dir), drive=on_drive(self.out_dir)).acquire()
         train_set, test_set = load_splits(self.data, self.data_dir, self.limit, log=self.log)
         # per-device choices, made once and stored resolved (checkpoint config, history, benchmark); what was
         # asked is kept too: a resume on another device may re-resolve an "auto" (checkpoint.check_resume)

@@ -10,6 +10,10 @@ thread touches it every HEARTBEAT seconds. A lock is stale, and taken over with 
 process is gone (same host), or when it has not been touched for STALE seconds (another host: a Colab
 runtime that disconnected with the run folder on Google Drive). The same process may take its own lock
 again (a notebook cell run twice).
+
+On Google Drive (`RunLock(folder, drive=True)`) the lock is best-effort and its messages say so: Drive
+shows one runtime's files to another late, so another runtime's lock or heartbeat may not be visible
+yet, and two runtimes can both take a lock there.
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ from pathlib import Path
 from .errors import UserError
 
 LOCK = "run.lock"
+# said with the lock's messages for a folder on Google Drive: there it cannot promise one writer
+DRIVE_NOTE = ("on Google Drive this lock is best-effort: another runtime's lock and heartbeat may reach Drive late, "
+              "so it cannot promise that only one run uses the folder")
 HEARTBEAT = 30.0   # seconds between touches of a held lock
 STALE = 150.0      # a lock from another host untouched this long belongs to a run that is gone
 
@@ -89,8 +96,9 @@ def _alive(pid: int) -> bool:
 class RunLock:
     """The run folder's one-writer lock (see the module docstring)."""
 
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, drive: bool = False):
         self.path = Path(out_dir) / LOCK
+        self.drive = drive   # the folder is on Google Drive (colab.on_drive): the lock is best-effort there
         self.held = False
         self._stop = threading.Event()
 
@@ -131,9 +139,11 @@ class RunLock:
                         f"the run folder {self.path.parent} is in use by another run ({who}): wait for it to "
                         f"finish, or choose another folder (--out / out_dir=). If no run is using it (a "
                         f"notebook kernel that was stopped mid-run, say), restart that kernel or delete "
-                        f"{self.path}") from None
+                        f"{self.path}" + (f" ({DRIVE_NOTE})" if self.drive else "")) from None
                 if why not in ("ours", "gone"):
-                    log(f"note: taking over {self.path}: {why}")
+                    log(f"note: taking over {self.path}: {why}" + (
+                        f"; {DRIVE_NOTE}: if another runtime may still be training into this folder, stop one "
+                        "of the two" if self.drive else ""))
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:

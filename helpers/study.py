@@ -2,8 +2,11 @@
 
 Optuna keeps the study in a database: a SQLite file runs/sweeps/<study>/study.db by default, which the
 worker processes of one machine share; any SQLAlchemy URL (postgresql://...) lets workers on several
-machines join the same study. A finished study is also one JSON file (export_study); the published ones
-ship in helpers/studies/ and load_study falls back to them. Results: counts, describe (one line), table
+machines join the same study. With the studies' folder on Google Drive, the SQLite file is worked on this
+machine's disk and copied to Drive whole (working_db, pull_from_drive, push_to_drive): SQLite's locking
+is not reliable on network and FUSE filesystems, and two processes writing a database there can corrupt
+it. A finished study is also one JSON file (export_study); the published ones ship in helpers/studies/
+and load_study falls back to them. Results: counts, describe (one line), table
 (the best trials), best_run (the exact command that trains the best trial again), records (their
 histories, for plots; the figures are in helpers/plots.py, study_figure).
 
@@ -13,12 +16,17 @@ died (found by Optuna's heartbeat, or by without_heartbeat: the trial is retried
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
 import json
 import os
 import re
 import shlex
+import shutil
 import socket
+import sqlite3
+import tempfile
 import time
 import urllib.parse
 import warnings
@@ -27,6 +35,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from .colab import DRIVE_DELAY, on_drive
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .record import Record
 from .rundir import atomic_write
@@ -38,6 +47,7 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)      # trials that count toward 
 # a study remembers what it searches; a re-run that changes one of these is another study
 IDENTITY = ("recipe", "overrides", "space", "data", "limit", "seed", "pruner")
 STORAGE_ENV = "CIFAR_SWEEP_STORAGE"
+DB = "study.db"                                      # a study's SQLite file, in its folder
 
 
 # --------------------------------------------------------------------------- names and storage
@@ -67,11 +77,12 @@ def _retry_callback():
 
 
 def make_storage(storage: str | None, study: str, root=SWEEPS, heartbeat: int | None = 60):
-    """RDBStorage for a URL, or the study's own SQLite file; with a heartbeat, a trial whose
-    worker stopped beating for 3 intervals is failed (and retried once) when a worker next starts one."""
+    """RDBStorage for a URL, or the study's own SQLite file (working_db: on this machine's disk when `root`
+    is on Google Drive); with a heartbeat, a trial whose worker stopped beating for 3 intervals is failed
+    (and retried once) when a worker next starts one."""
     if storage is None:
-        study_dir(study, root).mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{study_dir(study, root) / 'study.db'}"
+        study_dir(study, root).mkdir(parents=True, exist_ok=True)   # the trials' run folders go there
+        storage = f"sqlite:///{working_db(study, root)}"
     storage = _with_driver(storage)
     # SQLite: wait for a busy writer instead of failing at once; servers: drop dead connections
     engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {"pool_pre_ping": True}
@@ -134,6 +145,98 @@ def _safe_url(url: str) -> str:
     return (head.split(":")[0] + "://***@" + tail) if at and "://" in head else url
 
 
+# --------------------------------------------------------------------------- SQLite studies kept on Google Drive
+# SQLite's locking is not reliable on network and FUSE filesystems (SQLite's documentation says so), and
+# Drive in Colab is one: two processes writing a study there can corrupt it. So while a sweep runs, its
+# SQLite file lives on this machine's disk, and Drive gets whole copies of it, made consistent by SQLite's
+# backup API and put in place by a rename; no SQLite connection is ever opened on Drive by a sweep.
+
+def drive_backed(storage: str | None, root) -> bool:
+    """Does this sweep keep its study as a SQLite file on Google Drive (the default storage, `root` on
+    Drive)? A storage URL (PostgreSQL) is a server's business, wherever the run folders are."""
+    return storage is None and on_drive(root)
+
+
+def working_db(study: str, root=SWEEPS) -> Path:
+    """The SQLite file a sweep writes: ROOT/STUDY/study.db, or, with `root` on Google Drive, a file on this
+    machine's disk named after the Drive folder and the study, so every worker process of this machine
+    (and every later command here) finds the same one."""
+    if not on_drive(root):
+        return study_dir(study, root) / DB
+    digest = hashlib.sha256(os.path.abspath(study_dir(study, root)).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / "cifar10-sweeps" / f"{check_study_name(study)}-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / DB
+
+
+@contextlib.contextmanager
+def _copying(local: Path):
+    """One copy between this machine and Drive at a time: the workers of one machine each copy after their
+    trials, and an older snapshot must not replace a newer one on Drive. fcntl is POSIX's (Colab's);
+    elsewhere copies are not serialized, and the command's own copy at its end is the newest anyway."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(local.with_name(f"{DB}.copy-lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _set_mtime(path: Path, mtime_ns: int):
+    # both copies carry the time of the local file's last write: a copy is "older" only when the other
+    # side has written since. A filesystem that refuses (Drive may) costs one needless copy back, no more
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def pull_from_drive(study: str, root) -> bool:
+    """Copy the study from Drive (ROOT/STUDY/study.db) to its working file when that is missing (a new
+    runtime) or older than Drive's copy (the study went on in another runtime). Returns whether it copied.
+    Call it before any process opens the working file: the copy replaces it."""
+    drive, local = study_dir(study, root) / DB, working_db(study, root)
+    if not drive.is_file():
+        return False
+    with _copying(local):
+        mtime = drive.stat().st_mtime_ns
+        if local.is_file() and local.stat().st_mtime_ns >= mtime:
+            return False
+        # a journal left by a process that died belongs to the old file: SQLite would replay it onto this one
+        for leftover in ("-journal", "-wal", "-shm"):
+            local.with_name(DB + leftover).unlink(missing_ok=True)
+        atomic_write(local, lambda f: _copy_bytes(drive, f))   # Drive's copy is whole: put there by a rename
+        _set_mtime(local, mtime)
+    return True
+
+
+def push_to_drive(study: str, root) -> Path:
+    """Copy the working file to Drive as ROOT/STUDY/study.db: a consistent snapshot (SQLite's backup API,
+    into a file on this machine's disk), whose bytes go to a temporary name on Drive, renamed into place.
+    Safe while workers write the study; raises OSError when Drive cannot be written."""
+    drive, local = study_dir(study, root) / DB, working_db(study, root)
+    snapshot = local.with_name(f"{DB}.{os.getpid()}.snapshot")
+    with _copying(local):
+        mtime = local.stat().st_mtime_ns   # before the snapshot: a write during it makes the local file newer
+        try:
+            with contextlib.closing(sqlite3.connect(local, timeout=60)) as source, \
+                    contextlib.closing(sqlite3.connect(snapshot)) as copy:
+                source.backup(copy)
+            atomic_write(drive, lambda f: _copy_bytes(snapshot, f))
+            _set_mtime(drive, mtime)
+        finally:
+            snapshot.unlink(missing_ok=True)
+    return drive
+
+
+def _copy_bytes(source: Path, f):
+    with open(source, "rb") as src:
+        shutil.copyfileobj(src, f, 1 << 20)
+
+
 # --------------------------------------------------------------------------- opening, exporting
 
 def make_pruner(name: str):
@@ -170,21 +273,48 @@ def open_study(name: str, storage=None, root=SWEEPS, settings: dict | None = Non
 
 def load_study(name: str, storage=None, root=SWEEPS, log=print) -> optuna.Study:
     """An existing study, for results (notebook 05): from `storage` (or CIFAR_SWEEP_STORAGE), else the
-    study's SQLite file in `root`, else the published copy shipped with the package (helpers/studies/NAME.json)."""
+    study's SQLite file in `root` (on Drive too: the copy a sweep put there), else the published copy
+    shipped with the package (helpers/studies/NAME.json)."""
     storage = resolve_storage(storage, log)
-    if storage is None and not (study_dir(name, root) / "study.db").is_file():
+    path = study_dir(name, root) / DB
+    if storage is None and not path.is_file():
+        # Drive shows another runtime's files late: a sweep that ran elsewhere may not be visible yet
+        late = (f" {root} is on Google Drive, which can take {DRIVE_DELAY} to show files written by another "
+                "runtime: if the sweep ran in another one, rerun this cell in a minute" if on_drive(root) else "")
         shipped = STUDIES / f"{name}.json"
         if shipped.is_file():
             log(f"no study {name!r} in {study_dir(name, root)}: showing the published one shipped with the "
-                f"project (helpers/studies/{shipped.name}); run python -m helpers.sweep for a study of your own")
+                f"project (helpers/studies/{shipped.name}); run python -m helpers.sweep for a study of your own"
+                + (f".{late}" if late else ""))
             return import_study(shipped)
-        known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.json")))
-        raise SweepError(f"no study {name!r} in {study_dir(name, root)}: run python -m helpers.sweep --study {name} "
-                         f"first, or show a published one ({known})")
-    try:
-        return optuna.load_study(study_name=name, storage=make_storage(storage, name, root, heartbeat=None))
+        published = ", ".join(sorted(p.stem for p in STUDIES.glob("*.json"))) or "none"
+        raise SweepError(f"no study {name!r} in {study_dir(name, root)}; {_studies_in(root)}; published: "
+                         f"{published}. Name one of these, or run python -m helpers.sweep --study {name} first."
+                         + late)
+    try:  # the file itself, also on Drive: reading results is one process, and no sweep writes it in place
+        return optuna.load_study(study_name=name, storage=make_storage(storage or f"sqlite:///{path}", name, root,
+                                                                       heartbeat=None))
     except KeyError:
         raise SweepError(f"storage holds no study named {name!r}") from None
+
+
+def _studies_in(root) -> str:
+    """The studies under `root`, with their trial counts where the file can be read, as a phrase."""
+    root = Path(root)
+    if not root.is_dir():
+        return f"{root} does not exist"
+    found = [db.parent.name if (n := _trial_count(db)) is None else f"{db.parent.name} ({n} trial{'s' * (n != 1)})"
+             for db in sorted(root.glob(f"*/{DB}"))]
+    return f"studies in {root}: {', '.join(found)}" if found else f"no studies in {root}"
+
+
+def _trial_count(db: Path) -> int | None:
+    """The trials in a study file, read-only (one query); None when it cannot be read (busy, damaged)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1)) as c:
+            return c.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    except sqlite3.Error:
+        return None
 
 
 def export_study(study: optuna.Study, path) -> Path:

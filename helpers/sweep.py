@@ -9,7 +9,9 @@ file runs/sweeps/<study>/study.db by default, which the worker processes of one 
 any SQLAlchemy URL (--storage postgresql://...) lets workers on several machines join the same
 study. Running the same command again continues the study. Each trial is a `Trial` of the
 recipe with the sampled overrides, its run folder (checkpoint + history) in
-runs/sweeps/<study>/trial-<number>/.
+runs/sweeps/<study>/trial-<number>/. With --root on Google Drive (Colab), the SQLite file is worked on
+this machine's disk and copied to Drive after each finished trial and at the end, and the command
+ends by flushing Drive, so that a notebook in another runtime finds the study.
 
 This module is the command only; the pieces, each importing only those before it:
 helpers/space.py (the search space), helpers/study.py (storage, the study, its results),
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,14 +32,15 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
+from . import colab
 from .cli import get_args_parser, overrides, parse, positive_int
 from .errors import UserError
 from .objective import Objective
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .space import SPACES, Space, SweepError, load_space
-from .study import (DONE, STORAGE_ENV, SWEEPS, without_heartbeat, best_run, check_study_name, counts, describe,
-                    export_study, fail_and_retry, failure_line, open_study, resolve_storage, storage_failure,
-                    study_dir, table, worker_id)
+from .study import (DB, DONE, STORAGE_ENV, SWEEPS, without_heartbeat, best_run, check_study_name, counts, describe,
+                    drive_backed, export_study, fail_and_retry, failure_line, open_study, pull_from_drive,
+                    push_to_drive, resolve_storage, storage_failure, study_dir, table, worker_id, working_db)
 
 RECONNECT_DELAYS = (2, 4, 8, 16, 32, 60, 60)   # seconds between tries when the database fails (~3 min in all)
 
@@ -62,7 +66,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=positive_int, default=60,
                    help="seconds between a worker's signs of life; a trial silent for 3 of them counts as failed")
     p.add_argument("--top", type=positive_int, default=5, help="rows of the best-trials table")
-    p.add_argument("--root", default=str(SWEEPS), help="folder of the studies' folders (default: runs/sweeps)")
+    p.add_argument("--root", default=str(SWEEPS), help="folder of the studies' folders (default: runs/sweeps); on "
+                   "Google Drive, the SQLite study is worked on this machine's disk and copied there")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set on the processes --workers starts
     return p
 
@@ -113,6 +118,9 @@ def work(args, study: optuna.Study, recipe: Recipe, space: Space):
                           _run_settings(args), args.seed, log)
     # a running trial counts, so that workers finishing at different times stop at --trials, not past it
     counted = (*DONE, TrialState.RUNNING)
+    callbacks = [optuna.study.MaxTrialsCallback(args.trials, states=counted)]
+    if drive_backed(args.storage, args.root):   # Drive holds the study as of the last finished trial
+        callbacks.append(lambda study, trial: _to_drive(args, log))
     for delay in (*RECONNECT_DELAYS, None):
         try:
             optuna.storages.fail_stale_trials(study)   # dead workers' trials -> FAIL (and a retry), before counting
@@ -121,8 +129,7 @@ def work(args, study: optuna.Study, recipe: Recipe, space: Space):
                            "heartbeat: its worker is gone", log)
             if len(study.get_trials(deepcopy=False, states=counted)) >= args.trials:
                 return study
-            study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=counted)],
-                           gc_after_trial=True)
+            study.optimize(objective, callbacks=callbacks, gc_after_trial=True)
             return study
         except Exception as e:
             if not storage_failure(e) and not isinstance(e, SweepError):
@@ -142,6 +149,54 @@ def work(args, study: optuna.Study, recipe: Recipe, space: Space):
                 if not storage_failure(again) and not isinstance(again, SweepError):
                     raise
     return study
+
+
+# --------------------------------------------------------------------------- a study on Google Drive
+
+def _to_drive(args, log, last=False) -> bool:
+    """Copy the study to Drive; a failure (Drive full or disconnected) is one line, and the sweep goes on:
+    the study is whole on this machine's disk, and the next copy tries again."""
+    try:
+        push_to_drive(args.study, args.root)
+        return True
+    except (OSError, sqlite3.Error) as e:
+        then = ("run the same command again once Drive is back, which copies it" if last
+                else "the next finished trial copies it again")
+        log(f"note: could not copy the study to {study_dir(args.study, args.root)} on Google Drive "
+            f"({getattr(e, 'strerror', None) or e}); it is whole on this machine's disk, "
+            f"{working_db(args.study, args.root)}: {then}")
+        return False
+
+
+def _from_drive(args, log):
+    """Before any worker opens the study: bring Drive's copy here when it is newer, and say where it is worked on."""
+    local, drive = working_db(args.study, args.root), study_dir(args.study, args.root) / DB
+    try:
+        pulled = pull_from_drive(args.study, args.root)
+    except OSError as e:
+        raise SweepError(f"cannot copy the study from {drive} on Google Drive ({e.strerror or e}): check that Drive "
+                         "is mounted (from google.colab import drive; drive.mount('/content/drive')) and run "
+                         "the command again") from None
+    if pulled:
+        log(f"study {args.study}: copied from Google Drive ({drive}) to this machine's disk ({local}), where the "
+            "sweep works on it (SQLite's locking is not reliable on Drive); copied back to Drive after each "
+            "finished trial and at the end")
+    else:
+        log(f"study {args.study} is worked on this machine's disk ({local}), since SQLite's locking is not reliable "
+            f"on Google Drive; copied to {drive} after each finished trial and at the end")
+
+
+def _flush(log_out, log_err):
+    """Push this runtime's Drive writes, so that notebook 05 in another runtime sees the study; or say how."""
+    how = "from google.colab import drive; drive.flush_and_unmount()"
+    try:
+        if colab.flush_drive(log_out):
+            return
+        why = "no mounted Google Drive that this process can flush"
+    except Exception as e:   # Colab's flush failing: the study is on the mount, only not pushed yet
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    log_err(f"note: Google Drive was not flushed ({why}): before opening the study in another runtime "
+            f"(notebook 05), run `{how}` in this one")
 
 
 def _without(argv: list, flag: str) -> list:
@@ -188,11 +243,33 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.INFO if args.worker_index is not None or args.workers == 1
                                  else optuna.logging.WARNING)
+    note = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    drive = {}   # "here": the study is worked on this machine's disk, and Drive gets it back at the end
+    rc, copied = 2, False
+    try:
+        rc = _sweep(args, argv, drive)
+    finally:   # also after an error or Ctrl-C: the trials that finished reach Drive all the same
+        if drive.get("here") and working_db(args.study, args.root).is_file():
+            copied = _to_drive(args, note, last=True)
+    if drive.get("here") and rc in (0, 1):   # the study is on Drive's mount: push it, for other runtimes
+        if copied:
+            print(f"study copied to Google Drive: {study_dir(args.study, args.root) / DB}")
+        _flush(print, note)
+    return rc
+
+
+def _sweep(args, argv, drive: dict) -> int:
+    """The command once its arguments are parsed: the study, its workers, its results. Sets drive["here"]
+    once a study kept on Google Drive is worked on this machine's disk."""
     rc = 0
     try:
         args.storage = resolve_storage(args.storage, log=lambda m: print(m, file=sys.stderr)) \
             if args.worker_index is None else resolve_storage(args.storage, log=lambda m: None)
         recipe, space, identity = _prepare(args)
+        if drive_backed(args.storage, args.root) and args.worker_index is None:
+            # the command, not its workers: they start once the study is here, and copy it after their trials
+            _from_drive(args, lambda msg: print(msg, file=sys.stderr, flush=True))
+            drive["here"] = True
         # create (or check) the study once, before any worker starts
         study = open_study(args.study, args.storage, args.root, identity, args.pruner, args.trials, args.heartbeat)
         if _finished(study) >= args.trials and args.worker_index is None:

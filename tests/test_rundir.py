@@ -65,3 +65,27 @@ def test_an_unwritable_out_folder_is_one_line_before_any_training(tmp_path, monk
     monkeypatch.setattr(Path, "write_bytes", read_only)
     with pytest.raises(rundir.RunFolderError, match=r"cannot be written \(Read-only file system\)"):
         Trial(out_dir=tmp_path / "run", **SMALL_FAST).setup()
+
+
+@pytest.mark.parametrize("on_drive", [True, False])
+def test_a_lock_on_drive_says_it_is_best_effort(tmp_path, monkeypatch, capsys, on_drive):
+    """On Google Drive another runtime's lock and heartbeat can show late: the messages say the lock is
+    best-effort there, and say nothing of Drive elsewhere."""
+    from helpers import rundir
+    monkeypatch.setenv("CIFAR_DRIVE_MOUNT", str(tmp_path / "drive"))
+    run = (tmp_path / "drive" / "MyDrive" if on_drive else tmp_path / "disk") / "run"
+    run.mkdir(parents=True)
+    lock = run / rundir.LOCK
+    lock.write_text(json.dumps(dict(pid=1, host="colab-vm-a", started="then")))
+    with pytest.raises(rundir.RunFolderError, match="in use by another run") as e:
+        Trial(out_dir=run, **SMALL_FAST).setup()   # the lock as training takes it
+    best_effort = ("on Google Drive this lock is best-effort: another runtime's lock and heartbeat may reach Drive "
+                   "late, so it cannot promise that only one run uses the folder")
+    assert (best_effort in str(e.value)) == on_drive and "\n" not in str(e.value)
+    old = os.path.getmtime(lock) - rundir.STALE - 1
+    os.utime(lock, (old, old))                     # that runtime's heartbeat stopped (or has not reached Drive)
+    trial = Trial(out_dir=run, **SMALL_FAST)
+    trial.setup()
+    note = next(line for line in capsys.readouterr().out.splitlines() if "taking over" in line)
+    assert (best_effort in note) == on_drive and ("stop one of the two" in note) == on_drive
+    trial.lock.release()

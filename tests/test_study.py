@@ -41,8 +41,43 @@ def test_a_study_not_on_disk_falls_back_to_the_published_copy(tmp_path, capsys):
     s = st.load_study("fast-lr-wd-ls", root=tmp_path)
     assert "showing the published one shipped with the project" in capsys.readouterr().out
     assert st.counts(s)["complete"] >= 5 and all("history" in t.user_attrs for t in st.top_trials(s))
-    with pytest.raises(st.SweepError, match=f"no study 'nope'.*or show a published one \\({published[0]}"):
+    with pytest.raises(st.SweepError, match=f"no study 'nope'.*; published: {published[0]}"):
         st.load_study("nope", root=tmp_path)
+
+
+def _study_with(root, name, n):
+    """A study file holding n finished trials, as a sweep leaves it."""
+    st.study_dir(name, root).mkdir(parents=True)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{st.study_dir(name, root) / 'study.db'}")
+    for _ in range(n):
+        study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+
+
+def test_a_missing_study_names_what_is_there(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "sweeps"
+    with pytest.raises(st.SweepError, match=f"no study 'mine' in {root / 'mine'}; {root} does not exist; "):
+        st.load_study("mine", root=root)
+    (root / "mine").mkdir(parents=True)        # a folder without a study: a sweep that never started
+    with pytest.raises(st.SweepError, match=f"; no studies in {root}; "):
+        st.load_study("mine", root=root)
+    _study_with(root, "lr-wd", 3)
+    _study_with(root, "one", 1)
+    published = ", ".join(sorted(p.stem for p in st.STUDIES.glob("*.json")))
+    with pytest.raises(st.SweepError) as e:
+        st.load_study("mine", root=root)
+    assert str(e.value) == (f"no study 'mine' in {root / 'mine'}; studies in {root}: lr-wd (3 trials), one (1 trial); "
+                            f"published: {published}. Name one of these, or run python -m helpers.sweep --study mine "
+                            "first.")
+    # the same root on Google Drive: a study from another runtime may not show yet
+    monkeypatch.setenv("CIFAR_DRIVE_MOUNT", str(tmp_path))
+    with pytest.raises(st.SweepError) as e:
+        st.load_study("mine", root=root)
+    assert str(e.value).endswith(f"first. {root} is on Google Drive, which can take a minute or more to show files "
+                                 "written by another runtime: if the sweep ran in another one, rerun this cell in a "
+                                 "minute")
+    # and where the published study of that name stands in for it
+    st.load_study("fast-lr-wd-ls", root=root)
+    assert "rerun this cell in a minute" in capsys.readouterr().out
 
 
 def test_figures_leave_matplotlib_as_they_found_it():

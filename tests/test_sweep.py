@@ -1,6 +1,7 @@
 """The sweep command (helpers/sweep.py): bad input is one line before any training, a re-run continues
 its study, several worker processes share one study (SQLite, and PostgreSQL when a server can be started
-here), a dead worker or a failing database does not lose the study. The pieces are tested apart:
+here), a dead worker or a failing database does not lose the study, a study kept on Google Drive is never
+written there by SQLite (only whole copies) and continues in another runtime. The pieces are tested apart:
 tests/test_space.py, test_study.py (results, notebook 05), test_objective.py (one trial)."""
 import contextlib
 import glob
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import optuna
@@ -19,6 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import PROJECT, TINY, space_file, sweep_cli, trials_of
+from helpers import colab
 from helpers import study as st
 from helpers import sweep
 
@@ -348,3 +351,88 @@ def test_a_worker_reconnects_when_the_database_fails(tmp_path, capsys, monkeypat
     assert "the study's database failed (server closed the connection unexpectedly): reconnecting in 0 s" in err
     assert "reconnected" in err and len(calls) == 2
     assert len([t for t in trials_of(root, "rc") if t.state == TrialState.COMPLETE]) == 2
+
+
+# --------------------------------------------------------------------------- a root on Google Drive (Colab)
+
+_seen = None   # (event, path) of what this process does while a test records it; None: not recording
+
+
+def _audit(event, args):
+    # audit hooks cannot be removed: this one stays installed for the session and records nothing between tests
+    if _seen is not None and event in ("sqlite3.connect", "os.rename"):
+        _seen.append((event, os.path.abspath(os.fsdecode(args[0] if event == "sqlite3.connect" else args[1]))))
+
+
+@contextlib.contextmanager
+def recording():
+    """Every database SQLite connects to and every rename's target (os.replace raises "os.rename"), meanwhile."""
+    global _seen
+    if not getattr(recording, "hooked", False):
+        sys.addaudithook(_audit)
+        recording.hooked = True
+    _seen = []
+    try:
+        yield _seen
+    finally:
+        _seen = None
+
+
+@pytest.fixture
+def drive_root(tmp_path, monkeypatch):
+    """--root on a stand-in Google Drive; this runtime's local disk (tempfile's folder) is tmp_path/runtime-a."""
+    monkeypatch.setenv("CIFAR_DRIVE_MOUNT", str(tmp_path / "drive"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "runtime-a"))
+    (tmp_path / "runtime-a").mkdir()
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    return tmp_path / "drive" / "MyDrive" / "sweeps"
+
+
+def test_a_sweep_with_its_root_on_drive_never_opens_sqlite_there(tmp_path, drive_root, capsys):
+    args = [*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--trials", "2", "--study", "d",
+            "--root", str(drive_root)]
+    with recording() as seen:
+        assert sweep.main(args) == 0
+    local, on_drive = st.working_db("d", drive_root), drive_root / "d" / "study.db"
+    opened = [path for event, path in seen if event == "sqlite3.connect"]
+    assert str(local) in opened                      # the hook saw the sweep's own database ...
+    assert [p for p in opened if colab.on_drive(p)] == []   # ... and none on Drive
+    assert not colab.on_drive(local)
+    # whole copies renamed into place: after each of the 2 finished trials, and at the end of the command
+    assert [path for event, path in seen if event == "os.rename"].count(str(on_drive)) == 3
+    out, err = capsys.readouterr()
+    assert (f"study d is worked on this machine's disk ({local}), since SQLite's locking is not reliable on Google "
+            f"Drive; copied to {on_drive} after each finished trial and at the end") in err
+    assert f"study copied to Google Drive: {on_drive}" in out
+    # no Colab here: the flush cannot happen, and the command says what to run instead
+    assert ("Google Drive was not flushed" in err
+            and "run `from google.colab import drive; drive.flush_and_unmount()` in this one" in err)
+    assert len([t for t in trials_of(drive_root, "d") if t.state in st.DONE]) == 2
+    assert (drive_root / "d" / "trial-000" / "history.json").is_file()   # the run folders stay on Drive
+
+
+def test_a_study_on_drive_continues_in_another_runtime_and_back(tmp_path, drive_root, monkeypatch, capsys):
+    common = [*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--study", "d", "--root", str(drive_root)]
+    assert sweep.main([*common, "--trials", "1"]) == 0                        # runtime A
+    first = {t.number: t.params for t in trials_of(drive_root, "d")}
+    capsys.readouterr()
+    # runtime B: a new machine, whose disk holds no copy; Colab's drive module there flushes
+    flushed = []
+    monkeypatch.setattr(colab, "_drive_module",
+                        lambda: types.SimpleNamespace(flush_and_unmount=lambda: flushed.append(True)))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "runtime-b"))
+    (tmp_path / "runtime-b").mkdir()
+    assert not st.working_db("d", drive_root).is_file()
+    assert sweep.main([*common, "--trials", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert f"study d: copied from Google Drive ({drive_root / 'd' / 'study.db'}) to this machine's disk" in err
+    assert flushed == [True] and "Google Drive flushed and unmounted" in out and "not flushed" not in err
+    # back in runtime A, whose copy is now older than Drive's
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "runtime-a"))
+    assert sweep.main([*common, "--trials", "3"]) == 0
+    assert "study d: copied from Google Drive" in capsys.readouterr().err
+    trials = trials_of(drive_root, "d")
+    assert len([t for t in trials if t.state in st.DONE]) == 3
+    assert {t.number: t.params for t in trials if t.number in first} == first   # the first runtime's trial
+    # A's copy is now Drive's: a later command here copies nothing back
+    assert not st.pull_from_drive("d", drive_root)
