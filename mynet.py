@@ -3,9 +3,10 @@ or --model mynet.py:MyNet (python -m helpers.train / benchmark / pipeline / cons
 
 The assignment's rules are checked by notebook 02 (and before any training): ConvBlock ->
 TransitionBlock stages with exactly 3 max-pools, a depthwise-separable conv, a dilated conv,
-fewer than 1,000,000 parameters. Stages count by class: helpers' ConvBlock / TransitionBlock,
-your subclasses of them, or your own plain-torch classes of those names. Keep the network in
-this one file (it is copied into every run folder, so notebook 04 can rebuild it anywhere).
+fewer than 1,000,000 parameters. Stages are read from the graph one forward pass runs, whatever
+your classes are called: conv blocks, each closed by a max-pool that halves the map (with a 1x1
+conv beside it if you like). Keep the network in this one file (it is copied into every run
+folder, so notebook 04 can rebuild it anywhere).
 """
 import torch.nn as nn
 
