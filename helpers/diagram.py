@@ -4,9 +4,11 @@
     python -m helpers.diagram fast --out arch.png  # any registered model, any path
     python -m helpers.diagram mynet.py:MyNet       # your own network (helpers/registry.py)
 
-Why draw from a traced forward pass (helpers.constraints.trace) rather than by hand:
-the picture then shows exactly the layers the rule checker judged, with the shapes and
-receptive fields it computed, and it cannot go stale when a model changes.
+Why draw from a traced forward pass (helpers.constraints.check) rather than by hand:
+the picture then shows exactly the layers the rule checker judged, boxed in the stages it
+read from the graph (so a network of nn.Sequential blocks named anything is drawn as its
+ConvBlocks and TransitionBlocks), with the shapes and receptive fields it computed, and it
+cannot go stale when a model changes.
 
 Reads small to large: what one row says (`Row`, `layer_rows`), then the drawing
 (`draw_architecture`), then the command line.
@@ -22,7 +24,7 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyBboxPatch, Patch
 
-from .constraints import check, receptive_field, stage_kind, trace
+from .constraints import check, receptive_field
 from .registry import build_model, file_label, is_file_spec, list_models
 
 DPI = 130  # the committed PNGs: ~900 px wide, legible on GitHub without zooming
@@ -37,6 +39,7 @@ MARKS = {
 # stage boxes: pale fills, so the saturated marks above stand out on top of them
 STAGE_FILL = {"ConvBlock": "#dcebf8", "TransitionBlock": "#fde4c8", "input": "#ececec", "head": "#fbf3c4"}
 STAGE_EDGE = {"ConvBlock": "#4a7fb5", "TransitionBlock": "#d98a2b", "input": "#8a8a8a", "head": "#b59b1f"}
+MODULES_SHOWN = 4  # top-level module names in a stage's title, then "+N"
 
 
 # --------------------------------------------------------------------------- rows
@@ -44,7 +47,7 @@ STAGE_EDGE = {"ConvBlock": "#4a7fb5", "TransitionBlock": "#d98a2b", "input": "#8
 @dataclass
 class Row:
     """One line of the diagram: a traced layer (a depthwise conv and its 1x1 count as one)."""
-    stage: str     # top-level module name: prep, block1, trans1, ..., head
+    stage: int     # index into the checker's Report.stages
     label: str     # "conv 3×3 dilation 2", "max-pool 2×2", ...
     shape: tuple   # output (C, H, W)
     rf: int        # receptive field after this layer, in input pixels
@@ -60,48 +63,57 @@ def _conv_label(op) -> str:
     return label
 
 
-def layer_rows(ops) -> list[Row]:
-    """Turn traced ops into diagram rows: a depthwise conv (groups == in_channels > 1) is
-    merged with the 1x1 conv that consumes it, the way the rule checker pairs them."""
+def layer_rows(ops, pairs=(), stages=()) -> list[Row]:
+    """Turn traced ops into diagram rows, each tagged with the index of the checker's stage it belongs to.
+
+    `pairs`: the checker's depthwise-separable pairs (Report.separable). A pair whose 1x1 conv runs right
+    after its depthwise conv, in the same stage, is one row; otherwise both rows are marked separable.
+    `stages`: the checker's Report.stages (without them every row is in stage 0).
+    """
     rfs = [r[3] for r in receptive_field(ops)]
+    stage_of = {i: s for s, stage in enumerate(stages) for i in stage.ops}
+    partner = dict(pairs)
+    paired = set(partner) | set(partner.values())
     rows, i = [], 0
     while i < len(ops):
-        op, stage = ops[i], ops[i].module.split(".")[0] or "(top)"
+        op, stage = ops[i], stage_of.get(i, 0)
         marks = ("dilated",) if op.kind == "conv" and op.dilation > 1 and op.kernel > 1 else ()
-        nxt = ops[i + 1] if i + 1 < len(ops) else None
-        if (op.kind == "conv" and op.groups == op.in_channels > 1 and nxt is not None and nxt.kind == "conv"
-                and nxt.kernel == 1 and nxt.in_channels == op.out_channels):
-            rows.append(Row(stage, f"depthwise {_conv_label(op)} + pointwise 1×1", nxt.out_shape, rfs[i + 1],
+        if partner.get(i) == i + 1 and stage_of.get(i + 1, 0) == stage:
+            rows.append(Row(stage, f"depthwise {_conv_label(op)} + pointwise 1×1", ops[i + 1].out_shape, rfs[i + 1],
                             marks + ("separable",)))
             i += 2
             continue
         if op.kind == "conv":
-            label = f"{'grouped ' if op.groups > 1 else ''}conv {_conv_label(op)}"
+            depthwise = op.groups == op.in_channels > 1
+            label = f"{'depthwise ' if depthwise else 'grouped ' if op.groups > 1 else ''}conv {_conv_label(op)}"
+            marks += ("separable",) if i in paired else ()
         else:  # a pool whose window covers its whole input is a global pool
             name = "max-pool" if op.kind == "maxpool" else "avg-pool"
             label = f"{name} {op.kernel}×{op.kernel}" + (" (global)" if op.out_shape[1:] == (1, 1) else "")
-            marks = ("maxpool",) if op.kind == "maxpool" else ()
+            counted = op.kind == "maxpool" and op.reduces
+            if op.kind == "maxpool" and not counted:
+                label += " (keeps the map: not counted)"
+            marks = ("maxpool",) if counted else ()
         rows.append(Row(stage, label, op.out_shape, rfs[i], marks))
         i += 1
     return rows
 
 
-def _stage_kind(model, name, position, count) -> str:
-    module = dict(model.named_children()).get(name)
-    kind = stage_kind(module) if module is not None else None
-    if kind:
-        return kind
-    # anything else before the stages is the input stem, after them the head
-    return "head" if position == count - 1 and position > 0 else "input"
+def _stage_kind(stage, is_last) -> str:
+    # the stage after the last transition with no spatial conv in it is the classifier: the head
+    if stage.kind == "ConvBlock" and is_last and not stage.spatial:
+        return "head"
+    return stage.kind
 
 
-def _stage_title(model, name, kind) -> str:
-    module = dict(model.named_children()).get(name)
-    cls = type(module).__name__ if module is not None else "functional"
-    detail = cls if kind in ("input", "head") else kind
-    if getattr(module, "residual", False):
+def _stage_title(model, stage, kind, ops) -> str:
+    tops = list(dict.fromkeys(ops[i].module.split(".")[0] or "forward" for i in stage.ops))
+    shown = ", ".join(tops[:MODULES_SHOWN]) + (f" +{len(tops) - MODULES_SHOWN}" if len(tops) > MODULES_SHOWN else "")
+    detail = kind
+    children = dict(model.named_children())
+    if any(getattr(children.get(t), "residual", False) is True for t in tops):
         detail += ", residual"
-    return f"{name}  ·  {detail}"
+    return f"{stage.name}  ·  {detail}  ·  {shown}"
 
 
 def _groups(rows):
@@ -131,16 +143,17 @@ FONT = 10
 
 
 def draw_architecture(model, title=None, input_size=(1, 3, 32, 32)):
-    """A block diagram of `model`: one box per top-level stage (input stem, ConvBlock,
-    TransitionBlock, head), one row per traced layer with its output C×H×W and receptive
-    field; max-pools, dilated and depthwise-separable layers marked. Returns the Figure.
+    """A block diagram of `model`: one box per stage the rule checker read from the graph
+    (ConvBlock C1, TransitionBlock T1, ..., the head), titled with the top-level modules that ran
+    in it, one row per traced layer with its output C×H×W and receptive field; max-pools,
+    dilated and depthwise-separable layers marked. Returns the Figure.
 
     `title`: shown above the diagram (e.g. the registered model name); defaults to the
     model's class name. Nothing is shown or saved here: display or save the Figure.
     """
-    ops = trace(model, input_size)
     report = check(model, input_size)
-    rows = layer_rows(ops)
+    ops = report.ops
+    rows = layer_rows(ops, report.separable, report.stages)
     groups = _groups(rows)
 
     n_rows = len(rows) + 1  # + the input image
@@ -170,10 +183,13 @@ def draw_architecture(model, title=None, input_size=(1, 3, 32, 32)):
         ax.text(x, y, text, ha=ha, va="center", fontsize=FONT - 1, color="#555555", style="italic")
     y = top + 0.3
 
-    image = (("input", [Row("input", "image", tuple(input_size[1:]), 1, ())]),)
+    image = ((None, [Row(-1, "image", tuple(input_size[1:]), 1, ())]),)
     for k, (stage, stage_rows) in enumerate(image + tuple(groups)):
-        kind = "input" if k == 0 else _stage_kind(model, stage, k - 1, len(groups))
-        title_text = "input" if k == 0 else _stage_title(model, stage, kind)
+        if k == 0:
+            kind, title_text = "input", "input"
+        else:
+            kind = _stage_kind(report.stages[stage], stage == len(report.stages) - 1)
+            title_text = _stage_title(model, report.stages[stage], kind, ops)
         h = HEAD_H + len(stage_rows) * ROW_H + 2 * PAD
         ax.add_patch(FancyBboxPatch((BOX_X0, y), BOX_X1 - BOX_X0, h, boxstyle="round,pad=0,rounding_size=0.08",
                                     facecolor=STAGE_FILL[kind], edgecolor=STAGE_EDGE[kind], linewidth=1.3))
@@ -231,7 +247,8 @@ def main(argv=None) -> int:
         prog="python -m helpers.diagram",
         description="Draw a model's architecture (stages, layers, output shapes, receptive "
                     "fields) to a PNG.")
-    p.add_argument("model", help=f"a registered model ({', '.join(list_models())}) or your own FILE.py:NAME")
+    p.add_argument("model", help=f"a registered model ({', '.join(list_models())}) or your own FILE.py:NAME "
+                                 "or FILE.ipynb:NAME")
     p.add_argument("--out", help="output path (default: images/model_architecture.png for seed, "
                                  "images/model_architecture_MODEL.png otherwise)")
     p.add_argument("--dpi", type=int, default=DPI, help=f"resolution, 20 to 600 (default {DPI})")

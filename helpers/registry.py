@@ -11,6 +11,9 @@ run from the project root) or absolute (e.g. on Google Drive). NAME is an nn.Mod
 function returning one; it is called with the recipe's model_kwargs, which are empty unless you
 set them (a recipe's own model arguments are dropped when you pick another model).
 
+A notebook is a file like any other: FILE.ipynb:NAME builds NAME from the notebook's definitions,
+and runs none of its other cells (`_import_notebook`).
+
 A run records how to rebuild its network (`model_identity`): the spec, a fingerprint of the
 parameter names and shapes, and for a file its SHA-1 and a copy kept in the run folder. Analysis
 in another runtime (notebook 04 on Colab) rebuilds from that copy when the file is not there; a
@@ -18,11 +21,14 @@ resume refuses a file or an architecture that changed since the checkpoint.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import inspect
+import json
 import sys
 import traceback
+import types
 from pathlib import Path
 
 import torch.nn as nn
@@ -51,7 +57,7 @@ def list_models() -> list[str]:
 
 
 def is_file_spec(spec) -> bool:
-    return isinstance(spec, str) and ".py:" in spec
+    return isinstance(spec, str) and (".py:" in spec or ".ipynb:" in spec)
 
 
 def file_label(spec: str) -> str:
@@ -60,7 +66,7 @@ def file_label(spec: str) -> str:
 
 
 def parse_file_spec(spec: str) -> tuple[Path, str]:
-    """"dir/mynet.py:MyNet" -> (Path("dir/mynet.py"), "MyNet").
+    """"dir/mynet.py:MyNet" -> (Path("dir/mynet.py"), "MyNet"); "colab.ipynb:Net" likewise.
 
     "drive:FILE.py:NAME" is FILE in the project's folder on Google Drive (My Drive/cifar10-small-cnn/FILE.py),
     mounted first in Colab: every notebook's runtime finds the same file there, however the code was cloned.
@@ -68,9 +74,10 @@ def parse_file_spec(spec: str) -> tuple[Path, str]:
     path, _, name = spec.rpartition(":")
     on_drive = path.startswith(DRIVE_PREFIX)
     path = path.removeprefix(DRIVE_PREFIX)
-    if not path.endswith(".py") or not name.isidentifier() or (on_drive and Path(path).is_absolute()):
-        raise ModelError(f"model {spec!r}: write FILE.py:NAME, e.g. mynet.py:MyNet (NAME: a class or function "
-                         f"defined in FILE.py), or {DRIVE_PREFIX}FILE.py:NAME for a file in My Drive/{DRIVE_FOLDER}")
+    if not path.endswith((".py", ".ipynb")) or not name.isidentifier() or (on_drive and Path(path).is_absolute()):
+        raise ModelError(f"model {spec!r}: write FILE.py:NAME or FILE.ipynb:NAME, e.g. mynet.py:MyNet (NAME: a class "
+                         f"or function defined in FILE), or {DRIVE_PREFIX}FILE.py:NAME for a file in My Drive/"
+                         f"{DRIVE_FOLDER}")
     return (project_folder() / path if on_drive else Path(path).expanduser()), name
 
 
@@ -99,7 +106,7 @@ def model_problem(spec) -> str | None:
             return (f"model {spec!r}: there is no file {path} (a path relative to the folder you run from, "
                     "which is the project root in the notebooks, or an absolute one)")
         return None
-    if spec.endswith(".py"):
+    if spec.endswith((".py", ".ipynb")):
         return f"model {spec!r}: name the class or function to use, as {spec}:NAME"
     return f"unknown model {spec!r}; use one of {', '.join(list_models())}, or your own FILE.py:NAME"
 
@@ -125,6 +132,98 @@ def _import_file(path: Path, spec: str):
     return module
 
 
+class _FailedImport:
+    """Stands in a notebook's namespace for a name whose import failed: harmless until the network uses it."""
+
+    def __init__(self, spec, name, statement, error):
+        self.__dict__.update(_spec=spec, _name=name, _statement=statement, _error=error)
+
+    def _fail(self, *args, **kwargs):
+        raise ModelError(f"model {self._spec!r}: the network uses {self._name}, but `{self._statement}` failed "
+                         f"({self._error}): install what it imports, or use something else")
+
+    __call__ = _fail
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):  # copy, pickle and inspect probe for these: only a real use should fail
+            raise AttributeError(attr)
+        self._fail()
+
+    def __mro_entries__(self, bases):  # class Net(Base), Base from a failed import
+        self._fail()
+
+
+def _bind(target, value, namespace):
+    if isinstance(target, ast.Name):
+        namespace[target.id] = value
+    elif (isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (tuple, list))
+          and len(target.elts) == len(value)):
+        for t, v in zip(target.elts, value):
+            _bind(t, v, namespace)
+
+
+def _import_notebook(path: Path, spec: str):
+    """A module of the definitions in a notebook's code cells: its imports, classes and functions, and names
+    bound to a plain literal (`dropout_value = 0.1`, evaluated by ast.literal_eval). No other statement runs,
+    so no training cell, download or file write does. Lines starting with % or ! (IPython magics, shell
+    commands) are dropped; a cell that is still not Python is skipped. An import that fails (google.colab
+    outside Colab, a package not installed) is skipped with a note, and fails the build only if the network
+    uses what it imports."""
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        code = [c for c in cells if c.get("cell_type") == "code"]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelError(f"model {spec!r}: {path} is not a Jupyter notebook (JSON with cells): "
+                         f"{type(e).__name__}: {e}") from None
+    name = "helpers_model_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module = types.ModuleType(name)
+    module.__file__, module.__unparsed__ = str(path), []
+    sys.modules[name] = module  # dataclasses and pickling look a class's module up by name
+    namespace = vars(module)
+    for number, cell in enumerate(code, 1):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        # blanked, not removed: line numbers in messages stay the cell's
+        lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n")]
+        where = f"{path}, code cell {number}"
+        try:
+            tree = ast.parse("\n".join(lines), filename=where)
+        except SyntaxError as e:
+            module.__unparsed__.append(f"code cell {number} is not Python (line {e.lineno}: {e.msg}), skipped")
+            print(f"note: {where} is not Python (line {e.lineno}: {e.msg}): skipped", file=sys.stderr)
+            continue
+        for stmt in tree.body:
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
+                try:
+                    value = ast.literal_eval(stmt.value)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    continue  # computed: running it could do anything
+                for target in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]):
+                    _bind(target, value, namespace)
+            elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                try:
+                    exec(compile(ast.Module([stmt], []), where, "exec"), namespace)
+                except Exception as e:  # noqa: BLE001  (a package may fail to import in any way)
+                    statement, error = ast.unparse(stmt), f"{type(e).__name__}: {e}"
+                    for alias in stmt.names:
+                        bound = alias.asname or alias.name.split(".")[0]
+                        if bound != "*":
+                            namespace[bound] = _FailedImport(spec, bound, statement, error)
+                    print(f"note: {where}, line {stmt.lineno}: `{statement}` skipped ({error})", file=sys.stderr)
+            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                try:
+                    exec(compile(ast.Module([stmt], []), where, "exec"), namespace)
+                except ModelError:
+                    sys.modules.pop(name, None)
+                    raise
+                except Exception as e:
+                    sys.modules.pop(name, None)
+                    line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
+                                 if f.filename == where), stmt.lineno)
+                    raise ModelError(f"model {spec!r}: {where}, line {line} fails: {type(e).__name__}: {e}") from None
+    return module
+
+
 def get_factory(spec):
     """The callable that builds `spec`'s network (a class or a function)."""
     if callable(spec):
@@ -138,13 +237,14 @@ def get_factory(spec):
         raise ModelError(f"model {spec!r} was a function passed from Python: pass the same function again "
                          "(Trial(model=...), load_run(..., model=...))")
     path, name = parse_file_spec(spec)
-    module = _import_file(path, spec)
+    module = (_import_notebook if path.suffix == ".ipynb" else _import_file)(path, spec)
     factory = getattr(module, name, None)
     if factory is None:
         defined = sorted(k for k, v in vars(module).items() if getattr(v, "__module__", None) == module.__name__
                          and (inspect.isfunction(v) or (isinstance(v, type) and issubclass(v, nn.Module))))
         raise ModelError(f"model {spec!r}: {path} defines no {name!r}"
-                         + (f"; it defines {', '.join(defined)}" if defined else ""))
+                         + (f"; it defines {', '.join(defined)}" if defined else "")
+                         + "".join(f"; {note}" for note in getattr(module, "__unparsed__", ())))
     if not callable(factory):
         raise ModelError(f"model {spec!r}: {name} is a {type(factory).__name__}, not a class or function")
     return factory

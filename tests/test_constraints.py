@@ -67,10 +67,17 @@ class SneakyBlock(M.ConvBlock):
         return F.max_pool2d(super().forward(x), 2)
 
 
-def test_functional_max_pool_counts_and_is_outside_a_transition():
+def structure(report):
+    return next(r for r in report.rules if r.name == "ConvBlock -> TransitionBlock structure")
+
+
+def test_functional_max_pool_counts_and_is_a_transition_wherever_it_runs():
     s = good_stages()
-    s[-2] = SneakyBlock([32, 32])
-    assert failed(check(net(*s))) == {"exactly 3 max-pools", "ConvBlock -> TransitionBlock structure"}
+    s[-2] = SneakyBlock([32, 32])  # its pool is T3, so the TransitionBlock's pool right after it is T4
+    report = check(net(*s))
+    assert failed(report) == {"exactly 3 max-pools", "ConvBlock -> TransitionBlock structure"}
+    assert "T3 [F.max_pool2d in s5: 4x4] -> T4 [s6.pool: 2x2]" in structure(report).evidence
+    assert structure(report).evidence.endswith("; T4 follows T3 with no conv block between")
 
 
 def test_registered_but_unused_pool_does_not_count():
@@ -98,17 +105,23 @@ def test_no_dilation():
     assert failed(check(net(*s))) == {"dilated conv"}
 
 
-def test_pool_outside_transition_block():
+def test_a_bare_pool_after_conv_blocks_is_a_transition():
+    # no TransitionBlock class around it: the graph still reads conv block -> max-pool
     s = good_stages()
     s[-1] = M.ConvBlock([32, 32])
     s.append(nn.MaxPool2d(2))
-    assert "ConvBlock -> TransitionBlock structure" in failed(check(net(*s)))
+    report = check(net(*s))
+    assert report.passed, report.rules_text()
+    assert "C3 [s5.0.conv, s6.0.conv: 8x8] -> T3 [s7: 4x4]" in structure(report).evidence
 
 
 def test_transition_without_conv_block_before_it():
     s = good_stages()
-    s[1], s[2] = s[2], s[1]  # Transition comes straight after the prep conv
-    assert "ConvBlock -> TransitionBlock structure" in failed(check(net(*s)))
+    s = [M.TransitionBlock(3)] + s[:2] + s[3:]  # the image is pooled before any conv
+    report = check(net(*s))
+    assert failed(report) == {"ConvBlock -> TransitionBlock structure"}
+    assert structure(report).evidence.startswith("stages T1 [s0.pool: 16x16] -> C2 [s1.conv, ")
+    assert structure(report).evidence.endswith("; T1 comes first: no conv block before it")
 
 
 def test_receptive_field_arithmetic():
@@ -164,8 +177,9 @@ def test_subclassed_stages_are_judged_like_the_package_blocks():
                        MyStage([32, 32], conv=M.DepthwiseSeparableConv), MyTransition(32),
                        MyStage([32, 32]), M.TransitionBlock(32)))
     assert report.passed, report.rules_text()
-    structure = next(r for r in report.rules if r.name.startswith("ConvBlock"))
-    assert structure.evidence == "stages C -> T -> C -> T -> C -> T"  # a ConvBlock subclass is a C, not a T
+    assert [s.name for s in report.stages] == ["C1", "T1", "C2", "T2", "C3", "T3", "C4"]
+    assert structure(report).evidence.startswith("stages C1 [s0.conv, s1.0.conv: 32x32] -> T1 [F.max_pool2d in s2: "
+                                                 "16x16] -> C2 [s3.0.conv.depthwise, s3.0.conv.pointwise: 16x16]")
 
 
 def test_plain_torch_stages_named_so_count():
@@ -201,7 +215,9 @@ def test_a_factory_is_checked_like_a_class():
 def test_require_names_every_broken_rule_in_one_line():
     report = check(net(*good_stages()[:-2]))
     with pytest.raises(constraints.RuleError, match=r"^mine breaks the assignment's rules: exactly 3 max-pools "
-                                                    r"\(2 max-pool calls ran.*python -m helpers.constraints mine$"):
+                                                    r"\(2 max-pool calls reduce the map: s2.pool 32x32->16x16, "
+                                                    r"s4.pool 16x16->8x8\)\. The full report: "
+                                                    r"python -m helpers.constraints mine$"):
         report.require("mine")
     check(net(*good_stages())).require("fine")  # nothing raised
 
@@ -215,3 +231,80 @@ def test_readme_counts_and_names_the_checkers_rules():
     assert f"judges {words[len(names)]} rules" in readme
     for name in names:
         assert f"\n| {name} |" in readme, name
+
+
+# --------------------------------------------------------------------------- read from the graph
+
+def test_global_max_pool_head_is_listed_with_the_map_it_reduces():
+    report = check(net(*good_stages(), head=MaxHead()))
+    pools = next(r for r in report.rules if r.name == "exactly 3 max-pools")
+    assert pools.evidence.startswith("4 max-pool calls reduce the map") and "head.pool 4x4->1x1" in pools.evidence
+
+
+def test_a_pool_whose_padding_cancels_its_stride_is_not_counted():
+    s = good_stages()
+    s.insert(1, nn.MaxPool2d(3, stride=1, padding=1))  # a smoothing pool: 32x32 in, 32x32 out
+    report = check(net(*s))
+    assert report.passed, report.rules_text()
+    assert "; s1 32x32->32x32: does not reduce the map, not counted" in report.rules_text()
+
+
+class Pair(nn.Module):
+    """depthwise -> BatchNorm -> ReLU(inplace) -> Dropout -> 1x1, optionally with the input added before the 1x1."""
+    def __init__(self, add=False):
+        super().__init__()
+        self.dw, self.bn = nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32)
+        self.act, self.drop, self.pw = nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Conv2d(32, 32, 1)
+        self.add = add
+
+    def forward(self, x):
+        y = self.drop(self.act(self.bn(self.dw(x))))
+        return self.pw(y + x if self.add else y)
+
+
+@pytest.mark.parametrize("add, passes", [(False, True), (True, False)])
+def test_a_pair_is_followed_through_in_place_ops_and_broken_by_an_add(add, passes):
+    s = good_stages()
+    s[3] = Pair(add)  # the only depthwise conv
+    rule = next(r for r in check(net(*s)).rules if r.name == "depthwise-separable conv")
+    assert rule.passed == passes, rule.evidence
+    if add:
+        assert rule.evidence.endswith("not a pair: s3.dw: reaches s3.pw only through add: add breaks the pair")
+    else:
+        assert rule.evidence == "1 depthwise conv(s) reaching a 1x1 conv: s3.dw -> s3.pw"
+
+
+class Scores(nn.Module):
+    """Returns what the test asks for: logits, log-probabilities, probabilities, or (N, 10, 1, 1) logits."""
+    def __init__(self, kind):
+        super().__init__()
+        self.conv, self.kind = nn.Conv2d(3, 10, 32), kind
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.kind == "4-D":
+            return x
+        x = x.flatten(1)
+        return {"logits": x, "log-probabilities": F.log_softmax(x, 1), "probabilities": F.softmax(x, 1)}[self.kind]
+
+
+@pytest.mark.parametrize("kind, output, shape, says", [
+    ("logits", "logits", (1, 10), "output: (N, 10) logits (fine: training's cross-entropy takes logits"),
+    ("log-probabilities", "log-probabilities", (1, 10), "output: (N, 10) log-probabilities (fine:"),
+    ("probabilities", "probabilities", (1, 10), "output: (N, 10) probabilities (a softmax head, which trains badly"),
+    ("4-D", "logits", (1, 10, 1, 1), "output: (N, 10, 1, 1) logits (fine: training's cross-entropy takes logits or "
+                                     "log-probabilities alike); but it is 4-D, not (N, classes): flatten it"),
+])
+def test_the_output_kind_is_judged_from_the_traced_output(kind, output, shape, says):
+    report = check(Scores(kind))
+    assert (report.output, report.output_shape) == (output, shape)
+    assert says in str(report).splitlines()[len(report.rules)]
+
+
+def test_help_says_how_each_rule_is_read(capsys):
+    with pytest.raises(SystemExit):
+        constraints.main(["--help"])
+    out = capsys.readouterr().out
+    for rule in ("exactly 3 max-pools", "depthwise-separable conv", "ConvBlock -> TransitionBlock", "FILE.ipynb:NAME"):
+        assert rule in out
+    assert constraints.EXAMPLE in out

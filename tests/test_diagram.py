@@ -96,3 +96,19 @@ def test_an_unwritable_out_is_one_line(tmp_path, capsys):
     (tmp_path / "f").write_text("")
     assert diagram.main(["fast", "--out", str(tmp_path / "f" / "a.png")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_students_sequential_blocks_are_boxed_as_the_stages_the_checker_read():
+    """Blocks named convblockN / MPN (nn.Sequential, no helpers' classes) are drawn as ConvBlocks and
+    TransitionBlocks: the boxes follow the stages read from the graph, not the class names."""
+    from pathlib import Path
+
+    spec = f"{Path(__file__).resolve().parent / 'student_nets' / 'sequential_blocks.py'}:Net"
+    fig = diagram.draw_architecture(R.build_model(spec))
+    titles = [t for t in texts(fig) if "  ·  " in t and "parameters" not in t]
+    assert titles == ["C1  ·  ConvBlock  ·  convblock1", "T1  ·  TransitionBlock  ·  MP1",
+                      "C2  ·  ConvBlock  ·  convblock2", "T2  ·  TransitionBlock  ·  MP2",
+                      "C3  ·  ConvBlock  ·  convblock3", "T3  ·  TransitionBlock  ·  MP3",
+                      "C4  ·  head  ·  gap, convblock4"]  # the global average pool opens the head
+    layers = texts(fig, "layer")
+    assert layers.count("max-pool 2×2") == 3 and "depthwise 3×3 + pointwise 1×1" in layers

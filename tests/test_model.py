@@ -137,7 +137,7 @@ def test_wide_model_activation_and_residual_depth():
 
 @pytest.mark.parametrize("kwargs, broken", [
     ({"separable": False}, {"depthwise-separable conv"}),
-    ({"head_pool": "max"}, {"exactly 3 max-pools", "ConvBlock -> TransitionBlock structure"}),
+    ({"head_pool": "max"}, {"exactly 3 max-pools"}),  # a fourth transition, after a conv block: only a pool too many
 ])
 def test_rule_pricing_switches_break_only_their_rule(kwargs, broken):
     # the switches that price a rule (plain convs instead of separable ones, a global max-pool
@@ -206,12 +206,13 @@ def test_airbench93_net_has_airbench93s_size_and_breaks_the_rules_it_should():
     model = build_model(f"{SCRIPTS}/airbench93_net.py:net")
     assert count_params(model) == 569_656                     # airbench93's own count
     report = check(model)
+    # its graph reads as conv blocks between max-pools, so the structure holds whatever its classes are called
     assert {r.name for r in report.rules if not r.passed} == {"exactly 3 max-pools", "depthwise-separable conv",
-                                                             "dilated conv", "ConvBlock -> TransitionBlock structure"}
+                                                             "dilated conv"}
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-BROKEN_BY_AIRBENCH = {"depthwise-separable conv", "dilated conv", "ConvBlock -> TransitionBlock structure"}
+BROKEN_BY_AIRBENCH = {"depthwise-separable conv", "dilated conv"}
 
 
 @pytest.mark.parametrize("spec, kwargs, broken", [
@@ -262,4 +263,4 @@ def test_stem_stride_2_tiles_the_image_and_keeps_every_rule():
     assert tiled.prep(x).shape == (2, 24, 16, 16) and sliding.prep(x).shape == (2, 24, 31, 31)
     report = check(tiled)
     assert report.passed, report.rules_text()
-    assert "trans3.pool->2x2" in report.rules_text() and report.params == count_params(sliding)
+    assert "trans3.pool 4x4->2x2" in report.rules_text() and report.params == count_params(sliding)

@@ -239,3 +239,76 @@ def test_a_drive_model_lives_in_the_projects_drive_folder(tmp_path, monkeypatch)
     assert type(build_model("drive:mynet.py:MyNet")).__name__ == "MyNet"
     with pytest.raises(ModelError, match="drive:FILE.py:NAME"):
         registry.parse_file_spec("drive:/abs/mynet.py:MyNet")
+# --------------------------------------------------------------------------- a notebook is a submission too
+
+NOTEBOOK = ROOT / "tests" / "student_nets" / "colab_notebook.ipynb"
+
+
+def notebook(path, *cells) -> Path:
+    """A notebook of code cells, each given as one string."""
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                                           "source": c.splitlines(keepends=True)} for c in cells],
+                                "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+def test_a_notebook_builds_from_its_definitions_and_runs_no_other_cell(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # its training cell would write TRAINING_RAN here, then raise
+    model = build_model(f"{NOTEBOOK}:Net")
+    assert not (tmp_path / "TRAINING_RAN").exists()
+    module = sys.modules[type(model).__module__]
+    # literals bound (the network reads dropout_value and channels), nothing computed
+    assert (module.dropout_value, module.EPOCHS, module.channels) == (0.1, 20, (8, 16))
+    assert not hasattr(module, "model") and not hasattr(module, "device") and callable(module.train)
+    assert model.convblock1[3].p == 0.1 and model.convblock1[0].out_channels == 8
+    err = capsys.readouterr().err
+    assert "code cell 2, line 1: `from google.colab import drive` skipped (ModuleNotFoundError" in err
+
+
+def test_a_notebook_travels_like_a_file(tmp_path):
+    """Its spec, its copy in the run folder and the rebuild from that copy work as for FILE.py."""
+    path = tmp_path / "student.ipynb"
+    path.write_bytes(NOTEBOOK.read_bytes())
+    spec = f"{path}:Net"
+    assert registry.model_problem(spec) is None and registry.is_file_spec(spec)
+    source = registry.file_source(spec)
+    identity = registry.model_identity(spec, build_model(spec), source)
+    assert identity["copy"] == "student.ipynb"
+    registry.keep_copy(tmp_path / "run", identity, source)
+    path.unlink()
+    rebuilt = registry.rebuild_spec(identity, tmp_path / "run", log=lambda *a: None)
+    assert rebuilt == f"{tmp_path / 'run' / 'student.ipynb'}:Net"
+    assert registry.architecture_fingerprint(build_model(rebuilt)) == identity["architecture"]
+
+
+NET_USING_DRIVE = "import torch.nn as nn\nfrom google.colab import drive\n\nclass Net(nn.Module):\n" \
+                  "    def __init__(self):\n        super().__init__()\n        drive.mount('/content/drive')\n"
+
+
+@pytest.mark.parametrize("spec, cells, message", [
+    ("nb.ipynb", None, "name the class or function to use, as nb.ipynb:NAME"),
+    ("nb.ipynb:Nope", ("import torch.nn as nn\nclass Net(nn.Module):\n    pass", "def train():\n    pass",
+                       "x = nn.Linear(2, 2)"),
+     "nb.ipynb defines no 'Nope'; it defines Net, train"),
+    ("nb.ipynb:Net", ("model?\n", "import torch.nn as nn\nclass Nett(nn.Module):\n    pass"),
+     "defines no 'Net'; it defines Nett; code cell 1 is not Python (line 1: invalid syntax), skipped"),
+    ("nb.ipynb:Net", (NET_USING_DRIVE,),
+     "the network uses drive, but `from google.colab import drive` failed (ModuleNotFoundError: No module named "
+     "'google'): install what it imports, or use something else"),
+    ("nb.ipynb:Net", ("from not_installed_anywhere import make_net", "def Net():\n    return make_net()"),
+     "the network uses make_net, but `from not_installed_anywhere import make_net` failed (ModuleNotFoundError"),
+    ("nb.ipynb:Net", ("from not_installed_anywhere import Base", "class Net(Base):\n    pass"),
+     "the network uses Base, but `from not_installed_anywhere import Base` failed"),
+    ("nb.ipynb:Net", ("import torch.nn as nn", "class Net(nn.Module):\n    size = 1 / 0"),
+     "nb.ipynb, code cell 2, line 2 fails: ZeroDivisionError: division by zero"),
+    ("nb.ipynb:Net", "not json", "nb.ipynb is not a Jupyter notebook (JSON with cells): JSONDecodeError"),
+])
+def test_bad_notebooks_are_one_line(tmp_path, monkeypatch, spec, cells, message):
+    monkeypatch.chdir(tmp_path)
+    if isinstance(cells, tuple):
+        notebook(tmp_path / "nb.ipynb", *cells)
+    elif cells:
+        (tmp_path / "nb.ipynb").write_text(cells)
+    with pytest.raises(ModelError) as e:
+        build_model(spec)
+    assert message in str(e.value) and "\n" not in str(e.value)
