@@ -291,7 +291,7 @@ class Scores(nn.Module):
 @pytest.mark.parametrize("kind, output, shape, says", [
     ("logits", "logits", (1, 10), "output: (N, 10) logits (fine: training's cross-entropy takes logits"),
     ("log-probabilities", "log-probabilities", (1, 10), "output: (N, 10) log-probabilities (fine:"),
-    ("probabilities", "probabilities", (1, 10), "output: (N, 10) probabilities (a softmax head, which trains badly"),
+    ("probabilities", "probabilities", (1, 10), "output: (N, 10) probabilities (a softmax head, which training refuses"),
     ("4-D", "logits", (1, 10, 1, 1), "output: (N, 10, 1, 1) logits (fine: training's cross-entropy takes logits or "
                                      "log-probabilities alike); but it is 4-D, not (N, classes): flatten it"),
 ])

@@ -93,7 +93,7 @@ def test_output_kind(file):
     assert (r.output, r.output_shape) == (EXPECTED[file]["output"], (1, 10))
     line = str(r).splitlines()[len(r.rules)]
     assert line.startswith(f"output: (N, 10) {r.output} (")
-    assert ("trains badly" in line) == (r.output == "probabilities")
+    assert ("training refuses" in line) == (r.output == "probabilities")
 
 
 def test_the_documented_example_is_the_checkers_report():
