@@ -423,7 +423,7 @@ def _train(args, spec: str, save):
     """The fixed recipe, one run per seed, no run folder; the median of the final plain accuracies counts."""
     accuracies, seeds, seconds, device_mb = [], [], 0.0, None
     for seed in range(args.seed, args.seed + args.seeds):
-        save(stage=f"training seed {seed}", score_by="training")
+        save(stage=f"training seed {seed}", score_by="training", recipe=args.recipe)
         trial = Trial(name=f"grade-s{seed}", recipe=args.recipe, model=spec, data=args.data, data_dir=args.data_dir,
                       limit=args.limit, seed=seed, progress=False, log=lambda m: print(m, flush=True),
                       **overrides(args))
@@ -767,10 +767,7 @@ def markdown(rows: list[dict]) -> str:
         rules = "" if not r.get("rules") else (f"fails {', '.join(failed)}" if failed
                                                else f"all {len(r['rules'])} pass")
         per_seed = ", ".join(f"{s}: {_pct(a)}" for s, a in zip(r.get("seeds") or [], r.get("seed_accuracies") or []))
-        how = {"checkpoint": f"checkpoint ({r.get('recipe')}, {_count(r.get('epochs'), 'epoch')})",
-               "training": f"training ({r.get('recipe')}, {_count(r.get('epochs'), 'epoch')}, "
-                           f"{_count(len(r.get('seeds') or []), 'seed')})",
-               "rules": "rules only"}.get(r.get("score_by"), "")
+        how = _how(r)
         work = r.get("train_seconds") if r.get("score_by") == "training" else r.get("eval_seconds")
         total = f"{r['seconds']:.1f}" + (f" ({r['startup_seconds']:.1f})" if r.get("startup_seconds") else "")
         memory = " / ".join(f"{m:,.0f}" for m in (r.get("peak_rss_mb"), r.get("peak_device_mb")) if m is not None)
@@ -781,6 +778,23 @@ def markdown(rows: list[dict]) -> str:
                  memory, why]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _how(row) -> str:
+    """"training (fast, 4 epochs, 3 seeds)", "checkpoint (fast, 4 epochs)", "rules only": what the accuracy
+    is, as far as the grading got. A recipe changed by flags is its name and a star (grades.csv has it all)."""
+    by = row.get("score_by")
+    if by == "rules":
+        return "rules only"
+    if by not in ("training", "checkpoint"):
+        return ""
+    recipe = row.get("recipe") or ""
+    said = [recipe.split(" (")[0] + ("*" if " (" in recipe else "")]
+    if row.get("epochs") is not None:
+        said.append(_count(row["epochs"], "epoch"))
+    if by == "training" and row.get("seeds"):
+        said.append(_count(len(row["seeds"]), "seed"))
+    return f"{by} ({', '.join(said)})"
 
 
 def _passed(row):
