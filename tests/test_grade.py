@@ -334,6 +334,19 @@ def test_submissions_are_named_apart_and_graded_once(tmp_path):
     assert grade.resolve(p, str(tmp_path / "bob")).id == subs[3].id
 
 
+@pytest.mark.parametrize("score_by, seeds, accuracy, verdict", [
+    ("training", [0], 0.805, "borderline"),   # one seed within a point of 80 %: three decide
+    ("training", [0], 0.795, "borderline"),
+    ("training", [0, 1, 2], 0.805, "yes"),    # the median of three decides
+    ("training", [0, 1, 2], 0.80, "no"),      # more than 80 % passes
+    ("training", [0], 0.82, "yes"),
+    ("checkpoint", None, 0.795, "no"),        # a re-scored checkpoint decides
+    ("checkpoint", None, 0.805, "yes"),
+])
+def test_the_verdict_follows_the_policy(score_by, seeds, accuracy, verdict):
+    assert grade.verdict(dict(status="ok", accuracy=accuracy, score_by=score_by, seeds=seeds)) == verdict
+
+
 def test_help_names_the_policy_and_the_docs(capsys):
     with pytest.raises(SystemExit) as e:
         grade.main(["--help"])
