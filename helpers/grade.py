@@ -634,7 +634,7 @@ class Batch:
                                                   "(--timeout; its process group was killed)")
         elif "status" not in result:  # it died before writing a row: a signal, or exit() from native code
             code = job.proc.returncode
-            how = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
+            how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
             hint = ", perhaps by the system's out-of-memory killer" if code == -signal.SIGKILL else ""
             result |= dict(status=ERROR, reason=f"its process died ({how}{hint}) while {stage}")
         startup = result.get("ready_at") and round(result["ready_at"] - (time.time() - seconds), 2)
@@ -695,6 +695,13 @@ class Batch:
         atomic_write(self.out / f"{GRADES}.json", lambda f: f.write(json.dumps(rows, indent=1).encode()))
         atomic_write(self.out / f"{GRADES}.csv", lambda f: f.write(csv_text(rows).encode()))
         atomic_write(self.out / f"{GRADES}.md", lambda f: f.write(markdown(rows).encode()))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time or platform-specific signal without a name
+        return f"signal {number}"
 
 
 def _limit_memory(cap: int):
