@@ -344,3 +344,55 @@ def rebuild_spec(identity: dict, run_dir, log=print) -> str:
     raise ModelError(f"this run was trained with {spec} (SHA-1 {identity['sha1'][:12]}), but that file "
                      f"{'has changed' if path.is_file() else 'is not here'} and the run folder has no intact copy "
                      f"({copy}): put the file back as it was")
+
+
+# --------------------------------------------------------------------------- the one network in a file
+
+# A class whose own name or a base's is one of the rules' stage classes is a part of a network (helpers'
+# blocks, a subclass, or a plain-torch class named so), never a whole one: named by name, not by
+# isinstance, so that a plain-torch ConvBlock counts as the rule checker counts it.
+_STAGE_NAMES = ("ConvBlock", "TransitionBlock")
+
+
+def network_names(module) -> list[str]:
+    """What `module` defines that may be its network, in definition order: the public nn.Module classes
+    defined in it (not imported into it) that build without arguments, stages excluded; when there
+    is none, its public functions that can be called without arguments (factories).
+
+    Classes first: a file's `def main()` or `def show()` takes no arguments either, and a class says
+    what it builds, where a function says so only when called. For any module object, so that a
+    notebook's namespace can be searched the same way as a file's."""
+    def buildable(value):
+        try:
+            inspect.signature(value).bind()
+        except TypeError:
+            return False
+        except ValueError:  # no readable signature: let the call decide
+            pass
+        return True
+
+    own = [(name, value) for name, value in vars(module).items()
+           if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__]
+    classes = [name for name, value in own if isinstance(value, type) and issubclass(value, nn.Module)
+               and not any(c.__name__ in _STAGE_NAMES for c in value.__mro__) and buildable(value)]
+    return classes or [name for name, value in own if inspect.isfunction(value) and buildable(value)]
+
+
+def find_network(path) -> str:
+    """FILE.py:NAME for the one network FILE.py defines (see network_names); a ModelError that lists
+    what it defines when there is none or more than one. Runs the file, as build_model would."""
+    path = Path(path)
+    if path.suffix != ".py":
+        raise ModelError(f"{path} is not a Python file: give the network's file, FILE.py (or FILE.py:NAME)")
+    module = _import_file(path, str(path))
+    names = network_names(module)
+    if len(names) == 1:
+        return f"{path}:{names[0]}"
+    if names:
+        raise ModelError(f"{path} defines {len(names)} networks ({', '.join(names)}): name the one to use, "
+                         f"as {path}:{names[0]}")
+    defined = [name for name, value in vars(module).items() if getattr(value, "__module__", None) == module.__name__
+               and (inspect.isfunction(value) or isinstance(value, type))]
+    raise ModelError(f"{path} defines no network that builds without arguments"
+                     + (f" (it defines {', '.join(defined)})" if defined else "")
+                     + ": give every argument of your network class a default, or name it as FILE.py:NAME")
