@@ -27,8 +27,8 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...), H.study.load_study(...)
-_SUBMODULES = ("benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram", "loader", "loop",
-               "model", "objective", "plots", "probe", "recipes", "record", "registry", "run", "space", "speed", "study", "sweep")
+_SUBMODULES = ("benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram", "explain", "loader",
+               "loop", "model", "notebook", "objective", "plots", "probe", "recipes", "record", "registry", "run", "space", "speed", "study", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
 

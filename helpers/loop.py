@@ -192,7 +192,8 @@ def recipe_table(trainer) -> str:
         ("lr schedule", f"one cycle: {r.lr * r.lr_start:g} -> {r.lr:g} at {r.pct_start:.0%} of the steps -> "
                         f"{r.lr * r.lr_end:g} ({'cosine' if r.anneal == 'cos' else 'linear'}), stepped every batch"),
         ("momentum", momentum),
-        ("loss", "cross-entropy of the network's output (logits or log-probabilities alike)" +
+        ("loss", f"cross-entropy of the network's {trainer.run_info.get('output', 'output')} (logits and "
+                 "log-probabilities train alike)" +
          (f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ", no label smoothing")),
         ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
                     f"{r.epochs} epoch{'s' * (r.epochs != 1)} = {r.epochs * steps} steps"),

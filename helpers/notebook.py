@@ -13,33 +13,36 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from .colab import in_colab, project_folder
 from .data import SOURCES, data_dir_problem
 from .errors import UserError
 from .recipes import PRECISIONS, RECIPES, Settings, get_recipe, recipe_name, split_fields
-from .registry import FACTORY, ModelError, build_model, file_label, is_file_spec, model_problem, spec_name
+from .registry import (DRIVE_PREFIX, FACTORY, ModelError, build_model, example_file, file_label, is_file_spec,
+                       model_problem, parse_file_spec, spec_name)
 
 class ParameterError(UserError):
     """Bad notebook parameters (or pipeline options): every problem, one line each."""
 
 
-def check_params(*, data, data_dir=None, recipe="seed", model=None, epochs=None, batch_size=None, precision=None,
-                 limit=None, overrides=None, cli=False, **_ignored):
+def check_params(*, data=None, data_dir=None, recipe="seed", model=None, epochs=None, batch_size=None, precision=None,
+                 limit=None, overrides=None, cli=False, trains=True, **_ignored):
     """Fail early, in the notebook's first cell, with one message naming every bad parameter.
 
     Returns the recipe the parameters resolve to: None means "the recipe's value", so changing
     only `recipe` switches model, epochs and batch size together. `model` may be your own
     FILE.py:NAME (helpers/registry.py). `overrides`: any other recipe or settings fields, e.g.
     {"lr": 0.1, "compile": "off"}. `cli=True` names the options as `python -m helpers.pipeline`
-    spells them (--data-dir), for its own early check.
+    spells them (--data-dir), for its own early check. `trains=False`: a notebook that only looks at the data
+    (01), where a split smaller than one batch is no problem.
     """
     def name(key, value):
         return f"--{key.replace('_', '-')} {value}" if cli else f"{key}={value!r}"
 
     problems = []
-    if data not in SOURCES:
+    if data is not None and data not in SOURCES:  # None: a notebook that reads no data (02)
         problems.append(f"{name('data', data)}: use one of {', '.join(SOURCES)}")
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         problems.append(f"{name('data_dir', data_dir)}: must be a folder path (a string), or None")
@@ -81,14 +84,14 @@ def check_params(*, data, data_dir=None, recipe="seed", model=None, epochs=None,
         except ModelError as e:
             problems.append(f"{name('model', model)}: {e}")
         # the training loader drops the last partial batch, so a smaller split would train on nothing
-        if limit is not None and limit < r.batch_size:
+        if trains and limit is not None and limit < r.batch_size:
             problems.append(f"{name('limit', limit)} keeps fewer training images than one batch of "
                             f"{r.batch_size} (recipe {recipe!r}): raise {'--limit' if cli else 'limit'} or set "
                             f"{'--batch-size' if cli else 'batch_size'} to at most {limit}")
     if problems:
         raise ParameterError(f"bad {'options' if cli else 'notebook parameters'}:\n  " + "\n  ".join(problems))
-    print(f"parameters ok: data={data} recipe={recipe} (recipes: {', '.join(sorted(RECIPES))}): model={r.model} "
-          f"epochs={r.epochs} batch_size={r.batch_size} precision={precision or 'auto'} limit={limit}"
+    print(f"parameters ok: {f'data={data} ' if data else ''}recipe={recipe} (recipes: {', '.join(sorted(RECIPES))}): "
+          f"model={r.model} epochs={r.epochs} batch_size={r.batch_size} precision={precision or 'auto'} limit={limit}"
           + "".join(f" {k}={v!r}" for k, v in (overrides or {}).items()))
     return r
 
@@ -146,6 +149,22 @@ def _note_other_run(folder, recipe, seed, model):
     if differ:
         print(f"note: {folder} holds another run ({'; '.join(differ)}): notebook 04 analyses the run that is "
               "there, and notebook 03 refuses to resume it; set out_dir=None to use the parameters' own folder")
+
+
+def provide_drive_model(model) -> None:
+    """For model = "drive:FILE.py:NAME" with no FILE on Google Drive yet: copy the example network there and
+    say how to edit it in Colab. Any other model: nothing (Drive is touched only when the model lives there)."""
+    if not (is_file_spec(model) and model.startswith(DRIVE_PREFIX)):
+        return
+    path, _ = parse_file_spec(model)  # mounts Drive in Colab
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(example_file(), path)
+    print(f"{path} was missing: the example network (mynet.py, class MyNet) is copied there. Edit it in Colab: the "
+          f"folder icon on the left, then drive > MyDrive > {path.parent.name} > {path.name}; a double-click opens "
+          "an editor, and your changes are saved to Drive. Then run this notebook again: notebooks 03 and 04 use "
+          f"the same model = {model!r}, in runtimes of their own.")
 
 
 def summary(model, input_size=(3, 32, 32)):

@@ -110,18 +110,37 @@ def label(nb: dict, note: str) -> dict:
     return nb
 
 
+# what the injected-parameters cell says in a published notebook: papermill's values, kept as comments
+SHOWN_PARAMETERS = ("# The outputs below were made with these values (papermill set them, after the cell above).\n"
+                    "# They are comments here: a run of your own uses the parameters cell above.\n")
+
+
 def clean(nb: dict, note: str | None = None) -> dict:
-    """Strip papermill metadata and the injected-parameters cell; optionally set the provenance note."""
+    """Strip papermill's metadata; keep its injected-parameters cell, commented out, so a published notebook
+    shows the values its outputs were made with while a run of a student's uses the parameters cell (papermill
+    replaces that cell whenever it runs the notebook again); optionally set the provenance note."""
     nb["metadata"].pop("papermill", None)
-    cells = []
     for cell in nb["cells"]:
         cell.get("metadata", {}).pop("papermill", None)
         cell.get("metadata", {}).pop("execution", None)
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
-            continue
-        cells.append(cell)
-    nb["cells"] = cells
+            lines = "".join(cell["source"]).splitlines()
+            if not "".join(cell["source"]).startswith(SHOWN_PARAMETERS):
+                lines = [f"# {line}" for line in lines if line.strip() and line.strip() != "# Parameters"]
+                cell["source"] = SHOWN_PARAMETERS + "\n".join(lines)
+            cell["outputs"], cell["execution_count"] = [], None
     return label(nb, note) if note else nb
+
+
+def shown_parameters(nb: dict) -> dict:
+    """The values a published notebook shows in its injected-parameters cell ({} when it has none)."""
+    import ast
+
+    cell = next((c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        return {}
+    code = "\n".join(line[2:] for line in "".join(cell["source"]).splitlines()[2:])
+    return {t.id: ast.literal_eval(node.value) for node in ast.parse(code).body for t in node.targets}
 
 
 def hardware(device="auto") -> str:
@@ -282,7 +301,7 @@ def resolve(args) -> tuple[dict, Path]:
     params = dict(data=args.data, data_dir=rooted(args.data_dir), recipe=args.recipe, **named, overrides=fields,
                   limit=args.limit, seed=args.seed, out_dir=rooted(args.run_dir) or str(out),
                   images_dir=rooted(args.images_dir) or str(out / "images"),
-                  compare=[rooted(d) for d in args.compare],
+                  compare=None if args.compare is None else [rooted(d) for d in args.compare],
                   progress=False)  # nobody watches a headless run: per-epoch lines, no progress bars
     if args.smoke:  # explicit options win over the smoke defaults (e.g. --smoke --data folder --data-dir D)
         params |= {k: v for k, v in SMOKE.items() if params[k] is None}
@@ -357,8 +376,9 @@ def get_parser():
     p.add_argument("--out", help="run folder: executed notebooks in OUT/notebooks, figures in OUT/images "
                                  "(default: runs/pipeline/RECIPE-sSEED, runs/smoke/RECIPE-sSEED with --smoke)")
     p.add_argument("--run-dir", help="training run folder for checkpoint.pt and history.json (default: OUT)")
-    p.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR",
-                   help="more run folders for notebook 04's side-by-side curves")
+    p.add_argument("--compare", nargs="*", default=None, metavar="RUN_DIR",
+                   help="run folders for notebook 04's side-by-side curves (default: the run folders beside this "
+                        "one that trained the same recipe and model with other seeds)")
     p.add_argument("--images-dir", help="where the notebooks save their figures (default: OUT/images)")
     p.add_argument("--publish", action="store_true",
                    help="after a successful run, replace notebooks/ 01-04, images/ and README's figure note "

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from .loader import random_flip, random_translate
+from .data import ImageSet, channel_stats
+from .loader import Loader
 from .recipes import recipe_name  # noqa: F401  (plots label runs by it; it lives with the recipes)
 
 
@@ -49,18 +50,24 @@ def class_grid(ds, per_class=8):
     return show_images(images, titles, ncols=per_class)
 
 
-def show_augmentations(ds, translate=4, flip=True, n=8, variants=3, seed=0):
-    """First row: one training image of each of the first n classes; next rows: the same images as
-    the training loop augments them."""
-    g = torch.Generator().manual_seed(seed)
+def show_augmentations(ds, recipe, n=8, epochs=3):
+    """First row: one training image of each of the first n classes; next rows: the same images as the
+    training loader hands them to the network in epochs 1, 2, ... (the recipe's shifts, mirroring, cutout;
+    alternating flips mirror each image every other epoch), drawn by the Loader itself, so the figure is
+    the training's augmentation, whatever the recipe."""
     firsts = [int((ds.labels == c).nonzero()[0]) for c in range(len(ds.classes)) if (ds.labels == c).any()][:n]
-    images = ds.images[firsts]
     n = len(firsts)
-    rows = [images]
-    for _ in range(variants):
-        x = random_translate(images, translate, g)
-        rows.append(random_flip(x, g) if flip else x)
-    titles = [ds.classes[int(ds.labels[i])] for i in firsts] + ["augmented"] * n * variants
+    sample = ImageSet(ds.images[firsts], ds.labels[firsts], ds.classes)
+    mean, std = channel_stats(ds.images)
+    loader = Loader(sample, n, True, mean, std, translate=recipe.translate, flip=recipe.flip,
+                    alternate_flip=recipe.alternate_flip, cutout=recipe.cutout)
+    rows, titles = [sample.images], [ds.classes[int(y)] for y in sample.labels]
+    for epoch in range(1, epochs + 1):
+        loader.set_epoch(epoch)
+        x, y = next(iter(loader))   # shuffled: put each image back in its class's column
+        x = (x * loader.std + loader.mean).round().clamp(0, 255).to(torch.uint8)
+        rows.append(x[torch.argsort(y)] if len(set(y.tolist())) == n else x)
+        titles += [f"epoch {epoch}"] * n
     return show_images(torch.cat(rows), titles, ncols=n)
 
 
@@ -191,18 +198,30 @@ def grad_cam(model, x, layer):
     return cam.detach()
 
 
-def last_conv_stage(model):
-    """(name, module, (H, W)): the model's last ConvBlock stage that runs a conv, and the size of its
-    output: where Grad-CAM looks (the latest maps that still have a spatial layout)."""
-    from .constraints import stage_kind, trace
+def gradcam_layer(model, min_size=7):
+    """(name, module, (H, W)): where Grad-CAM looks. The last conv block (as the rule checker reads the
+    graph) whose maps are at least `min_size` px, taken at the outermost module that holds that block's
+    convs and nothing else: late enough to see objects, early enough that a heat map can say where. (On a
+    3x3 map each heat cell covers a third of the image: every map would be a blob in the middle.)"""
+    from .constraints import check
 
-    ops = [op for op in trace(model) if op.kind == "conv" and op.stages]
-    modules = dict(model.named_modules())
-    for op in reversed(ops):
-        outer = op.stages[0]  # the outermost stage the conv ran in
-        if stage_kind(modules[outer]) == "ConvBlock":
-            return outer, modules[outer], tuple(op.out_shape[1:])
-    raise ValueError("the model has no ConvBlock stage that runs a conv")
+    report = check(model)
+    ops, modules = report.ops, dict(model.named_modules())
+    blocks = [s for s in report.stages if s.kind == "ConvBlock" and any(ops[i].kind == "conv" for i in s.ops)]
+    wide = [s for s in blocks if max(ops[i].out_shape[1] for i in s.ops if ops[i].kind == "conv") >= min_size]
+    if not blocks:
+        raise ValueError("the model runs no convolution: Grad-CAM has no map to look at")
+    stage = (wide or blocks)[-1]
+    convs = [ops[i] for i in stage.ops if ops[i].kind == "conv" and ops[i].out_shape[1] >= min(min_size, 2)]
+    last = convs[-1] if convs else ops[stage.ops[-1]]
+    inside = {ops[i].module for i in stage.ops}
+    others = {o.module for o in ops} - inside
+    parts = last.module.split(".")
+    for k in range(1, len(parts) + 1):  # outermost first: the whole block, not one conv of it
+        name = ".".join(parts[:k])
+        if not any(m == name or m.startswith(name + ".") for m in others):
+            return name, modules[name], tuple(last.out_shape[1:])
+    return last.module, modules[last.module], tuple(last.out_shape[1:])
 
 
 def show_grad_cam(images, cams, titles, ncols=3):
@@ -225,7 +244,8 @@ def plot_schedule(schedule: dict):
     """The learning rate (both parameter groups) and the momentum at every step, epochs marked:
     `schedule` from helpers.loop.lr_schedule."""
     steps = schedule["steps_per_epoch"]
-    x = [i / steps for i in range(len(schedule["lr"]))]
+    # epochs trained after each step: x = 1 is the end of epoch 1, where the training curves put epoch 1
+    x = [(i + 1) / steps for i in range(len(schedule["lr"]))]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
     a.plot(x, schedule["lr"], label="weights")
     if schedule["bias_lr"] != schedule["lr"]:
@@ -236,8 +256,9 @@ def plot_schedule(schedule: dict):
     b.plot(x, schedule["momentum"], color="C2")
     b.set(ylabel="momentum", title="momentum per step")
     for ax in (a, b):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epochs trained (1 = the end of epoch 1)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0, len(x) / steps)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CHECKPOINT, HISTORY, read_checkpoint, sync_history, upgrade_config
+from .colab import DRIVE_DELAY, on_drive
 from .loader import Loader
 from .errors import UserError
-from .recipes import Recipe
+from .recipes import Recipe, recipe_name
 from .registry import build_model, rebuild_spec
 
 
@@ -74,6 +75,54 @@ class RunNotFoundError(UserError):
     """No trained run where one was looked for; the message says how to make or find it."""
 
 
+def list_runs(root) -> list[dict]:
+    """The runs in `root`'s subfolders, as their history.json records them: folder, recipe (the named one it
+    is, or is closest to), model, seed, epochs finished and the last plain test accuracy; sorted by folder."""
+    runs = []
+    for history in sorted(Path(root).glob(f"*/{HISTORY}")):
+        try:
+            d = json.loads(history.read_text())
+            config, epochs = d["config"], d["history"]
+            runs.append(dict(folder=history.parent, recipe=recipe_name(config["recipe"]).split(" (")[0],
+                             model=config["recipe"]["model"], seed=config.get("seed"), epochs=len(epochs),
+                             test_acc=epochs[-1]["test_acc"] if epochs else None))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or not a run of this project's
+    return runs
+
+
+def other_seeds(run_dir) -> list[Path]:
+    """The run folders beside `run_dir` that trained the same recipe and model with other seeds: what
+    notebook 04 compares a run with when no other runs are named."""
+    here = Path(run_dir)
+    mine = next((r for r in list_runs(here.parent) if r["folder"] == here), None)
+    if mine is None:
+        return []
+    return [r["folder"] for r in list_runs(here.parent)
+            if r["folder"] != here and (r["recipe"], r["model"]) == (mine["recipe"], mine["model"]) and r["epochs"]]
+
+
+def _missing_run(out_dir) -> str:
+    """Why there is no run in out_dir, and what is there instead (the usual cause: another recipe, model or
+    seed in the parameters; in Colab also Drive's delay)."""
+    root = Path(out_dir).parent
+    found = list_runs(root) if root.is_dir() else []
+    text = f"no run in {out_dir} (no {CHECKPOINT} there)"
+    if found:
+        runs = "; ".join(f"{r['folder'].name} (recipe {r['recipe']}, model {r['model']}, seed {r['seed']}, "
+                         f"{r['epochs']} epochs)" for r in found)
+        text += (f". Runs in {root}: {runs}: set recipe, model and seed as notebook 03 had them (or out_dir to "
+                 "one of these folders)")
+    else:
+        text += (f"; {root} holds no runs: train one first, with notebook 03 and the same recipe, model and seed "
+                 "(in Colab: use_drive = True in both notebooks, since each runs on its own machine), or "
+                 f"python -m helpers.train --out {out_dir}")
+    if on_drive(out_dir):
+        text += (f". Google Drive can take {DRIVE_DELAY} to show files written by another runtime: if notebook 03 "
+                 "has just finished there, wait and run this cell again")
+    return text
+
+
 def load_run(out_dir, device="cpu", model=None):
     """(model, config, history) from a run folder's checkpoint, for analysis.
 
@@ -83,9 +132,7 @@ def load_run(out_dir, device="cpu", model=None):
     """
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
-        raise RunNotFoundError(f"no run in {out_dir} (no {CHECKPOINT} there): train it first, with notebook 03 "
-                               "and the same recipe, model and seed (in Colab: use_drive = True in both notebooks, "
-                               f"since each runs on its own machine), or python -m helpers.train --out {out_dir}")
+        raise RunNotFoundError(_missing_run(out_dir))
     ckpt = read_checkpoint(path, device)
     sync_history(path.parent, ckpt)  # history.json, which Record.load and plots read, follows the checkpoint
     recipe = Recipe.from_dict(ckpt["config"]["recipe"])

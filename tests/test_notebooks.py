@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,14 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = pipeline.notebook_paths()
 COMMITTED = sorted((ROOT / "notebooks").glob("*.ipynb"))  # the main job's four and 05_sweep
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
-REQUIRED_PARAMS = {"data", "data_dir", "recipe", "model", "epochs", "batch_size", "precision", "limit", "device",
-                   "seed", "use_drive", "out_dir", "images_dir"}
-# notebook 04 analyses a finished run: recipe, model and seed name it, the rest comes from the run
-ANALYSIS_PARAMS = {"recipe", "model", "seed", "device", "use_drive", "out_dir", "images_dir", "compare"}
+# each notebook's parameters, these and no others: 01 and 02 store nothing on Google Drive (no use_drive);
+# 03 trains a run onto it; 04 analyses a finished run, which recipe, model and seed name (the rest comes from
+# the run); 05 shows a sweep's study
+PARAMS = {
+    "01": {"data", "data_dir", "recipe", "overrides", "limit", "images_dir"},
+    "02": {"recipe", "model", "overrides", "device", "images_dir"},
+    "03": {"data", "data_dir", "recipe", "model", "epochs", "batch_size", "precision", "overrides", "limit", "device",
+           "seed", "use_drive", "out_dir", "images_dir", "progress"},
+    "04": {"recipe", "model", "seed", "device", "use_drive", "out_dir", "images_dir", "compare"},
+    "05": {"study", "storage", "root", "use_drive", "top", "images_dir"},
+}
 # None = "the recipe's value": changing `recipe` alone switches model, epochs, batch size, precision
 RECIPE_DEFAULTS = ("model", "epochs", "batch_size", "precision")
-# notebook 05 shows a sweep's study: these and no others
-SWEEP_PARAMS = {"study", "storage", "root", "use_drive", "top", "images_dir"}
 
 
 def load(path):
@@ -59,24 +65,45 @@ def test_committed_notebook_structure(path):
     tree = ast.parse(source(params[0]))
     values = {t.id: ast.literal_eval(node.value)  # plain literals only, so papermill can override them
               for node in tree.body for t in node.targets}
-    if path.name.startswith("05"):
-        assert set(values) == SWEEP_PARAMS
-    else:
-        assert (ANALYSIS_PARAMS if path.name.startswith("04") else REQUIRED_PARAMS) <= set(values)
-        assert all(values[k] is None for k in RECIPE_DEFAULTS if k in values) and values["model"] is None
-    assert values["use_drive"] is True  # every Colab notebook runs in its own runtime: runs live on Drive
+    assert set(values) == PARAMS[path.name[:2]]
+    assert all(values[k] is None for k in RECIPE_DEFAULTS if k in values)
+    if "use_drive" in values:  # every Colab notebook runs in its own runtime: runs live on Drive
+        assert values["use_drive"] is True
     setup = next(source(c) for c in nb["cells"] if "google.colab" in source(c))
     assert f'REPO = "{helpers.REPO}"' in setup and "-e" not in setup.split()
     if path.name.startswith("03"):
         assert nb["metadata"].get("accelerator") == "GPU"
 
 
+def test_every_notebook_has_the_same_setup_cell():
+    """One setup cell, five copies (05 installs the sweep extra too): a fix in one is a fix in all."""
+    cells = {p.name: next(source(c) for c in load(p)["cells"] if "google.colab" in source(c)) for p in COMMITTED}
+    assert len({text.replace('f"{root}[sweep]"', 'f"{root}"') for text in cells.values()}) == 1
+    assert 'f"{root}[sweep]"' in cells["05_sweep.ipynb"]
+
+
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
 def test_no_run_metadata_or_machine_paths(path):
     text = path.read_text()
-    assert '"papermill"' not in text and "injected-parameters" not in text
+    assert '"papermill"' not in text
     for fragment in ("/work/", "/home/", "/root/", "/tmp/", str(ROOT)):
         assert fragment not in text, fragment
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_published_notebooks_show_the_parameters_of_their_provenance_command(path):
+    """The values shown under the parameters cell are exactly what the provenance note's command passes to
+    this notebook, and they are comments: a student's own run uses the parameters cell."""
+    import papermill as pm
+
+    nb = load(path)
+    command = re.search(r"command: `python -m helpers.pipeline ([^`]*)`", source(nb["cells"][0])).group(1)
+    with pipeline.in_root():
+        params, _ = pipeline.resolve(pipeline.parse(pipeline.get_parser(), shlex.split(command), default_data=None))
+    declared = pm.inspect_notebook(str(path))
+    assert pipeline.shown_parameters(nb) == {k: v for k, v in params.items() if k in declared}
+    shown = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
+    assert all(line.startswith("#") for line in source(shown).splitlines())
 
 
 @contextlib.contextmanager
@@ -197,16 +224,19 @@ def test_bad_parameters_fail_in_the_first_cell_that_uses_them(tmp_path, capsys):
         # past the pipeline's own check, the notebook's check cell stops it with a clear message
         with pytest.raises(pipeline.PipelineError, match=r"01_explore_data.ipynb failed in cell \d+: "
                                                         r"ParameterError: bad notebook parameters"):
-            pipeline.run(dict(data="synthetic", model="nope", epochs=-1), out)
+            pipeline.run(dict(data="synthetic", recipe="nope", limit=-1), out)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def test_clean_strips_papermill_and_labels(smoke_run):
+def test_clean_strips_papermill_keeps_the_values_as_comments_and_labels(smoke_run):
     note = "> **Outputs below** come from X"
     nb = pipeline.clean(load(smoke_run["out"] / "notebooks" / "03_train.ipynb"), note=note)
     text = json.dumps(nb)
-    assert '"papermill"' not in text and "injected-parameters" not in text
+    assert '"papermill"' not in text
+    shown = pipeline.shown_parameters(nb)
+    assert shown["recipe"] == "fast" and shown["epochs"] == 1 and shown["data"] == "synthetic"
+    assert pipeline.shown_parameters(pipeline.clean(nb)) == shown  # cleaning twice changes nothing
     assert source(nb["cells"][0]).endswith(note) and source(nb["cells"][0]).count("**Outputs below**") == 1
 
 

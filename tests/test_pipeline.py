@@ -167,7 +167,7 @@ def test_publish_replaces_notebooks_figures_and_notes_together(tmp_path):
         nb = json.loads(p.read_text())
         nb["metadata"]["papermill"] = {"duration": 1.0}
         nb["cells"].insert(3, {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]},
-                               "source": "seed = 1", "outputs": [], "execution_count": None})
+                               "source": "# Parameters\nseed = 1\n", "outputs": [], "execution_count": None})
         nb["cells"][-1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": f"{ROOT}/runs/x\n"}]
         (run / "notebooks" / p.name).write_text(json.dumps(nb))
         executed.append(run / "notebooks" / p.name)
@@ -179,7 +179,8 @@ def test_publish_replaces_notebooks_figures_and_notes_together(tmp_path):
 
     for p in executed:
         text = (root / "notebooks" / p.name).read_text()
-        assert '"papermill"' not in text and "injected-parameters" not in text and str(ROOT) not in text
+        assert '"papermill"' not in text and str(ROOT) not in text
+        assert pipeline.shown_parameters(json.loads(text)) == {"seed": 1}  # shown, as comments
         first = "".join(json.loads(text)["cells"][0]["source"])
         assert first.count("**Outputs below**") == 1 and first.endswith(NOTE)  # the old note is gone
     assert (root / "images" / "curves.png").read_bytes() == b"new curves"

@@ -20,19 +20,45 @@ def test_per_class_bars_carry_their_values():
     assert labels == ["80.0", "90.0"]
 
 
-def test_the_augmentation_figure_shows_one_image_of_each_class():
+def test_the_augmentation_figure_shows_one_image_of_each_class_as_training_sees_it():
     ds = load_split("synthetic", "train", limit=200)
-    fig = plots.show_augmentations(ds, translate=2, n=8, variants=2)
+    fig = plots.show_augmentations(ds, get_recipe("fast", cutout=8), n=8, epochs=2)
     top = [ax.get_title() for ax in fig.axes[:8]]
     assert top == ds.classes[:8]  # not eight images of the first class
+    assert [ax.get_title() for ax in fig.axes[8:24:8]] == ["epoch 1", "epoch 2"]
+    # the recipe's own augmentation: cutout paints a square of the mean colour into every image
+    shown = [ax.images[0].get_array() for ax in fig.axes[8:16]]
+    originals = [ax.images[0].get_array() for ax in fig.axes[:8]]
+    assert all((a != b).any() for a, b in zip(shown, originals))
 
 
-@pytest.mark.parametrize("name, stage, size", [("seed", "block3", (8, 8)), ("fast", "block4", (3, 3)),
-                                                ("air", "block4", (3, 3))])
-def test_grad_cam_looks_at_the_last_conv_block(name, stage, size):
+def test_alternating_flips_mirror_each_image_every_other_epoch():
+    ds = load_split("synthetic", "train", limit=200)
+    recipe = get_recipe("fast", translate=0)  # mirroring alone: epochs 1 and 2 are each other's mirror
+    fig = plots.show_augmentations(ds, recipe, n=4, epochs=2)
+    one, two = ([ax.images[0].get_array() for ax in fig.axes[k:k + 4]] for k in (4, 8))
+    assert all((a[:, ::-1] == b).all() for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("name, layer, size", [("seed", "block3", (8, 8)), ("fast", "block3", (7, 7)),
+                                               ("air", "block3", (7, 7)), ("mynet.py:MyNet", "block3", (8, 8))])
+def test_grad_cam_looks_at_the_last_conv_block_with_maps_of_7px_or_more(name, layer, size):
     model = build_model(name)
-    found, module, hw = plots.last_conv_stage(model)
-    assert (found, hw) == (stage, size) and module is getattr(model, stage)
+    found, module, hw = plots.gradcam_layer(model)
+    assert (found, hw) == (layer, size) and module is dict(model.named_modules())[layer]
+
+
+def test_grad_cam_finds_a_students_block_whatever_it_is_called():
+    """Blocks read from the graph: an nn.Sequential attribute named convblock3, no helpers class in sight."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "student_nets" / "sequential_blocks.py"
+    spec = importlib.util.spec_from_file_location("sequential_blocks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found, _, hw = plots.gradcam_layer(module.Net())
+    assert found == "convblock3" and hw == (8, 8)
 
 
 def test_grad_cam_shows_each_image_beside_its_map():
