@@ -1,0 +1,71 @@
+"""helpers/explain.py: the notebooks' prose is computed from the run it sits under, so it cannot describe
+another run, and says the numbers right."""
+import math
+
+import pytest
+import torch
+
+from helpers.constraints import check
+from helpers.explain import explain_architecture, explain_errors, explain_history, smoothed_loss_floor
+from helpers.recipes import get_recipe
+from helpers.record import Record
+from helpers.registry import build_model
+
+
+def test_the_smoothed_loss_floor_is_the_targets_entropy():
+    assert smoothed_loss_floor(0.0, 10) == 0.0
+    # 0.29 over 10 classes: 0.739 on the true class, 0.029 on each other
+    expected = -(0.739 * math.log(0.739) + 9 * 0.029 * math.log(0.029))
+    assert smoothed_loss_floor(0.29, 10) == pytest.approx(expected)
+    # no cross-entropy against that target goes lower: the target itself as the prediction reaches it
+    target = torch.full((1, 10), 0.029)
+    target[0, 3] = 0.739
+    torch.manual_seed(0)
+    for logits in [target.log(), torch.randn(1, 10), target.log() * 3]:
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([3]), label_smoothing=0.29)
+        assert loss.item() >= smoothed_loss_floor(0.29, 10) - 1e-6
+
+
+def test_the_architecture_is_read_from_the_trace():
+    net = build_model("fast")
+    text = explain_architecture(net, check(net))
+    assert "Map sizes: 32 -> 31 -> 15 -> 7 -> 3 -> 1 px" in text
+    assert "prep.conv, a 2x2 conv with padding 0, takes the map from 32 to 31 px" in text
+    assert "prep is a PatchWhitening layer" in text
+    assert "The dilated conv (block3.0.conv, dilation 2) runs on 7x7 maps: its 3x3 kernel spans 5x5 pixels" in text
+    assert "17,536 weights where a full 3x3 conv would have 147,456 (8.4x as many)" in text
+    assert "Receptive field 79 px, more than the 32 px image" in text
+    seed = build_model("seed")
+    text = explain_architecture(seed, check(seed))
+    assert "Map sizes: 32 -> 16 -> 8 -> 4 -> 1 px" in text and "PatchWhitening" not in text
+
+
+def epoch(n, train_loss, train_acc, test_loss, test_acc):
+    return dict(epoch=n, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
+
+
+def test_the_history_explains_small_first_epochs_and_a_training_loss_above_the_test_loss():
+    history = [epoch(1, 1.86, 0.50, 1.93, 0.30), epoch(2, 1.64, 0.67, 1.02, 0.71), epoch(3, 1.48, 0.78, 0.79, 0.81)]
+    record = Record("r", dict(recipe=get_recipe("fast", epochs=3).to_dict(), classes=list("abcdefghij")), history)
+    text = explain_history(record)
+    assert "trained epoch 1 on 16 px images (test 30.00 %), tested on 32 px ones" in text
+    assert "From epoch 2 on, training and test images are the same size" in text
+    assert "training loss (1.4800) is above its test loss (0.7900)" in text and "cannot go below 1.148" in text
+    assert "Training accuracy (78.00 %) is below test accuracy (81.00 %)" in text
+    assert "above 80 % from epoch 3" in text
+    # a run without those surprises is not explained as if it had them
+    plain = Record("r", dict(recipe=get_recipe("seed", epochs=1).to_dict(), classes=list("abcdefghij")),
+                   [epoch(1, 0.5, 0.9, 0.8, 0.7)])
+    text = explain_history(plain)
+    assert "16 px" not in text and "label-smoothed" not in text and "80 % not reached" in text
+
+
+def test_the_errors_name_the_worst_class_and_the_pairs_that_dominate():
+    classes = ["airplane", "cat", "dog", "ship"]
+    cm = torch.tensor([[90, 2, 3, 5], [1, 60, 35, 4], [0, 28, 70, 2], [4, 1, 0, 95]])
+    text = explain_errors(cm, classes)
+    assert "best class ship (95.00 %), worst cat (60.00 %)" in text
+    assert "cat taken for dog 35 times; dog taken for cat 28 times; airplane taken for ship 5 times" in text
+    assert "cat and dog are confused both ways (35 and 28 images)" in text
+    wrong = int(cm.sum() - cm.diag().sum())
+    assert f"{100 * (35 + 28 + 5) / wrong:.2f} % of all {wrong} mistakes" in text
