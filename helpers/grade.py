@@ -63,8 +63,8 @@ TARGET = 0.80
 BORDER = 0.01
 SEEDS_TO_DECIDE = 3
 
-# what a model file may be; FILE.ipynb joins once the registry builds FILE.ipynb:NAME networks
-MODEL_SUFFIXES = (".py",)
+# what a model file may be: a Python file, or a notebook (its definitions only: no training cell runs)
+MODEL_SUFFIXES = (".py", ".ipynb")
 FORK_FILE = "mynet.py"  # the file the assignment asks students to write their network in
 
 # Importing torch alone takes 3.5 GB of address space on this project's CPU machine (torch 2.14, CUDA
@@ -271,7 +271,8 @@ def _folder(text: str, folder: Path) -> Submission:
         found = [folder / FORK_FILE]
     if len(found) == 1:
         return Submission(text, "file", found[0], files=found, **named)
-    listed = f" but {len(found)} .py files ({', '.join(f.name for f in found)})" if found else " and no .py file"
+    listed = (f" but {len(found)} model files ({', '.join(f.name for f in found)})" if found
+              else " and no .py or .ipynb file")
     return Submission(text, "file", folder, problem=f"no model file: {folder} holds no {FORK_FILE}{listed}; "
                                                     "name the file as FOLDER/FILE.py", **named)
 

@@ -224,6 +224,11 @@ def _import_notebook(path: Path, spec: str):
     return module
 
 
+def _import_model_file(path: Path, spec: str):
+    """A model file as a module: a notebook's definitions, or a Python file run afresh."""
+    return (_import_notebook if path.suffix == ".ipynb" else _import_file)(path, spec)
+
+
 def get_factory(spec):
     """The callable that builds `spec`'s network (a class or a function)."""
     if callable(spec):
@@ -237,7 +242,7 @@ def get_factory(spec):
         raise ModelError(f"model {spec!r} was a function passed from Python: pass the same function again "
                          "(Trial(model=...), load_run(..., model=...))")
     path, name = parse_file_spec(spec)
-    module = (_import_notebook if path.suffix == ".ipynb" else _import_file)(path, spec)
+    module = _import_model_file(path, spec)
     factory = getattr(module, name, None)
     if factory is None:
         defined = sorted(k for k, v in vars(module).items() if getattr(v, "__module__", None) == module.__name__
@@ -379,12 +384,14 @@ def network_names(module) -> list[str]:
 
 
 def find_network(path) -> str:
-    """FILE.py:NAME for the one network FILE.py defines (see network_names); a ModelError that lists
-    what it defines when there is none or more than one. Runs the file, as build_model would."""
+    """FILE.py:NAME (or FILE.ipynb:NAME) for the one network the file defines (see network_names); a ModelError
+    that lists what it defines when there is none or more than one. Runs the file (a notebook's definitions
+    only), as build_model would."""
     path = Path(path)
-    if path.suffix != ".py":
-        raise ModelError(f"{path} is not a Python file: give the network's file, FILE.py (or FILE.py:NAME)")
-    module = _import_file(path, str(path))
+    if path.suffix not in (".py", ".ipynb"):
+        raise ModelError(f"{path} is not a Python file or notebook: give the network's file, FILE.py or FILE.ipynb "
+                         "(or FILE.py:NAME)")
+    module = _import_model_file(path, str(path))
     names = network_names(module)
     if len(names) == 1:
         return f"{path}:{names[0]}"

@@ -312,3 +312,12 @@ def test_bad_notebooks_are_one_line(tmp_path, monkeypatch, spec, cells, message)
     with pytest.raises(ModelError) as e:
         build_model(spec)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_one_network_of_a_notebook_is_found_as_in_a_python_file():
+    """The grader takes a notebook as a submission: its one network, built from its definitions only."""
+    notebook = ROOT / "tests" / "student_nets" / "colab_notebook.ipynb"
+    assert registry.find_network(notebook) == f"{notebook}:Net"
+    assert registry.find_network(ROOT / "mynet.py") == f"{ROOT / 'mynet.py'}:MyNet"
+    with pytest.raises(ModelError, match="not a Python file or notebook"):
+        registry.find_network(ROOT / "README.md")
