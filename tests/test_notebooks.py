@@ -271,3 +271,29 @@ def test_04_headline_is_the_confusion_matrix_diagonal(smoke_run):
     headline = re.search(r"test accuracy \(plain, single view\): ([\d.]+)% of (\d+) images", text)
     diagonal = re.search(r"diagonal: (\d+) of (\d+) test images = ([\d.]+)%", text)
     assert headline.group(1) == diagonal.group(3) and headline.group(2) == diagonal.group(2)
+
+
+def exercise_table() -> dict:
+    """docs/exercises.md's rows (scripts/ablate.py's table): line -> per-seed and median plain / TTA accuracy."""
+    rows = {}
+    for line in (ROOT / "docs" / "exercises.md").read_text().splitlines():
+        m = re.match(r"\| (\w+) \| [\d, ]+ \| ([\d. /]+) \(([\d.]+)\) \| ([\d. /]+) \(([\d.]+)\) \|", line)
+        if m:
+            rows[m.group(1)] = dict(plain=m.group(2).strip(), plain_median=m.group(3), tta_median=m.group(5))
+    return rows
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_ends_with_exercises_whose_answers_are_the_measured_table(path):
+    """Each expected result a notebook quotes is the committed ablation table's, for the line it names."""
+    table = exercise_table()
+    cells = load(path)["cells"]
+    last = source(cells[-1])
+    assert last.startswith("## Try this") and 2 <= len(re.findall(r"(?m)^\d\. \*\*", last)) <= 4
+    answers = re.findall(r"\*\*([\d.]+) % plain, ([\d.]+) % with TTA\*\* \(line `(\w+)`\)", last)
+    seeds = re.findall(r"\*\*([\d. /]+) % plain\*\* \(line `(\w+)`, seeds 0, 1, 2\)", last)
+    assert answers and "??" not in last
+    for plain, tta, name in answers:
+        assert (plain, tta) == (table[name]["plain_median"], table[name]["tta_median"]), name
+    for values, name in seeds:
+        assert values == table[name]["plain"], name
