@@ -53,6 +53,7 @@ from .loop import NonFiniteLossError, evaluate
 from .recipes import Recipe, recipe_name
 from .registry import FACTORY, build_model, find_network, is_file_spec, list_models, parse_file_spec
 from .rundir import atomic_write, check_writable
+from .probe import check_output
 from .run import Trial
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -380,20 +381,6 @@ def _run_network(config: dict, folder: Path) -> str:
     return f"{copy}:{name}"
 
 
-def check_output(model, loader):
-    """A network must map a batch to one score per class and image: a wrong shape is one clear reason,
-    before training fails somewhere inside the loss."""
-    x = next(iter(loader))[0][:2]
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-    n = len(loader.classes)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), n):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise GradeError(f"wrong output shape: {len(x)} images give {got}, not ({len(x)}, {n}); the network must "
-                         "return one score per class for each image (logits or log-probabilities)")
-
-
 def _rescore(args, ckpt: dict, model, save):
     """The checkpoint's weights on the grader's test split, normalised with the run's own mean and std,
     in fp32: plain single view. Its stored accuracy is only shown beside, as claimed."""
@@ -408,7 +395,7 @@ def _rescore(args, ckpt: dict, model, save):
                          f"{test_set.classes}: re-score it on its own kind of data (--data)")
     loader = Loader(test_set, 500, False, config["mean"], config["std"], device)
     model = model.to(device)
-    check_output(model, loader)
+    check_output(model, next(iter(loader))[0][:8], len(loader.classes))  # what training's first pass checks
     t0 = time.perf_counter()
     accuracy = evaluate(model, loader, "fp32")["test_acc"]
     wanted = Recipe.from_dict(config["recipe"]).epochs
@@ -428,8 +415,7 @@ def _train(args, spec: str, save):
         trial = Trial(name=f"grade-s{seed}", recipe=args.recipe, model=spec, data=args.data, data_dir=args.data_dir,
                       limit=args.limit, seed=seed, progress=False, log=lambda m: print(m, flush=True),
                       **overrides(args))
-        trainer = trial.setup()
-        check_output(trainer.model, trainer.test_loader)
+        trainer = trial.setup()  # the network's first pass: a wrong output or NaN is one line (helpers/probe.py)
         record = trial.run()
         accuracies.append(record.final_acc)
         seeds.append(seed)

@@ -91,6 +91,19 @@ def output_problem(out, batch: int, classes: int) -> str | None:
     return None
 
 
+def check_output(model, images: torch.Tensor, classes: int) -> torch.Tensor:
+    """The network's output on `images`; NetworkError, one line, when it fails or cannot be trained on."""
+    try:
+        out = first_pass(model, images)
+    except LayerFailure as e:
+        size = "x".join(map(str, images.shape[-2:]))
+        raise NetworkError(f"the network fails on {size} px images, before any training: {e}") from None
+    problem = output_problem(out, len(images), classes)
+    if problem:
+        raise NetworkError(f"the network {problem}")
+    return out
+
+
 def check_network(model, recipe: Recipe, images: torch.Tensor, classes: int, log=print) -> tuple[Recipe, str]:
     """Run `model` on `images` (a few normalized training images) at full size and at each smaller size the
     recipe trains on; return the recipe to train (progressive resizing off when the network cannot take the
@@ -99,13 +112,7 @@ def check_network(model, recipe: Recipe, images: torch.Tensor, classes: int, log
     Raises NetworkError, one line, when the network fails at full size or returns what cannot be trained on.
     """
     full = images.shape[-2]
-    try:
-        out = first_pass(model, images)
-    except LayerFailure as e:
-        raise NetworkError(f"the network fails on {full}x{full} px images, before any training: {e}") from None
-    problem = output_problem(out, len(images), classes)
-    if problem:
-        raise NetworkError(f"the network {problem}")
+    out = check_output(model, images, classes)
     sizes = image_sizes(recipe, full)
     for size in sorted({s for s in sizes if s < full}):
         try:
