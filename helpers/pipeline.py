@@ -351,6 +351,9 @@ def check_run_dir(params: dict) -> None:
 def get_parser():
     p = get_args_parser("python -m helpers.pipeline", __doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in p._actions:  # --val is refused (main) until the notebooks take a `val` parameter: not offered
+        if action.dest == "val":
+            action.help = argparse.SUPPRESS
     p.add_argument("--smoke", action="store_true",
                    help=f"a quick check: {SMOKE['limit']} images per split, {SMOKE['epochs']} epoch, batch "
                         f"{SMOKE['batch_size']}, synthetic data unless --data is given; starts afresh each time")
@@ -376,6 +379,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     p = get_parser()
     args = parse(p, argv, default_data=None)  # --smoke picks synthetic data, anything else CIFAR-10: resolve()
+    if args.val:  # refused rather than dropped: the notebooks would train on every image without a word
+        p.error(f"--val {args.val}: the notebooks take no validation split yet; train one with "
+                f"python -m helpers.train --val {args.val} (in Python: H.Trial(..., val={args.val}))")
     if args.set_repo:
         try:
             set_repo(args.set_repo)
