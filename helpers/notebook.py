@@ -32,8 +32,9 @@ def check_params(*, data, data_dir=None, recipe="seed", model=None, epochs=None,
     Returns the recipe the parameters resolve to: None means "the recipe's value", so changing
     only `recipe` switches model, epochs and batch size together. `model` may be your own
     FILE.py:NAME (helpers/registry.py). `overrides`: any other recipe or settings fields, e.g.
-    {"lr": 0.1, "compile": "off"}. `val`: the validation split, as Trial takes it (None or 0: none). `cli=True` names the options as `python -m helpers.pipeline`
-    spells them (--data-dir), for its own early check.
+    {"lr": 0.1, "compile": "off"}. `val`: the validation split, as Trial takes it (None or 0: none).
+    `cli=True` names the options as `python -m helpers.pipeline` spells them (--data-dir), for its own
+    early check.
     """
     def name(key, value):
         return f"--{key.replace('_', '-')} {value}" if cli else f"{key}={value!r}"

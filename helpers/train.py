@@ -37,9 +37,10 @@ def main(argv=None):
         return 130
     reached = record.first_epoch_reaching(0.80)
     tta = f" (with TTA {record.final_tta_acc:.2%})" if record.final_tta_acc is not None else ""
-    val = f"validation accuracy {record.final_val_acc:.2%} (--val {args.val}); " if record.final_val_acc is not None else ""
+    val = "" if record.final_val_acc is None else f"validation accuracy {record.final_val_acc:.2%} (--val {args.val}); "
     print(f"final test accuracy (plain, single view) {record.final_acc:.2%}{tta}, best epoch {record.best_acc:.2%}; "
-          + val + (f"80% first reached at epoch {reached}" if reached else "80% not reached") + f"; outputs in {args.out}")
+          + val + (f"80% first reached at epoch {reached}" if reached else "80% not reached")
+          + f"; outputs in {args.out}")
     return 0
 
 

@@ -31,7 +31,8 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
 
 
 def test_cli_trains_with_a_validation_split_and_refuses_to_resume_without_it(tmp_path, capsys):
-    args = ["--data", "synthetic", "--limit", "120", "--epochs", "1", "--batch-size", "40", "--out", str(tmp_path / "r")]
+    args = ["--data", "synthetic", "--limit", "120", "--epochs", "1", "--batch-size", "40",
+            "--out", str(tmp_path / "r")]
     assert train_main([*args, "--val", "40"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"epoch   1/1  .* test loss [\d.]+ acc [\d.]+%  val acc [\d.]+%  lr ", out), out
