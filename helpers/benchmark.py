@@ -6,7 +6,8 @@ Trains on DIR/train, evaluates on DIR/test. `train_seconds` is training wall tim
 (dataset decoding, model setup and the per-epoch evaluation are excluded); `test_acc` is
 the final plain (single-view) test accuracy, `tta_acc` beside it the same with the recipe's
 test-time augmentation (null when the recipe has none). `first_epoch_80`, `acc_per_epoch` and
-`--target` use plain accuracy.
+`--target` use plain test accuracy. With `--val`, every seed holds out the same validation split
+(the setting is `val`, null without one) and `val_acc` is its final plain accuracy (null without).
 
 Against the machine's limit (helpers/speed.py): `gflop_per_image` is the forward + backward work of
 one full-size training image (torch.utils.flop_counter), `gflop_per_s` what training achieved (smaller
@@ -71,7 +72,7 @@ def bench_one(args, seed: int, peak: dict) -> dict:
     out_dir = seed_dir(args.out, seed) if args.out else None
     trial = Trial(name=f"bench-{args.recipe}-{seed}", recipe=args.recipe, data=args.data, data_dir=args.data_dir,
                   limit=args.limit, seed=seed, out_dir=out_dir, progress=False, log=_to_stderr,
-                  enforce_rules=not args.allow_rule_breaking, **overrides(args))
+                  enforce_rules=not args.allow_rule_breaking, val=args.val, **overrides(args))
     trainer = trial.setup()
     if args.profile:
         trainer.stopwatch = Stopwatch(trainer.device)
@@ -93,7 +94,9 @@ def bench_one(args, seed: int, peak: dict) -> dict:
                 epochs=len(record.history), seed=seed, train_seconds=round(train_seconds, 2),
                 test_acc=round(record.final_acc, 4),
                 tta_acc=round(record.final_tta_acc, 4) if record.final_tta_acc is not None else None,
-                tta=trial.recipe.tta, img_per_s=round(n_train * len(record.history) / train_seconds, 1),
+                tta=trial.recipe.tta, val=trial.val,
+                val_acc=round(record.final_val_acc, 4) if record.final_val_acc is not None else None,
+                img_per_s=round(n_train * len(record.history) / train_seconds, 1),
                 gflop_per_image=round(gflop, 4), gflop_per_s=round(achieved, 1), **peak,
                 peak_fraction=round(achieved / peak["peak_gflop_per_s"], 3),
                 peak_rss_mb=round(peak_rss_mb(), 1), peak_device_mb=_rounded(peak_memory_mb(trainer.device), 1),
@@ -148,7 +151,8 @@ def main(argv=None) -> int:
         if taken:
             p.error(f"--out {args.out} already holds runs for {', '.join(taken)}; choose another --out")
     try:
-        Trial(recipe=args.recipe, data="synthetic", **overrides(args))  # bad values fail here, before data is read
+        # bad values fail here, before data is read
+        Trial(recipe=args.recipe, data="synthetic", limit=args.limit, val=args.val, **overrides(args))
         peak = {}
         for seed in seeds:
             print(json.dumps(bench_one(args, seed, peak)), flush=True)

@@ -27,12 +27,17 @@ DATA_IDENTITY = {
     "source": "data source (--data / data=)",
     "folder": "data folder (--data-dir / data_dir=, resolved)",
     "limit": "images per split (--limit / limit=)",
+    "val": "validation split (--val / val=)",
     "train_images": "training images",
     "test_images": "test images",
     "train_fingerprint": "training images' contents (fingerprint)",
     "test_fingerprint": "test images' contents (fingerprint)",
+    "val_fingerprint": "validation images' contents (fingerprint)",
     "steps_per_epoch": "steps per epoch",
 }
+# Keys a run writes only when it has them (run.Trial: a validation split): absent means none, so a checkpoint
+# written without one, before validation splits existed included, is a run without one and is compared so.
+OPTIONAL_IDENTITY = ("val", "val_fingerprint")
 # The config's layout: 2 keeps the per-device settings (precision, compile, channels_last) under
 # config["settings"]; 1 (no "format" key, written before 2026-11-30) kept them inside config["recipe"].
 # read_checkpoint upgrades 1 to 2, so a run trained before the change resumes and is analysed as before.
@@ -200,7 +205,7 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
     if before is None:  # written before the data identity existed: what it did record
         before = dict(source=saved.get("data"), limit=saved.get("limit"),
                       folder=str(Path(saved["data_dir"]).resolve()) if saved.get("data_dir") else None)
-    diffs += [f"{label}: checkpoint {before[k]!r}, now {after.get(k)!r}" for k, label in DATA_IDENTITY.items()
-              if k in before and before[k] != after.get(k)]
+    diffs += [f"{label}: checkpoint {before.get(k)!r}, now {after.get(k)!r}" for k, label in DATA_IDENTITY.items()
+              if (k in before or k in OPTIONAL_IDENTITY) and before.get(k) != after.get(k)]
     return diffs
 

@@ -10,7 +10,7 @@ import json
 
 import torch
 
-from .data import SOURCES, data_dir_problem
+from .data import SOURCES, DataError, check_val, data_dir_problem
 from .device import DEVICE_HELP
 from .recipes import COMPILE_MODES, KIND_WORDS, PRECISIONS, RECIPES, Recipe, Settings, field_types, has_type
 from .registry import model_problem
@@ -25,6 +25,22 @@ def positive_int(s):
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
+
+
+def val_arg(text):
+    """argparse type of --val: a number of images (5000) or a fraction of the training split (0.1); 0: none."""
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            value = text  # check_val names what it needs
+    try:
+        check_val(value)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def model_arg(text):
@@ -87,6 +103,11 @@ def get_args_parser(prog: str, description: str, add_help=True) -> argparse.Argu
     p.add_argument("--limit", type=positive_int, help="use at most this many images per split (class-balanced)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed for init, batch order, augmentation, dropout (default: %(default)s)")
+    p.add_argument("--val", type=val_arg, default=0, metavar="N|FRACTION",
+                   help="validation split: hold out N training images, or a fraction (0.1) of the training split "
+                        "(after --limit), class-balanced, the same images for every seed and sweep trial, never "
+                        "trained on; each epoch also reports their accuracy (val_acc) beside the test accuracy. "
+                        "Tune on it, report test accuracy. 0: none, train on the whole split (default: %(default)s)")
     s = p.add_argument_group("settings", "how the run executes on this machine: speed, never what is trained")
     s.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: %(default)s)")
     s.add_argument("--precision", choices=PRECISIONS,

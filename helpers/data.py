@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
 from .rundir import atomic_write
 
 SOURCES = ("cifar10", "folder", "synthetic")
@@ -30,8 +31,9 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 SIZE = 32
 
 
-class DataError(ValueError):
-    """Bad data input: the message says what is wrong and how to fix it."""
+class DataError(UserError):
+    """Bad data input: the message says what is wrong and how to fix it (one line in a notebook, as every
+    UserError; still a ValueError, which the commands catch)."""
 
 
 @dataclass
@@ -265,6 +267,80 @@ def balanced_subset(ds: ImageSet, limit: int | None) -> ImageSet:
         keep.append(idx[: limit // k + (c < limit % k)])
     idx = torch.cat(keep).sort().values
     return ImageSet(ds.images[idx], ds.labels[idx], ds.classes, ds.source, ds.problems)
+
+
+# --------------------------------------------------------------------------- the validation split
+
+# The validation split is drawn with this seed, never the run's: every seed of a benchmark and every trial of a
+# sweep holds out the same images, so their validation accuracies compare the training, not the draw.
+VAL_SEED = 20261201
+VAL_FLAG = "validation split (--val / val=)"   # how messages name it, as checkpoint.DATA_IDENTITY does
+
+
+def check_val(val):
+    """The validation split's setting, normalised: None (no validation split) for None or 0; a number of
+    images (an int >= 1) or a fraction of the training split (a float, 0 < val < 1) as given. Anything
+    else is one DataError naming the fix."""
+    if val is None or (type(val) in (int, float) and val == 0):
+        return None
+    hint = "give a number of images (5000) or a fraction of the training split (0.1); 0 or None: no validation split"
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        raise DataError(f"{VAL_FLAG} {val!r}: {hint}")
+    if val != val or val < 0:   # NaN or negative
+        raise DataError(f"{VAL_FLAG} {val!r} is negative or not a number: {hint}")
+    if isinstance(val, float) and val >= 1:
+        count = f" (--val {int(val)} / val={int(val)})" if val.is_integer() and val > 1 else ""
+        raise DataError(f"{VAL_FLAG} {val!r}: a fraction must lie below 1 (0.1 is 10 % of the training split); "
+                        f"a number of images is a whole number{count}")
+    return val
+
+
+def val_size(val, n_train: int, min_train: int = 1) -> int:
+    """How many of `n_train` training images the validation split `val` takes (0 without one): a count as
+    given, a fraction rounded (at least one image). A split that leaves fewer than `min_train` images to
+    train on (one batch: the loader drops a partial one) is one DataError naming the fixes."""
+    val = check_val(val)
+    if val is None:
+        return 0
+    n = int(val) if isinstance(val, int) else max(1, round(val * n_train))
+    if n_train - n < min_train:
+        share = f" ({val:.0%})" if isinstance(val, float) else ""
+        most = f" (at most {n_train - min_train} images)" if n_train > min_train else ""
+        raise DataError(f"{VAL_FLAG} {val!r} takes {n} of the {n_train} training images{share}, leaving "
+                        f"{max(0, n_train - n)}, fewer than one batch of {min_train}: lower --val / val={most}, "
+                        "raise --limit / limit=, or lower --batch-size / batch_size=")
+    return n
+
+
+def split_validation(train: ImageSet, val, min_train: int = 1) -> tuple[ImageSet, ImageSet | None]:
+    """(train, val): the training split without its validation split, and the validation split (None
+    without one: `train` comes back as it is, the very same object).
+
+    Class-balanced: the validation images are spread as evenly across classes as the count allows
+    (balanced_subset's rule), each class's drawn at random with VAL_SEED, so the split is the same for
+    every run seed, and a function of the training split and `val` only. Both parts keep the split's order.
+    Apply `limit` first: the validation split is carved from what it leaves.
+    """
+    n = val_size(val, len(train), min_train)
+    if n == 0:
+        return train, None
+    k = len(train.classes)
+    g = torch.Generator().manual_seed(VAL_SEED)
+    held = []
+    for c in range(k):
+        idx = (train.labels == c).nonzero().flatten()
+        share = n // k + (c < n % k)
+        if share >= len(idx) and share > 0:
+            raise DataError(f"{VAL_FLAG} {val!r}: {share} validation images of class {train.classes[c]!r}, which "
+                            f"has {len(idx)} training images, would leave none of it to train on: lower --val / "
+                            "val=, or raise --limit / limit=")
+        held.append(idx[torch.randperm(len(idx), generator=g)[:share]])
+    val_idx = torch.cat(held).sort().values
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[val_idx] = False
+    train_idx = keep.nonzero().flatten()
+    return (ImageSet(train.images[train_idx], train.labels[train_idx], train.classes, train.source, train.problems),
+            ImageSet(train.images[val_idx], train.labels[val_idx], train.classes, train.source))
 
 
 def load_split(source: str, split: str, data_dir=None, limit: int | None = None,

@@ -103,8 +103,10 @@ def get_parser() -> argparse.ArgumentParser:
                 f"marked borderline: grade it again with --seeds {SEEDS_TO_DECIDE} (or from its checkpoint). "
                 "Policy, outputs and their columns: docs/grading.md")
     p.set_defaults(recipe="fast")  # the recipe a class is trained with: four epochs reach 80 % with `fast`
-    for action in p._actions:  # the networks are the SUBMISSIONs: the shared --model is refused, so not offered
-        if action.dest == "model":
+    # refused, so not offered: the networks are the SUBMISSIONs (--model), and every submission trains on the whole
+    # training split and is scored on the test split, as the assignment says (--val)
+    for action in p._actions:
+        if action.dest in ("model", "val"):
             action.help = argparse.SUPPRESS
     p.add_argument("submissions", nargs="*", metavar="SUBMISSION",
                    help="a model file FILE.py or FILE.py:NAME, a folder holding one (mynet.py), a run folder "
@@ -156,6 +158,10 @@ def _gigabytes(text: str) -> float:
 def main(argv=None) -> int:
     p = get_parser()
     args = parse(p, argv)  # the shared checks (--data / --data-dir, --lr) and --threads
+    if args.val:  # a validation split is for tuning; a grade is the test accuracy of a training on every image
+        p.error(f"--val {args.val}: grading trains each submission on the whole training split and scores its plain "
+                "test accuracy, as the assignment does; a validation split is for tuning (helpers.sweep, "
+                "helpers.train): drop --val")
     if args.worker:
         code = grade_here(args)
         if argv is None:  # started as a command, by the batch: its row is written, so end without tearing

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from .colab import in_colab, project_folder
-from .data import SOURCES, data_dir_problem
+from .data import SOURCES, DataError, check_val, data_dir_problem, val_size
 from .errors import UserError
 from .recipes import PRECISIONS, RECIPES, Settings, get_recipe, recipe_name, split_fields
 from .registry import (DRIVE_PREFIX, FACTORY, ModelError, build_model, example_file, file_label, is_file_spec,
@@ -28,15 +28,16 @@ class ParameterError(UserError):
 
 
 def check_params(*, data=None, data_dir=None, recipe="seed", model=None, epochs=None, batch_size=None, precision=None,
-                 limit=None, overrides=None, cli=False, trains=True, **_ignored):
+                 limit=None, overrides=None, val=None, cli=False, trains=True, **_ignored):
     """Fail early, in the notebook's first cell, with one message naming every bad parameter.
 
     Returns the recipe the parameters resolve to: None means "the recipe's value", so changing
     only `recipe` switches model, epochs and batch size together. `model` may be your own
     FILE.py:NAME (helpers/registry.py). `overrides`: any other recipe or settings fields, e.g.
-    {"lr": 0.1, "compile": "off"}. `cli=True` names the options as `python -m helpers.pipeline`
-    spells them (--data-dir), for its own early check. `trains=False`: a notebook that only looks at the data
-    (01), where a split smaller than one batch is no problem.
+    {"lr": 0.1, "compile": "off"}. `val`: the validation split, as Trial takes it (None or 0: none).
+    `cli=True` names the options as `python -m helpers.pipeline` spells them (--data-dir), for its own
+    early check. `trains=False`: a notebook that only looks at the data (01), where a split smaller than one
+    batch is no problem.
     """
     def name(key, value):
         return f"--{key.replace('_', '-')} {value}" if cli else f"{key}={value!r}"
@@ -62,6 +63,10 @@ def check_params(*, data=None, data_dir=None, recipe="seed", model=None, epochs=
                              ("limit", limit, "all images")):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             problems.append(f"{name(key, value)}: must be a positive integer" + ("" if cli else f", or None ({none})"))
+    try:
+        check_val(val)
+    except DataError as e:
+        problems.append(str(e))
     recipe_fields, setting_fields = {}, {}
     if not isinstance(overrides, (dict, type(None))):
         problems.append(f"overrides={overrides!r}: must be a dict of recipe or settings fields, e.g. {{'lr': 0.1}}")
@@ -88,10 +93,16 @@ def check_params(*, data=None, data_dir=None, recipe="seed", model=None, epochs=
             problems.append(f"{name('limit', limit)} keeps fewer training images than one batch of "
                             f"{r.batch_size} (recipe {recipe!r}): raise {'--limit' if cli else 'limit'} or set "
                             f"{'--batch-size' if cli else 'batch_size'} to at most {limit}")
+        elif trains and limit is not None:
+            try:  # the validation split is carved from the limited training split
+                val_size(val, limit, r.batch_size)
+            except DataError as e:
+                problems.append(str(e))
     if problems:
         raise ParameterError(f"bad {'options' if cli else 'notebook parameters'}:\n  " + "\n  ".join(problems))
     print(f"parameters ok: {f'data={data} ' if data else ''}recipe={recipe} (recipes: {', '.join(sorted(RECIPES))}): "
           f"model={r.model} epochs={r.epochs} batch_size={r.batch_size} precision={precision or 'auto'} limit={limit}"
+          + (f" val={val}" if check_val(val) is not None else "")
           + "".join(f" {k}={v!r}" for k, v in (overrides or {}).items()))
     return r
 

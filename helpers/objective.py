@@ -1,8 +1,10 @@
 """A sweep's objective: one Optuna trial is one `Trial` run of the recipe with the sampled overrides.
 
 Its run folder (checkpoint, history.json, and train.log with every line the run reports) is
-<study folder>/trial-<number>/; after every epoch the plain test accuracy goes to Optuna's pruner and
-the whole history onto the trial, so results need only the study's database. A sampled model that
+<study folder>/trial-<number>/; after every epoch the plain accuracy on the validation split (the same
+held-out training images in every trial) goes to Optuna's pruner, the test accuracy onto the trial beside
+it (never optimised), and the whole history onto the trial, so results need only the study's database.
+Only val=0 makes test accuracy the objective, as it was before validation splits existed. A sampled model that
 breaks an assignment rule is rejected before training (pruned, its constraint report kept), a
 diverging loss prunes the trial, and a retry of a trial whose worker died resumes its run folder.
 """
@@ -14,13 +16,14 @@ from pathlib import Path
 
 import optuna
 
+from .data import check_val
 from .loop import NonFiniteLossError
 from .recipes import Recipe, Settings
 from .record import Record
 from .run import Trial
 from .rundir import LOCK
 from .space import Space
-from .study import worker_id
+from .study import SWEEP_VAL, worker_id
 
 
 def _retried_from(trial: optuna.Trial):
@@ -36,8 +39,12 @@ def _settings(settings) -> Settings:
 
 
 class Objective:
-    """Train one sampled recipe; report plain test accuracy per epoch; return the final one (the
-    recipe's TTA accuracy is kept beside it in the trial's history, never optimized).
+    """Train one sampled recipe; report plain validation accuracy per epoch; return the final one. Test
+    accuracy is kept beside it (the trial's user attribute "test_acc", and in its history), as is the
+    recipe's TTA accuracy: recorded, never optimised.
+
+    `val`: the validation split every trial holds out (Trial's val=; SWEEP_VAL by default); 0 or None
+    reports and returns test accuracy instead, which tunes on the test set.
 
     `settings`: how every trial runs on this machine, a Settings or a dict of its fields (device,
     precision, compile, channels_last); never searched, and kept on each trial (user attribute
@@ -46,9 +53,12 @@ class Objective:
     """
 
     def __init__(self, recipe: Recipe, space: Space, folder: Path, data="synthetic", data_dir=None, limit=None,
-                 settings: Settings | dict | None = None, seed=0, log=None):
+                 settings: Settings | dict | None = None, seed=0, log=None, val=SWEEP_VAL):
         self.recipe, self.space, self.folder = recipe, space, Path(folder)
         self.data, self.data_dir, self.limit, self.seed = data, data_dir, limit, seed
+        self.val = check_val(val)
+        # the history entry Optuna and its pruner get
+        self.metric = "val_acc" if self.val is not None else "test_acc"
         self.settings = _settings(settings)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
@@ -83,30 +93,33 @@ class Objective:
         with open(run_dir / "train.log", "a", buffering=1) as f:
             training = Trial(name=run_dir.name, recipe=recipe, data=self.data, data_dir=self.data_dir, limit=self.limit,
                         seed=self.seed, out_dir=run_dir, progress=False, settings=self.settings,
-                        log=lambda line: print(line, file=f, flush=True))
+                        log=lambda line: print(line, file=f, flush=True), val=self.val)
+            metric, name = self.metric, self.metric.replace("_acc", " acc")
 
             def on_epoch(stats):
                 history = training.trainer.history   # all epochs, those of a resumed run included
                 trial.set_user_attr("history", history)
                 trial.set_user_attr("train_seconds", round(sum(h["train_seconds"] for h in history), 2))
-                trial.report(stats["test_acc"], stats["epoch"])
+                trial.set_user_attr("test_acc", stats["test_acc"])   # reported with the results, never optimised
+                trial.report(stats[metric], stats["epoch"])
+                beside = f", test acc {stats['test_acc']:.2%}" if metric != "test_acc" else ""
                 self.log(f"[trial {trial.number}] epoch {stats['epoch']}/{recipe.epochs}: "
-                         f"test acc {stats['test_acc']:.2%}  ({stats['train_seconds']:.0f}s)")
+                         f"{name} {stats[metric]:.2%}{beside}  ({stats['train_seconds']:.0f}s)")
                 # after the last epoch the trial is done: a result below the median is still a result
                 if stats["epoch"] < recipe.epochs and trial.should_prune():
                     trial.set_user_attr("stopped", f"pruner at epoch {stats['epoch']}")
-                    raise optuna.TrialPruned(f"test accuracy {stats['test_acc']:.2%} lags at epoch {stats['epoch']}")
+                    raise optuna.TrialPruned(f"{name} {stats[metric]:.2%} lags at epoch {stats['epoch']}")
 
             try:
                 if resume:
                     training.setup()
                     for h in Record.load(run_dir).history:   # what the dead worker had reported
-                        trial.report(h["test_acc"], h["epoch"])
+                        trial.report(h[metric], h["epoch"])
                 record = training.run(resume=resume, on_epoch=on_epoch)
             except NonFiniteLossError as e:
                 trial.set_user_attr("stopped", f"diverged: {e}")
                 raise optuna.TrialPruned(str(e)) from None
-        return record.final_acc
+        return record.final_val_acc if metric == "val_acc" else record.final_acc
 
     def _take_over(self, trial, run_dir: Path) -> bool:
         """A retry of a trial whose worker died continues from that trial's last checkpoint."""

@@ -299,7 +299,7 @@ def resolve(args) -> tuple[dict, Path]:
                  precision=fields.pop("precision", None), device=fields.pop("device", "auto"))
     fields.pop("model", None)
     params = dict(data=args.data, data_dir=rooted(args.data_dir), recipe=args.recipe, **named, overrides=fields,
-                  limit=args.limit, seed=args.seed, out_dir=rooted(args.run_dir) or str(out),
+                  limit=args.limit, val=args.val or None, seed=args.seed, out_dir=rooted(args.run_dir) or str(out),
                   images_dir=rooted(args.images_dir) or str(out / "images"),
                   compare=None if args.compare is None else [rooted(d) for d in args.compare],
                   progress=False)  # nobody watches a headless run: per-epoch lines, no progress bars
@@ -351,9 +351,9 @@ def check_run_dir(params: dict) -> None:
     want = get_recipe(params["recipe"], model=params["model"], epochs=params["epochs"],
                       batch_size=params["batch_size"], **recipe_fields).to_dict()
     have = dict(saved["recipe"], seed=saved.get("seed"), data=saved.get("data"), limit=saved.get("limit"),
-                data_dir=saved.get("data_dir"))
+                data_dir=saved.get("data_dir"), val=saved.get("val"))
     want |= dict(seed=params["seed"], data=params["data"], limit=params["limit"],
-                 data_dir=str(params["data_dir"]) if params["data_dir"] else None)
+                 data_dir=str(params["data_dir"]) if params["data_dir"] else None, val=params.get("val"))
     diffs = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items()
              if v != "auto" and k in have and have[k] != v and
              not (k == "data_dir" and v and have[k] and (ROOT / v).resolve() == (ROOT / have[k]).resolve())]

@@ -108,6 +108,8 @@ def plot_curves(record):
     a.plot(epochs, [100 * v for v in record.series("test_acc")], "o-", label="test (plain)")
     if all("tta_acc" in h for h in record.history) and record.history:
         a.plot(epochs, [100 * v for v in record.series("tta_acc")], "o--", color="C1", alpha=0.5, label="test with TTA")
+    if all("val_acc" in h for h in record.history) and record.history:   # a run that held out a validation split
+        a.plot(epochs, [100 * v for v in record.series("val_acc")], "s-", color="C2", label="validation (plain)")
     a.axhline(80, color="gray", ls=":", label="80 % target")
     a.set(ylabel="accuracy (%)", title=f"{name}: accuracy")
     b.plot(epochs, record.series("train_loss"), "o-", label="train")
@@ -283,12 +285,19 @@ def _optuna_figure(ax):
     return fig
 
 
+def _objective(study) -> str:
+    """Which split a study's values are the accuracy of: "validation", or "test" for a study tuned on the test
+    set (--val 0, or made before validation splits existed). helpers.study.objective_metric's rule; plots sits
+    beside study.py, not above it, so it reads the study's setting here."""
+    return "validation" if (study.user_attrs.get("settings") or {}).get("val") else "test"
+
+
 def study_history(study):
-    """Accuracy of every finished trial in order, and the best so far (Optuna's plot)."""
+    """The objective of every finished trial in order, and the best so far (Optuna's plot)."""
     import optuna
 
     fig = _optuna_figure(optuna.visualization.matplotlib.plot_optimization_history(study))
-    fig.axes[0].set_ylabel("plain test accuracy")
+    fig.axes[0].set_ylabel(f"plain {_objective(study)} accuracy")
     return fig
 
 
@@ -300,12 +309,15 @@ def study_importances(study):
 
 
 def study_epochs(study):
-    """Test accuracy per epoch of every trial: pruned ones stop early (Optuna's intermediate values)."""
+    """The objective per epoch of every trial, as the pruner saw it: pruned ones stop early (Optuna's
+    intermediate values)."""
     import optuna
 
     fig = _optuna_figure(optuna.visualization.matplotlib.plot_intermediate_values(study))
     ax = fig.axes[0]
-    ax.set(xlabel="epoch", ylabel="plain test accuracy", title="Test accuracy per epoch (pruned trials stop early)")
+    split = _objective(study)
+    ax.set(xlabel="epoch", ylabel=f"plain {split} accuracy",
+           title=f"{split.capitalize()} accuracy per epoch (pruned trials stop early)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     if ax.get_legend():
         ax.get_legend().remove()   # one entry per trial: too many to read
@@ -320,8 +332,10 @@ def study_top_runs(study, top=3):
     from .record import Record
 
     best = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)[:top]
-    return summary_plot_for_runs([Record(f"trial {t.number} ({t.value:.2%})", dict(recipe=t.user_attrs.get("recipe")),
-                                         t.user_attrs["history"]) for t in best], "acc")
+    split = "val" if _objective(study) == "validation" else "test"
+    return summary_plot_for_runs([Record(f"trial {t.number} ({split} {t.value:.2%})",
+                                         dict(recipe=t.user_attrs.get("recipe")), t.user_attrs["history"])
+                                  for t in best], "acc")
 
 
 STUDY_PLOTS = {"history": study_history, "importances": study_importances, "epochs": study_epochs,

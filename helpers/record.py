@@ -38,6 +38,12 @@ class Record:
         return self.history[-1].get("tta_acc") if self.history else None
 
     @property
+    def final_val_acc(self):
+        """Plain single-view accuracy on the validation split after the last epoch (None: the run had no
+        validation split, Trial's val=)."""
+        return self.history[-1].get("val_acc") if self.history else None
+
+    @property
     def best_acc(self) -> float:
         return max(self.series("test_acc"), default=float("nan"))
 
@@ -46,17 +52,20 @@ class Record:
         return next((h["epoch"] for h in self.history if h["test_acc"] >= acc), None)
 
     def table(self) -> str:
-        """The history as a text table, one row per epoch; test accuracy plain, TTA in its own column."""
+        """The history as a text table, one row per epoch; test accuracy plain, TTA in its own column, and
+        the validation split's plain accuracy when the run held one out."""
         tta = bool(self.history) and all("tta_acc" in h for h in self.history)
+        val = bool(self.history) and all("val_acc" in h for h in self.history)
         lines = [f"{'epoch':>5}{'train loss':>12}{'train acc':>11}{'test loss':>11}{'test acc':>10}"
-                 + (f"{'TTA acc':>9}" if tta else "") + f"{'lr':>9}{'train s':>9}"]
+                 + (f"{'TTA acc':>9}" if tta else "") + (f"{'val acc':>9}" if val else "") + f"{'lr':>9}{'train s':>9}"]
         for h in self.history:
             lines.append(f"{h['epoch']:>5}{h['train_loss']:>12.4f}{h['train_acc']:>11.2%}{h['test_loss']:>11.4f}"
                          f"{h['test_acc']:>10.2%}" + (f"{h['tta_acc']:>9.2%}" if tta else "")
-                         + f"{h['lr']:>9.4f}{h['train_seconds']:>9.1f}")
+                         + (f"{h['val_acc']:>9.2%}" if val else "") + f"{h['lr']:>9.4f}{h['train_seconds']:>9.1f}")
         reached = self.first_epoch_reaching(0.80)
         lines.append(f"final test accuracy (plain, single view) {self.final_acc:.2%}"
                      + (f"; with test-time augmentation {self.final_tta_acc:.2%}" if tta else "")
+                     + (f"; validation accuracy {self.final_val_acc:.2%}" if val else "")
                      + (f"; 80 % first reached at epoch {reached}" if reached else "; 80 % not reached"))
         return "\n".join(lines)
 

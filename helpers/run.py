@@ -17,7 +17,7 @@ from .checkpoint import (CHECKPOINT, FORMAT, PREV_CHECKPOINT, CheckpointError, c
                          read_checkpoint, save_checkpoint, sync_history)
 from .colab import on_drive
 from .constraints import check
-from .data import SOURCES, channel_stats, load_splits
+from .data import SOURCES, channel_stats, check_val, load_splits, split_validation, val_size
 from .loader import Loader
 from .device import (configure_backends, make_scaler, needs_warm_up, peak_rss_mb, pick_device, reset_peak_memory,
                      resolve_channels_last, resolve_compile, resolve_precision)
@@ -37,11 +37,13 @@ class Trainer:
     """Runs epochs, records history, writes a checkpoint after each epoch, resumes."""
 
     def __init__(self, model, recipe: Recipe, train_loader, test_loader, device, out_dir=None,
-                 seed=0, progress=None, run_info=None, log=print, lock=None, settings: Settings | None = None):
+                 seed=0, progress=None, run_info=None, log=print, lock=None, settings: Settings | None = None,
+                 val_loader=None):
         self.model, self.recipe, self.device, self.seed = model, recipe, device, seed
         # as resolved for `device` (Trial does that); a Trainer built by hand without them runs in fp32
         self.settings = settings or Settings(device=str(device), precision="fp32", compile="off", channels_last=False)
         self.train_loader, self.test_loader = train_loader, test_loader
+        self.val_loader = val_loader  # the validation split (Trial's val=), evaluated beside the test split
         self.out_dir = Path(out_dir) if out_dir else None
         # one writer per run folder (helpers/rundir.py): taken by Trial.setup, or here in restore()
         self.lock = lock or (RunLock(self.out_dir, drive=on_drive(self.out_dir)) if self.out_dir else None)
@@ -149,10 +151,17 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Test loss and plain single-view accuracy of the evaluated weights (the moving average when
-        the recipe keeps one), and with the recipe's test-time augmentation tta_loss / tta_acc beside them."""
+        the recipe keeps one), and with the recipe's test-time augmentation tta_loss / tta_acc beside them.
+        With a validation split, also val_loss and val_acc (plain) and val_tta_acc (with the recipe's TTA):
+        what a sweep tunes on, so that the test split stays unseen by any choice."""
         t0 = time.perf_counter()
         self.stopwatch.start()
         stats = evaluate(self.eval_model, self.test_loader, self.settings.precision, self.recipe.tta)
+        if self.val_loader is not None:
+            val = evaluate(self.eval_model, self.val_loader, self.settings.precision, self.recipe.tta)
+            stats |= dict(val_loss=val["test_loss"], val_acc=val["test_acc"])
+            if "tta_acc" in val:
+                stats["val_tta_acc"] = val["tta_acc"]
         self.stopwatch.lap("evaluation")
         return stats | dict(eval_seconds=time.perf_counter() - t0)
 
@@ -162,7 +171,8 @@ class Trainer:
         if stats.get("epoch") != self.epoch + 1:
             raise ValueError(f"epoch {stats.get('epoch')} cannot follow epoch {self.epoch}: call restore() "
                              "first, then train the epochs in order")
-        bad = next((k for k in ("train_loss", "test_loss") if not math.isfinite(stats[k])), None)
+        bad = next((k for k in ("train_loss", "test_loss", "val_loss") if k in stats and not math.isfinite(stats[k])),
+                   None)
         if bad:
             raise self._stopped(NonFiniteLossError(f"{bad.replace('_', ' ')} became {stats[bad]} "
                                                    f"at epoch {stats['epoch']}"))
@@ -178,9 +188,13 @@ class Trainer:
         if self.epoch == self.recipe.epochs and self.lock is not None:
             self.lock.release()  # the run is complete: the folder is free for analysis or another run
         tta = f" (TTA {stats['tta_acc']:.2%})" if "tta_acc" in stats else ""
+        val = ""
+        if "val_acc" in stats:
+            val = f"  val acc {stats['val_acc']:.2%}" + (f" (TTA {stats['val_tta_acc']:.2%})"
+                                                          if "val_tta_acc" in stats else "")
         self.log(f"epoch {stats['epoch']:>3}/{self.recipe.epochs}  train loss {stats['train_loss']:.4f} "
                  f"acc {stats['train_acc']:.2%}  test loss {stats['test_loss']:.4f} acc {stats['test_acc']:.2%}{tta}"
-                 f"  lr {stats['lr']:.4f}  {stats['train_seconds']:.0f}s")
+                 f"{val}  lr {stats['lr']:.4f}  {stats['train_seconds']:.0f}s")
         return stats
 
     def _stopped(self, error: NonFiniteLossError) -> NonFiniteLossError:
@@ -219,12 +233,15 @@ class Trial:
     nn.Module. A model that breaks one of the assignment's rules is refused before any training
     (enforce_rules=False is for measuring what a rule costs). `log` gets every line the run reports
     (print by default; the benchmark sends them to stderr, a sweep to each trial's train.log).
+    `val`: a validation split held out of the training split (after `limit`), class-balanced and the same
+    for every seed: a number of images (5000) or a fraction (0.1); None or 0, the default: none, and the
+    run trains on the whole training split. With one, every epoch also records val_loss and val_acc.
     Every argument is a keyword.
     """
 
     def __init__(self, *, name="run", recipe="seed", model=None, data="synthetic", data_dir=None, limit=None,
                  seed=0, out_dir=None, progress=None, enforce_rules=True, settings: Settings | None = None,
-                 log=print, **overrides):
+                 log=print, val=None, **overrides):
         if data not in SOURCES:
             raise UserError(f"unknown data source {data!r}; choose one of {', '.join(SOURCES)}")
         if data == "folder" and not data_dir:
@@ -232,6 +249,7 @@ class Trial:
                              "a folder holding train/ and test/")
         if limit is not None and limit <= 0:
             raise UserError(f"limit must be a positive number of images per split, or None; got {limit}")
+        self.val = check_val(val)  # a bad value is one line now, before the network is built or data read
         recipe_changes, setting_changes = split_fields(overrides)
         if setting_changes.get("device") is not None:
             setting_changes["device"] = str(setting_changes["device"])  # a torch.device, as the notebooks pass it
@@ -240,6 +258,8 @@ class Trial:
         self.recipe = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
         self.recipe = self.recipe.override(model=spec_name(model) if model is not None else None, **recipe_changes)
         self.recipe = self.recipe.validate()
+        if limit is not None:  # a validation split that leaves less than a batch: one line before any work
+            val_size(self.val, limit, self.recipe.batch_size)
         self.settings = (settings or Settings()).override(**setting_changes).validate()
         self.data, self.data_dir, self.limit = data, data_dir, limit
         self.seed, self.out_dir, self.progress = seed, out_dir, progress
@@ -271,6 +291,9 @@ class Trial:
         if self.out_dir:  # one run per folder: another one training there is one line, before data is read
             self.lock = RunLock(check_writable(self.out_dir), drive=on_drive(self.out_dir)).acquire()
         train_set, test_set = load_splits(self.data, self.data_dir, self.limit, log=self.log)
+        # the validation split leaves the training split before anything is computed from it (normalisation,
+        # the whitening init): nothing of it reaches training. None without one: train_set as it was
+        train_set, val_set = split_validation(train_set, self.val, min_train=r.batch_size)
         # per-device choices, made once and stored resolved (checkpoint config, history, benchmark); what was
         # asked is kept too: a resume on another device may re-resolve an "auto" (checkpoint.check_resume)
         s = requested.override(device=str(device), precision=resolve_precision(requested.precision, device),
@@ -280,6 +303,7 @@ class Trial:
         train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
                               alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
+        val_loader = Loader(val_set, 500, False, **common) if val_set is not None else None
         # torch.compile pays back only over many steps: decided now that the run's length is known
         self.settings = s = s.override(compile=resolve_compile(requested.compile, device,
                                                                r.epochs * len(train_loader)))
@@ -329,9 +353,16 @@ class Trial:
             limit=self.limit, train_images=len(train_set), test_images=len(test_set),
             train_fingerprint=train_set.fingerprint(), test_fingerprint=test_set.fingerprint(),
             steps_per_epoch=len(train_loader))
+        if val_set is not None:
+            # written only with a validation split: a run without one keeps the config it always had, and a
+            # checkpoint without these keys is a run without one (checkpoint.resume_differences)
+            info |= dict(val=self.val, val_images=len(val_set))
+            info["data_identity"] |= dict(val=self.val, val_images=len(val_set), val_fingerprint=val_set.fingerprint())
+            self.log(f"validation split (val={self.val}): {len(val_set)} of the {len(train_set) + len(val_set)} "
+                     f"training images held out, the same for every seed; {len(train_set)} left to train on")
         info["skipped_files"] = dict(train=train_set.skipped_files(), test=test_set.skipped_files())
         self.trainer = Trainer(model, r, train_loader, test_loader, device, self.out_dir, self.seed,
-                               self.progress, info, log=self.log, lock=self.lock, settings=s)
+                               self.progress, info, log=self.log, lock=self.lock, settings=s, val_loader=val_loader)
         return self.trainer
 
     def record(self) -> Record:

@@ -10,6 +10,12 @@ and load_study falls back to them. Results: counts, describe (one line), table
 (the best trials), best_run (the exact command that trains the best trial again), records (their
 histories, for plots; the figures are in helpers/plots.py, study_figure).
 
+What a study optimises (objective_metric, objective_line): the plain validation accuracy of a validation split
+held out of the training split (its setting `val` is part of the study's identity; SWEEP_VAL by default), so
+that choosing among trials never looks at the test set; each trial's test accuracy is recorded beside it,
+never optimised. A study made with --val 0, and one made before validation splits existed, optimised test
+accuracy, and says so wherever its numbers are shown.
+
 Trial states, and why (user attribute "stopped"): COMPLETE trained to the end; PRUNED by the pruner
 (lagging accuracy), by the rules (rejected before training) or for a diverging loss; FAIL when its worker
 died (found by Optuna's heartbeat, or by without_heartbeat: the trial is retried once) or raised an error.
@@ -45,7 +51,14 @@ STUDIES = Path(__file__).resolve().parent / "studies"  # published studies (expo
 SWEEPS = Path("runs/sweeps")                         # one folder per study, relative to the project root
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)      # trials that count toward --trials
 # a study remembers what it searches; a re-run that changes one of these is another study
-IDENTITY = ("recipe", "overrides", "space", "data", "limit", "seed", "pruner")
+IDENTITY = ("recipe", "overrides", "space", "data", "limit", "seed", "pruner", "val")
+# what a study made before an IDENTITY key existed had: before validation splits, every study tuned on the test
+# set, as --val 0 does now (so `--val 0` continues such a study, and any other val is another study)
+IDENTITY_BEFORE = {"val": 0}
+# the validation split a sweep holds out unless --val says otherwise: a fraction, so that it scales with --limit
+# (a 200-image test sweep and a full one both work without the flag); on CIFAR-10's 50,000 training images it is
+# the customary 5,000 (about +-0.6 points of standard error at 80 %), leaving 45,000 to train on
+SWEEP_VAL = 0.1
 STORAGE_ENV = "CIFAR_SWEEP_STORAGE"
 DB = "study.db"                                      # a study's SQLite file, in its folder
 
@@ -263,10 +276,11 @@ def open_study(name: str, storage=None, root=SWEEPS, settings: dict | None = Non
         if before is None:
             study.set_user_attr("settings", settings)
         else:
-            changed = [k for k in IDENTITY if before.get(k) != settings.get(k)]
+            was = {k: before.get(k, IDENTITY_BEFORE.get(k)) for k in IDENTITY}
+            changed = [k for k in IDENTITY if was[k] != settings.get(k)]
             if changed:
                 raise SweepError(f"study {name!r} was created with other {', '.join(changed)} "
-                                 f"({', '.join(f'{k}={json.dumps(before.get(k))}' for k in changed)}); "
+                                 f"({', '.join(f'{k}={json.dumps(was[k])}' for k in changed)}); "
                                  "re-run it with the same settings, or name a new --study")
     return study
 
@@ -334,8 +348,10 @@ def export_study(study: optuna.Study, path) -> Path:
                    datetime_start=t.datetime_start.isoformat() if t.datetime_start else None,
                    datetime_complete=t.datetime_complete.isoformat() if t.datetime_complete else None)
               for t in study.get_trials(deepcopy=False)]
-    doc = dict(study=study.study_name, direction=study.direction.name, user_attrs=study.user_attrs,
-               best=best_run(study), trials=trials)
+    # which number is which: the value Optuna maximised (objective_metric), and each trial's test accuracy beside it
+    doc = dict(study=study.study_name, direction=study.direction.name, objective=objective_line(study),
+               objective_metric=objective_metric(study), user_attrs=study.user_attrs, best=best_run(study),
+               trials=trials)
     atomic_write(path, lambda f: f.write((json.dumps(doc, indent=1) + "\n").encode()))
     return path
 
@@ -432,6 +448,39 @@ def failure_line(error: BaseException) -> str:
 
 # --------------------------------------------------------------------------- results
 
+def objective_metric(study: optuna.Study) -> str:
+    """The history entry a study's trials reported to Optuna and its pruner: "val_acc" for a study with a
+    validation split, "test_acc" for one made with --val 0 or before validation splits existed."""
+    return "val_acc" if (study.user_attrs.get("settings") or {}).get("val") else "test_acc"
+
+
+def objective_line(study: optuna.Study, short: bool = False) -> str:
+    """What the study optimised, in words, as its results say it: the table and study.json in full, describe
+    `short` (without the explanation after the colon)."""
+    settings = study.user_attrs.get("settings") or {}
+    if settings.get("val"):
+        what = f"validation accuracy (--val {settings['val']})"
+        why = ("plain single view, on the same held-out training images in every trial; test acc is reported "
+               "beside it, never optimised")
+    elif "val" in settings:
+        what = "TEST accuracy (--val 0: tuned on the test set)"
+        why = ("the best trials' test acc is biased upward by the choice, not a result to report; tune on a "
+               "validation split instead (drop --val 0)")
+    else:
+        what = "test accuracy (before validation splits existed)"
+        why = "tuned on the test set, so the best trials' test acc is biased upward by the choice"
+    return f"objective: {what}" + ("" if short else f": {why}")
+
+
+def test_acc(trial) -> float:
+    """A trial's final plain test accuracy: recorded beside the objective (user attribute "test_acc"), or its
+    value when the study tuned on test accuracy; from its history for trials that predate the attribute."""
+    if "test_acc" in trial.user_attrs:
+        return trial.user_attrs["test_acc"]
+    history = trial.user_attrs.get("history") or []
+    return history[-1]["test_acc"] if history else trial.value
+
+
 def counts(study: optuna.Study) -> dict:
     """Trials by outcome; pruned ones split by who stopped them."""
     out = dict(complete=0, pruned=0, rejected=0, diverged=0, failed=0, running=0, waiting=0)
@@ -447,7 +496,8 @@ def counts(study: optuna.Study) -> dict:
 
 
 def describe(study: optuna.Study) -> str:
-    """One line: trials by outcome, workers, wall time from the first start to the last finish."""
+    """One line: trials by outcome, workers, wall time from the first start to the last finish, and what the
+    study optimised."""
     c = counts(study)
     started = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
     ended = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
@@ -457,7 +507,8 @@ def describe(study: optuna.Study) -> str:
             f"{c['rejected']} rejected before training (rules), {c['diverged']} diverged, {c['failed']} failed")
     if c["running"] or c["waiting"]:
         text += f", {c['running']} running, {c['waiting']} waiting"
-    return text + f"; {len(workers)} worker(s), {wall / 60:.1f} min from first start to last finish"
+    return (text + f"; {len(workers)} worker(s), {wall / 60:.1f} min from first start to last finish; "
+            + objective_line(study, short=True))
 
 
 def top_trials(study: optuna.Study, top: int = 5) -> list:
@@ -472,25 +523,31 @@ def _fmt(v) -> str:
 
 
 def table(study: optuna.Study, top: int = 5) -> str:
-    """The best completed trials: number, accuracy, sampled values, epochs, training time."""
+    """The best completed trials: number, accuracy, sampled values, epochs, training time; under a first line
+    that says what was optimised. With a validation split, "val acc" (optimised) and "test acc" (reported,
+    never optimised) side by side; a study tuned on test accuracy has "test acc" alone, its objective."""
     best = top_trials(study, top)
     if not best:
         return "no completed trials yet"
     keys = sorted({k for t in best for k in t.params})
-    head = ["trial", "plain acc", *keys, "epochs", "train s"]
-    rows = [[str(t.number), f"{t.value:.2%}", *[_fmt(t.params.get(k, "")) for k in keys],
+    val = objective_metric(study) == "val_acc"
+    head = ["trial", *(["val acc"] if val else []), "test acc", *keys, "epochs", "train s"]
+    rows = [[str(t.number), *([f"{t.value:.2%}"] if val else []), f"{test_acc(t):.2%}",
+             *[_fmt(t.params.get(k, "")) for k in keys],
              str(len(t.user_attrs.get("history", []))), f"{t.user_attrs.get('train_seconds', float('nan')):.0f}"]
             for t in best]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+    return "\n".join([objective_line(study), line(head), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def best_run(study: optuna.Study) -> dict | None:
     """The best completed trial as a run anyone can repeat: its recipe in full, and the exact
     `python -m helpers.train` command (every value that differs from the named recipe as --set, with
     all its digits; the trial's run settings that differ from the defaults too, its device never: the
-    command runs wherever it is typed) that trains it again. None before a trial has completed."""
+    command runs wherever it is typed; the study's --val, which decides the images trained on) that trains
+    it again; `objective` names the number it was chosen by (val_acc or test_acc), with val_acc (None for
+    a study tuned on test accuracy) and test_acc beside. None before a trial has completed."""
     best = top_trials(study, 1)
     if not best or not best[0].user_attrs.get("recipe"):
         return None
@@ -505,6 +562,8 @@ def best_run(study: optuna.Study) -> dict | None:
     if identity.get("limit"):
         argv += ["--limit", str(identity["limit"])]
     argv += ["--seed", str(identity.get("seed", 0))]
+    if identity.get("val"):  # the same held-out images, so the same training images: the trial itself again
+        argv += ["--val", str(identity["val"])]
     if recipe["model"] != base["model"]:
         argv += ["--model", recipe["model"]]
     changed = {k: v for k, v in recipe.items() if k != "model" and v != base.get(k)}
@@ -513,13 +572,16 @@ def best_run(study: optuna.Study) -> dict | None:
     changed |= {k: v for k, v in ran.items() if k in defaults and k != "device" and v != defaults[k]}
     argv += [a for k, v in changed.items() for a in ("--set", f"{k}={json.dumps(v)}")]  # JSON: every digit
     argv += ["--out", f"runs/{study.study_name}-trial-{t.number}"]
-    return dict(trial=t.number, plain_acc=t.value, recipe=recipe, command=shlex.join(argv))
+    metric = objective_metric(study)
+    return dict(trial=t.number, objective=metric, val_acc=t.value if metric == "val_acc" else None,
+                test_acc=test_acc(t), recipe=recipe, command=shlex.join(argv))
 
 
 def records(study: optuna.Study, top: int = 3) -> list[Record]:
     """Records of the best trials, from the study itself (so also for trials run on other machines)."""
     out = []
+    split = "val" if objective_metric(study) == "val_acc" else "test"
     for t in top_trials(study, top):   # short names for legends: the table gives each trial's values
-        out.append(Record(f"trial {t.number} ({t.value:.2%})", dict(recipe=t.user_attrs.get("recipe")),
+        out.append(Record(f"trial {t.number} ({split} {t.value:.2%})", dict(recipe=t.user_attrs.get("recipe")),
                           t.user_attrs["history"]))
     return out

@@ -4,7 +4,9 @@
         --data folder --data-dir ../shared/data/cifar10-jpeg-dev --workers 2
 
 Optuna does the searching (TPE sampler), the early stopping (median or successive-halving
-pruner on the per-epoch plain test accuracy) and the bookkeeping (a study in a database): a SQLite
+pruner on the per-epoch plain validation accuracy: --val, 10 % of the training split by default, held
+out of every trial's training; test accuracy is recorded beside it, never optimised, and only --val 0
+tunes on the test set) and the bookkeeping (a study in a database): a SQLite
 file runs/sweeps/<study>/study.db by default, which the worker processes of one machine share;
 any SQLAlchemy URL (--storage postgresql://...) lets workers on several machines join the same
 study. Running the same command again continues the study. Each trial is a `Trial` of the
@@ -34,12 +36,13 @@ from optuna.trial import TrialState
 
 from . import colab
 from .cli import get_args_parser, overrides, parse, positive_int
+from .data import check_val, val_size
 from .errors import UserError
 from .objective import Objective
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .space import SPACES, Space, SweepError, load_space
-from .study import (DB, DONE, STORAGE_ENV, SWEEPS, without_heartbeat, best_run, check_study_name, counts, describe,
-                    drive_backed, export_study, fail_and_retry, failure_line, open_study, pull_from_drive,
+from .study import (DB, DONE, STORAGE_ENV, SWEEP_VAL, SWEEPS, without_heartbeat, best_run, check_study_name, counts,
+                    describe, drive_backed, export_study, fail_and_retry, failure_line, open_study, pull_from_drive,
                     push_to_drive, resolve_storage, storage_failure, study_dir, table, worker_id, working_db)
 
 RECONNECT_DELAYS = (2, 4, 8, 16, 32, 60, 60)   # seconds between tries when the database fails (~3 min in all)
@@ -48,7 +51,14 @@ RECONNECT_DELAYS = (2, 4, 8, 16, 32, 60, 60)   # seconds between tries when the 
 def get_parser() -> argparse.ArgumentParser:
     # --recipe, --data, --data-dir, --limit, --epochs, --set ... and the settings (--device, --threads ...) as train's
     p = get_args_parser("python -m helpers.sweep", __doc__.split("\n\n")[0])
-    p.set_defaults(recipe="fast")
+    p.set_defaults(recipe="fast", val=SWEEP_VAL)
+    for action in p._actions:  # in a sweep --val is also what is optimised, and 0 means tuning on the test set
+        if action.dest == "val":
+            action.help = ("validation split every trial holds out: N training images or a fraction (0.1) of the "
+                           "training split (after --limit), class-balanced, the same images in every trial; its "
+                           "plain accuracy is the objective and what the pruner compares, test accuracy is recorded "
+                           "beside it, never optimised. --val 0 tunes on the test set instead, which biases the "
+                           "best trials' test accuracy upward (the results say so) (default: %(default)s)")
     p.add_argument("--space", required=True, help="search space: a JSON file, or a name in helpers/spaces/ "
                    f"({', '.join(sorted(s.stem for s in SPACES.glob('*.json')))})")
     p.add_argument("--trials", type=positive_int, required=True,
@@ -86,8 +96,9 @@ def _identity(args, space: Space) -> dict:
     clash = sorted(set(fixed) & set(space.spec))
     if clash:
         raise SweepError(f"{', '.join(clash)} both fixed by a flag and listed in the space; keep one")
+    # val: 0 for none (tuning on test accuracy), as studies made before validation splits count (IDENTITY_BEFORE)
     return dict(recipe=args.recipe, overrides=fixed, space=space.spec, data=args.data, limit=args.limit,
-                seed=args.seed, pruner=args.pruner, data_dir=args.data_dir)
+                seed=args.seed, pruner=args.pruner, data_dir=args.data_dir, val=check_val(args.val) or 0)
 
 
 def _run_settings(args) -> Settings:
@@ -101,6 +112,8 @@ def _prepare(args) -> tuple[Recipe, Space, dict]:
     identity = _identity(args, space)
     recipe = get_recipe(args.recipe, **identity["overrides"])
     _run_settings(args)   # a bad setting is one line now, not a failed trial later
+    if args.limit:   # a validation split that leaves less than a batch: one line now, not every trial failing
+        val_size(args.val, args.limit, recipe.batch_size)
     return recipe, space, identity
 
 
@@ -115,7 +128,7 @@ def work(args, study: optuna.Study, recipe: Recipe, space: Space):
     delays, fails the trial it was running and queues its retry, and carries on."""
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     objective = Objective(recipe, space, study_dir(args.study, args.root), args.data, args.data_dir, args.limit,
-                          _run_settings(args), args.seed, log)
+                          _run_settings(args), args.seed, log, val=args.val)
     # a running trial counts, so that workers finishing at different times stop at --trials, not past it
     counted = (*DONE, TrialState.RUNNING)
     callbacks = [optuna.study.MaxTrialsCallback(args.trials, states=counted)]
@@ -149,6 +162,21 @@ def work(args, study: optuna.Study, recipe: Recipe, space: Space):
                 if not storage_failure(again) and not isinstance(again, SweepError):
                     raise
     return study
+
+
+def _say_objective(args):
+    """One line on stderr: what the trials are chosen by. Tuning on the test set is said loudly: the best
+    trials' test accuracy is then the maximum of many noisy test measurements, biased upward."""
+    if check_val(args.val) is None:
+        print(f"WARNING: --val 0: study {args.study} tunes on TEST accuracy (the objective and the pruner read the "
+              "test split), so its best trials' test accuracy is biased upward by the choice and is not a result to "
+              f"report; drop --val 0 to tune on a validation split ({SWEEP_VAL:g} of the training split by default)",
+              file=sys.stderr)
+    else:
+        share = (f"{args.val:.0%} of the training split" if isinstance(args.val, float)
+                 else f"{args.val} training images")
+        print(f"study {args.study} tunes on validation accuracy: --val {args.val} holds out {share}, the same images "
+              "in every trial; test accuracy is recorded beside it, never optimised", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- a study on Google Drive
@@ -272,6 +300,8 @@ def _sweep(args, argv, drive: dict) -> int:
             drive["here"] = True
         # create (or check) the study once, before any worker starts
         study = open_study(args.study, args.storage, args.root, identity, args.pruner, args.trials, args.heartbeat)
+        if args.worker_index is None:   # what the study optimises, once it is open, before any trial
+            _say_objective(args)
         if _finished(study) >= args.trials and args.worker_index is None:
             print(f"study {args.study} already holds {_finished(study)} finished trials (--trials {args.trials}); "
                   "raise --trials to run more", file=sys.stderr)
@@ -298,7 +328,9 @@ def _sweep(args, argv, drive: dict) -> int:
     print(table(study, args.top))
     best = best_run(study)
     if best:
-        print(f"train the best trial ({best['trial']}, {best['plain_acc']:.2%} plain) again:\n  {best['command']}")
+        accuracies = (f"val acc {best['val_acc']:.2%}, " if best["val_acc"] is not None else "") + \
+            f"test acc {best['test_acc']:.2%}"
+        print(f"train the best trial ({best['trial']}: {accuracies}) again:\n  {best['command']}")
     plots = save_study_plots(study, study_dir(args.study, args.root) / "plots", prefix="")
     if plots:
         print(f"plots: {', '.join(str(p) for p in plots)}")

@@ -24,7 +24,7 @@ def main(argv=None):
     trial = None
     try:
         trial = Trial(name=Path(args.out).name, recipe=args.recipe, data=args.data, data_dir=args.data_dir,
-                      limit=args.limit, seed=args.seed, out_dir=args.out, **overrides(args))
+                      limit=args.limit, seed=args.seed, out_dir=args.out, val=args.val, **overrides(args))
         record = trial.run(resume=args.resume)
     except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -37,8 +37,10 @@ def main(argv=None):
         return 130
     reached = record.first_epoch_reaching(0.80)
     tta = f" (with TTA {record.final_tta_acc:.2%})" if record.final_tta_acc is not None else ""
+    val = "" if record.final_val_acc is None else f"validation accuracy {record.final_val_acc:.2%} (--val {args.val}); "
     print(f"final test accuracy (plain, single view) {record.final_acc:.2%}{tta}, best epoch {record.best_acc:.2%}; "
-          + (f"80% first reached at epoch {reached}" if reached else "80% not reached") + f"; outputs in {args.out}")
+          + val + (f"80% first reached at epoch {reached}" if reached else "80% not reached")
+          + f"; outputs in {args.out}")
     return 0
 
 

@@ -13,7 +13,7 @@ from helpers.record import load_run, test_loader_for as run_test_loader
 
 KEYS = {"recipe", "model", "params", "epochs", "seed", "train_seconds", "test_acc", "tta_acc", "tta", "img_per_s",
         "peak_rss_mb", "peak_device_mb", "device", "threads", "torch", "compile_seconds", "warmup_seconds",
-        "train_plus_compile_seconds"}
+        "train_plus_compile_seconds", "val", "val_acc"}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -50,10 +50,24 @@ def test_benchmark_runs_end_to_end_on_synthetic_data(recipe, capsys, tmp_path):
         else:
             assert r["tta_acc"] is None and "tta_acc" not in history[-1]
         assert r["params"] == count_params(model)
+        assert r["val"] is None and r["val_acc"] is None and "val_acc" not in history[-1]   # no --val: none
         # 100 images in train_seconds, which the line rounds to 0.01 s (a 0.06 s epoch is 8 % off),
         # and img_per_s rounded to 0.1
         low, high = 100 / (r["train_seconds"] + 0.005) - 0.05, 100 / max(r["train_seconds"] - 0.005, 1e-3) + 0.05
         assert low <= r["img_per_s"] <= high
+
+
+def test_benchmark_with_val_holds_out_the_same_images_for_every_seed(tmp_path, capsys):
+    assert benchmark.main(["--data", "synthetic", "--limit", "120", "--recipe", "fast", "--epochs", "1",
+                           "--batch-size", "40", "--seeds", "2", "--val", "0.25", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    identities = []
+    for r in rows:
+        _, config, history = load_run(benchmark.seed_dir(tmp_path, r["seed"]))
+        assert r["val"] == 0.25 and r["val_acc"] == round(history[-1]["val_acc"], 4)
+        assert r["test_acc"] == round(history[-1]["test_acc"], 4)   # test accuracy is still what the line reports
+        identities.append(config["data_identity"])
+    assert identities[0]["val_images"] == 30 and identities[0]["val_fingerprint"] == identities[1]["val_fingerprint"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -32,6 +32,8 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
     (dict(seed=1), "seed (--seed / seed=): checkpoint 0, now 1"),
     (dict(lr=0.2), "recipe field lr: checkpoint 0.89, now 0.2"),
     (dict(batch_size=30), "steps per epoch: checkpoint 3, now 4"),
+    # a checkpoint without a validation split (also one written before they existed) is a run without one
+    (dict(val=40), "validation split (--val / val=): checkpoint None, now 40"),
 ])
 def test_resume_refuses_other_settings_and_names_them(tmp_path, change, message):
     Trial(out_dir=tmp_path / "r", **SMALL_FAST).run(stop_after=1)
@@ -42,6 +44,18 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path, change, message)
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files  # nothing touched
     # and the folder still resumes with the original settings
     assert len(Trial(out_dir=tmp_path / "r", **SMALL_FAST).run(resume=True).history) == 2
+
+
+def test_a_resume_with_another_validation_split_is_refused_naming_it(tmp_path):
+    Trial(out_dir=tmp_path / "r", val=40, **SMALL_FAST).run(stop_after=1)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    for other, message in ((None, "checkpoint 40, now None"), (0, "checkpoint 40, now None"),
+                           (0.25, "checkpoint 40, now 0.25")):
+        with pytest.raises(CheckpointError, match=r"cannot resume .*: validation split \(--val / val=\): " + message):
+            Trial(out_dir=tmp_path / "r", val=other, **SMALL_FAST).run(resume=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files  # nothing touched
+    resumed = Trial(out_dir=tmp_path / "r", val=40, **SMALL_FAST).run(resume=True)
+    assert len(resumed.history) == 2 and all("val_acc" in h for h in resumed.history)
 
 
 def test_resume_refuses_changed_folder_data(tmp_path):

@@ -242,3 +242,55 @@ def test_a_constant_colour_channel_still_trains():
     net = build_model("fast")
     net.prep.init_whitening(x)
     assert torch.isfinite(net(x)).all()
+
+
+# --------------------------------------------------------------------------- the validation split
+
+def numbered(n=200, classes=10):
+    """An ImageSet whose image i carries i in its first pixel (so each image's origin can be read back),
+    labels shuffled as a real split's are."""
+    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    images[:, 0, 0, 0], images[:, 1, 0, 0] = torch.arange(n) % 256, torch.arange(n) // 256
+    labels = (torch.arange(n) % classes)[torch.randperm(n, generator=torch.Generator().manual_seed(5))]
+    return D.ImageSet(images, labels, [f"c{i}" for i in range(classes)], "numbered")
+
+
+def origin(ds):
+    return (ds.images[:, 0, 0, 0].long() + 256 * ds.images[:, 1, 0, 0].long()).tolist()
+
+
+@pytest.mark.parametrize("val, held", [(50, 50), (0.1, 20), (7, 7)])
+def test_the_validation_split_is_balanced_disjoint_and_independent_of_any_seed(val, held):
+    ds = numbered()
+    torch.manual_seed(0)
+    train, v = D.split_validation(ds, val, min_train=50)
+    torch.manual_seed(123)   # the global seed (a run's) plays no part: the split has a seed of its own
+    again_train, again_v = D.split_validation(numbered(), val, min_train=50)
+    assert origin(v) == origin(again_v) and origin(train) == origin(again_train)
+    assert len(v) == held and len(train) == 200 - held
+    assert not set(origin(v)) & set(origin(train)) and sorted(origin(v) + origin(train)) == list(range(200))
+    assert origin(train) == sorted(origin(train)) and origin(v) == sorted(origin(v))   # the split's order kept
+    assert max(v.counts().values()) - min(v.counts().values()) <= 1                   # class-balanced
+    assert [(v.labels == c).sum() for c in range(10)] == [(ds.labels[origin(v)] == c).sum() for c in range(10)]
+
+
+def test_no_validation_split_is_the_split_itself():
+    ds = numbered()
+    for none in (None, 0, 0.0):
+        train, v = D.split_validation(ds, none)
+        assert train is ds and v is None
+
+
+@pytest.mark.parametrize("val, message", [
+    (-5, "-5 is negative"),
+    (1.0, "a fraction must lie below 1"),
+    (5000.0, r"a number of images is a whole number \(--val 5000 / val=5000\)"),
+    ("10%", "give a number of images"),
+    (True, "give a number of images"),
+    (200, r"takes 200 of the 200 training images, leaving 0, fewer than one batch of 50: lower --val / val= "
+          r"\(at most 150 images\), raise --limit / limit=, or lower --batch-size / batch_size="),
+    (0.9, r"takes 180 of the 200 training images \(90%\), leaving 20, fewer than one batch of 50"),
+])
+def test_a_bad_validation_split_is_one_error_naming_the_fix(val, message):
+    with pytest.raises(DataError, match=r"^validation split \(--val / val=\) .*" + message):
+        D.split_validation(numbered(), val, min_train=50)

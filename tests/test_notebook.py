@@ -139,3 +139,14 @@ def test_changing_only_the_recipe_changes_model_and_epochs():
     for name, recipe in RECIPES.items():
         r = check_params(data="synthetic", model=None, epochs=None, recipe=name)
         assert (r.model, r.epochs, r.batch_size) == (recipe.model, recipe.epochs, recipe.batch_size)
+
+
+def test_check_params_takes_a_validation_split(capsys):
+    """What notebook 03 passes as `val` (Trial's val=): checked with the other parameters, before any work."""
+    check_params(data="synthetic", recipe="fast", limit=200, batch_size=50, val=0.1)
+    assert "limit=200 val=0.1" in capsys.readouterr().out
+    with pytest.raises(N.ParameterError) as e:
+        check_params(data="synthetic", recipe="fast", limit=200, batch_size=50, val=0.9)
+    assert "validation split (--val / val=) 0.9 takes 180 of the 200 training images" in str(e.value)
+    with pytest.raises(N.ParameterError, match=r"bad notebook parameters:\n  validation split .* '10%': give a number"):
+        check_params(data="synthetic", recipe="fast", val="10%")

@@ -30,8 +30,8 @@ SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 PARAMS = {
     "01": {"data", "data_dir", "recipe", "overrides", "limit", "images_dir"},
     "02": {"recipe", "model", "overrides", "device", "images_dir"},
-    "03": {"data", "data_dir", "recipe", "model", "epochs", "batch_size", "precision", "overrides", "limit", "device",
-           "seed", "use_drive", "out_dir", "images_dir", "progress"},
+    "03": {"data", "data_dir", "recipe", "model", "epochs", "batch_size", "precision", "overrides", "limit", "val",
+           "device", "seed", "use_drive", "out_dir", "images_dir", "progress"},
     "04": {"recipe", "model", "seed", "device", "use_drive", "out_dir", "images_dir", "compare"},
     "05": {"study", "storage", "root", "use_drive", "top", "images_dir"},
 }

@@ -159,3 +159,41 @@ def test_the_objective_takes_settings_or_their_fields(tmp_path):
         Objective(recipe, space, tmp_path, settings={"precision": "fp64"})
     with pytest.raises(UserError, match="unknown settings field"):
         Objective(recipe, space, tmp_path, settings={"threads": 2})   # process-wide: the sweep's --threads
+
+
+def test_the_objective_is_validation_accuracy_and_test_accuracy_is_recorded_beside_it(tmp_path, monkeypatch):
+    """What Optuna gets as the value and what the pruner sees each epoch (the intermediate values) are val_acc;
+    test_acc is on the trial beside them, never reported to Optuna. val=0 reports test accuracy instead."""
+    from helpers import run
+
+    real = run.evaluate   # each split's "accuracy" is its size / 1000: the two can never coincide by chance
+    monkeypatch.setattr(run, "evaluate", lambda model, loader, *a, **k: real(model, loader, *a, **k)
+                        | dict(test_acc=len(loader.labels) / 1000))
+    recipe = get_recipe("fast", epochs=2, batch_size=50)
+    for val, metric, value in ((0.1, "val_acc", 0.02), (0, "test_acc", 0.2)):   # 20 held out; 200 test images
+        objective = Objective(recipe, load_space(SPACE, recipe), tmp_path / str(val), "synthetic", None, 200,
+                              settings={"device": "cpu"}, log=lambda m: None, val=val)
+        study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+        study.optimize(objective, n_trials=1)
+        t = study.trials[0]
+        assert t.state == TrialState.COMPLETE, t.user_attrs
+        assert t.value == value and t.intermediate_values == {1: value, 2: value}
+        assert t.user_attrs["test_acc"] == 0.2 and [h["test_acc"] for h in t.user_attrs["history"]] == [0.2, 0.2]
+        config = json.loads((Path(t.user_attrs["run_dir"]) / "history.json").read_text())["config"]
+        assert config.get("val") == (val or None)
+
+
+def test_a_sweep_tunes_on_validation_accuracy_unless_val_0_which_it_says_loudly(tmp_path, capsys):
+    root = tmp_path / "sweeps"
+    common = [*TINY, "--epochs", "1", "--space", space_file(tmp_path), "--trials", "1", "--root", str(root)]
+    assert sweep.main([*common, "--study", "t", "--val", "0"]) == 0
+    captured = capsys.readouterr()
+    warning = "WARNING: --val 0: study t tunes on TEST accuracy"
+    assert any(line.startswith(warning) for line in captured.err.splitlines())
+    assert "objective: TEST accuracy (--val 0: tuned on the test set)" in captured.out
+    doc = json.loads((root / "t" / "study.json").read_text())
+    assert doc["objective_metric"] == "test_acc" and doc["objective"].startswith("objective: TEST accuracy")
+    assert st.load_study("t", root=root).user_attrs["settings"]["val"] == 0
+    # without --val: the default validation split, which makes it another study
+    assert sweep.main([*common, "--study", "t"]) == 2
+    assert "study 't' was created with other val (val=0)" in capsys.readouterr().err

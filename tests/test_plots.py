@@ -83,6 +83,11 @@ def test_curves_label_plain_and_tta_apart():
     record = Record("r", dict(recipe=get_recipe("fast").to_dict(), seed=0), history)
     labels = [t.get_text() for t in plots.plot_curves(record).axes[0].get_legend().get_texts()]
     assert labels == ["train", "test (plain)", "test with TTA", "80 % target"]
+    held_out = Record("r", record.config, [dict(h, val_acc=0.58) for h in history])   # a run with val=
+    fig = plots.plot_curves(held_out)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["train", "test (plain)", "test with TTA", "validation (plain)", "80 % target"]
+    assert list(fig.axes[0].lines[3].get_ydata()) == pytest.approx([58.0, 58.0])
 
 
 class OnDevice(torch.Tensor):

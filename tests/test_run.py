@@ -2,12 +2,14 @@
 the same history as an uninterrupted run, and stop on a non-finite loss without saving that epoch."""
 import json
 import math
+import re
 
 import pytest
 import torch
 
 from conftest import SMALL, SMALL_FAST, outcome
 from helpers.checkpoint import CHECKPOINT, HISTORY
+from helpers.data import channel_stats, load_splits
 from helpers.loop import NonFiniteLossError, evaluate
 from helpers.record import Record, load_run
 from helpers.run import Trial, train
@@ -71,6 +73,59 @@ def test_the_loop_in_pieces_is_fit(tmp_path):
     assert again.restore() == 2  # a new session continues after the saved epochs
     with pytest.raises(ValueError, match="cannot follow epoch 2"):
         again.save_epoch(dict(stats, epoch=1))
+
+
+# --------------------------------------------------------------------------- the validation split (val=)
+
+def test_a_run_with_val_records_val_acc_per_epoch_beside_test_acc(tmp_path):
+    lines = []
+    trial = Trial(out_dir=tmp_path / "run", val=40, log=lines.append, **SMALL_FAST)   # fast: TTA 1
+    record = trial.run()
+    for h in record.history:
+        assert {"test_loss", "test_acc", "tta_acc", "val_loss", "val_acc", "val_tta_acc"} <= set(h)
+        assert all(math.isfinite(h[k]) for k in ("val_loss", "val_acc", "val_tta_acc"))
+    trainer = trial.trainer
+    assert len(trainer.val_loader.labels) == 40 and len(trainer.train_loader.labels) == 80
+    # val_acc is the plain accuracy on the held-out images, test_acc still the test split's
+    precision = trainer.settings.precision
+    assert record.final_val_acc == evaluate(trainer.eval_model, trainer.val_loader, precision)["test_acc"]
+    assert record.final_acc == evaluate(trainer.eval_model, trainer.test_loader, precision)["test_acc"]
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all(re.search(r"test loss .* acc .*  val acc \d+\.\d\d% \(TTA", line)
+                                         for line in epoch_lines)
+    assert record.config["val"] == 40 and record.config["data_identity"]["val"] == 40
+    assert Record.load(tmp_path / "run").history == record.history and "val acc" in record.table()
+
+
+def test_the_validation_split_is_the_same_for_every_seed_and_never_trained_on():
+    def data(seed, val):
+        trainer = Trial(seed=seed, val=val, **SMALL).setup()
+        return trainer.train_loader, trainer.val_loader
+
+    rows = lambda images: {bytes(im.flatten().tolist()) for im in images}  # noqa: E731  (each image, as bytes)
+    for val, held in ((40, 40), (0.25, 30)):
+        train0, val0 = data(0, val)
+        train1, val1 = data(1, val)
+        assert torch.equal(val0.images, val1.images) and torch.equal(train0.images, train1.images)
+        assert len(val0.labels) == held and len(train0.labels) == 120 - held
+        assert not rows(val0.images) & rows(train0.images)                  # disjoint from what is trained on
+        counts = torch.bincount(val0.labels, minlength=10)
+        assert counts.max() - counts.min() <= 1                                # class-balanced
+
+
+def test_a_run_without_val_is_unchanged():
+    """val=None (or 0) trains on the whole split exactly as before validation splits existed: the same
+    images, batches and history, no val_* entry, nothing added to the config a resume compares."""
+    one = dict(SMALL, epochs=1)
+    plain = Trial(**one)
+    history = plain.run().history
+    whole = load_splits("synthetic", limit=120)[0]
+    assert torch.equal(plain.trainer.train_loader.images, whole.images) and plain.trainer.val_loader is None
+    assert plain.trainer.config["mean"] == channel_stats(whole.images)[0]
+    for none in (None, 0):
+        assert outcome(Trial(val=none, **one).run().history) == outcome(history)
+    assert not [k for h in history for k in h if k.startswith("val")] and plain.record().final_val_acc is None
+    assert "val" not in plain.trainer.config and not [k for k in plain.trainer.config["data_identity"] if "val" in k]
 
 
 # --------------------------------------------------------------------------- resume

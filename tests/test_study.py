@@ -80,6 +80,83 @@ def test_a_missing_study_names_what_is_there(tmp_path, monkeypatch, capsys):
     assert "rerun this cell in a minute" in capsys.readouterr().out
 
 
+def test_the_published_study_still_loads_and_says_it_tuned_on_test_accuracy(tmp_path, capsys):
+    """Notebook 05's code path with its defaults: the study shipped in helpers/studies/, made before validation
+    splits existed, shows with its objective named in its describe line, its table and its figures' axes."""
+    import matplotlib.pyplot as plt
+
+    s = st.load_study("fast-lr-wd-ls", root=tmp_path)   # as notebook 05 calls it: no such study in root
+    assert "showing the published one" in capsys.readouterr().out
+    assert st.describe(s).endswith("; objective: test accuracy (before validation splits existed)")
+    first, head = st.table(s).splitlines()[:2]
+    assert first.startswith("objective: test accuracy (before validation splits existed): tuned on the test set")
+    assert head.split()[:3] == ["trial", "test", "acc"] and "val acc" not in head
+    best = st.best_run(s)
+    assert best["objective"] == "test_acc" and best["val_acc"] is None and best["test_acc"] == s.best_value
+    assert "--val" not in shlex.split(best["command"])
+    for name in ("history", "epochs"):
+        fig = plots.study_figure(s, name)
+        assert fig.axes[0].get_ylabel() == "plain test accuracy"
+        plt.close(fig)
+    assert [r.name for r in st.records(s, 1)] == [f"trial {s.best_trial.number} (test {s.best_value:.2%})"]
+
+
+def _study_of(settings: dict):
+    """An in-memory study made with these settings, holding two finished trials."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("settings", settings)
+    dist = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0)}
+    for value, test in ((0.6, 0.55), (0.7, 0.5)):
+        history = [dict(epoch=1, test_acc=test, val_acc=value)]
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.5}, distributions=dist, value=value,
+                                                  intermediate_values={1: value},
+                                                  user_attrs=dict(history=history, test_acc=test,
+                                                                  recipe=get_recipe("fast").to_dict())))
+    return study
+
+
+def test_a_study_says_which_number_is_which(tmp_path):
+    """With a validation split the table has "val acc" (optimised) beside "test acc" (reported); study.json, the
+    best run and the figures' axes say the same; a study made with --val 0 says loudly that it tuned on test."""
+    import matplotlib.pyplot as plt
+
+    val = _study_of(dict(recipe="fast", data="synthetic", seed=0, val=0.1))
+    lines = st.table(val).splitlines()
+    assert lines[0].startswith("objective: validation accuracy (--val 0.1): plain single view")
+    assert "test acc is reported beside it, never optimised" in lines[0]
+    assert lines[1].split()[:5] == ["trial", "val", "acc", "test", "acc"]
+    assert lines[3].split()[:3] == ["1", "70.00%", "50.00%"]        # the best by val acc, its test acc beside
+    assert st.describe(val).endswith("; objective: validation accuracy (--val 0.1)")
+    best = st.best_run(val)
+    assert best["val_acc"] == 0.7 and best["test_acc"] == 0.5 and "--val 0.1 " in best["command"]
+    for name in ("history", "epochs"):
+        fig = plots.study_figure(val, name)
+        assert fig.axes[0].get_ylabel() == "plain validation accuracy"
+        plt.close(fig)
+    assert [r.name for r in st.records(val, 2)] == ["trial 1 (val 70.00%)", "trial 0 (val 60.00%)"]
+    doc = json.loads(st.export_study(val, tmp_path / "study.json").read_text())
+    assert doc["objective"] == lines[0] and doc["objective_metric"] == "val_acc"
+    assert (doc["best"]["val_acc"], doc["best"]["test_acc"]) == (0.7, 0.5)
+    assert st.table(st.import_study(tmp_path / "study.json")) == st.table(val)
+    on_test = _study_of(dict(recipe="fast", data="synthetic", seed=0, val=0))
+    assert st.table(on_test).startswith("objective: TEST accuracy (--val 0: tuned on the test set): the best trials' "
+                                        "test acc is biased upward by the choice, not a result to report")
+    assert st.describe(on_test).endswith("; objective: TEST accuracy (--val 0: tuned on the test set)")
+
+
+def test_a_study_from_before_validation_splits_continues_only_as_val_0(tmp_path):
+    """IDENTITY holds val: another val is another study. A study made before val existed tuned on test
+    accuracy, which is what --val 0 does: that alone continues it."""
+    identity = dict(recipe="fast", overrides={}, space={}, data="synthetic", limit=200, seed=0, pruner="median")
+    st.open_study("old", None, tmp_path, identity, heartbeat=None)   # its settings hold no "val"
+    st.open_study("old", None, tmp_path, dict(identity, val=0), heartbeat=None)
+    with pytest.raises(st.SweepError, match=r"study 'old' was created with other val \(val=0\)"):
+        st.open_study("old", None, tmp_path, dict(identity, val=0.1), heartbeat=None)
+    st.open_study("new", None, tmp_path, dict(identity, val=0.1), heartbeat=None)
+    with pytest.raises(st.SweepError, match=r"study 'new' was created with other val \(val=0.1\)"):
+        st.open_study("new", None, tmp_path, dict(identity, val=500), heartbeat=None)
+
+
 def test_figures_leave_matplotlib_as_they_found_it():
     import matplotlib
 
@@ -105,6 +182,8 @@ def test_the_best_trial_comes_with_the_exact_command_that_trains_it_again(tmp_pa
     assert best["command"] in out and json.loads((root / "b" / "study.json").read_text())["best"] == best
     argv = shlex.split(best["command"])
     assert argv[:3] == ["python", "-m", "helpers.train"] and "weight_decay=0.0003" in argv
+    # chosen by validation accuracy: the command holds out the same split, so it trains on the same images
+    assert best["objective"] == "val_acc" and argv[argv.index("--val") + 1] == "0.1"
     lr = next(a for a in argv if a.startswith("lr="))
     assert float(lr[3:]) == study.best_trial.params["lr"]  # every digit, not the table's 3
     # the command, run again (into a new folder, one thread as the sweep's worker had), gives the same accuracy
@@ -112,7 +191,8 @@ def test_the_best_trial_comes_with_the_exact_command_that_trains_it_again(tmp_pa
     monkeypatch.chdir(tmp_path)
     assert train_main([*argv[3:], "--threads", "1", "--batch-size", "50"]) == 0
     again = Record.load(tmp_path / "again")
-    assert again.final_acc == study.best_value
+    assert again.final_val_acc == study.best_value == best["val_acc"]
+    assert again.final_acc == best["test_acc"] == study.best_trial.user_attrs["test_acc"]
 
 
 def test_the_best_command_carries_the_trials_settings_but_never_its_device():
@@ -183,7 +263,7 @@ def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
         outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
         assert not [o for o in outputs if o["output_type"] == "error"]
         text = "".join("".join(o.get("text", "")) for o in outputs)
-        assert "study nb: " in text and "plain acc" in text
+        assert "study nb: " in text and "val acc" in text and "objective: validation accuracy" in text
         cells = json.loads(executed.read_text())["cells"]
         figure_cells = [c for c in cells if "H.plots.study_figure(" in "".join(c["source"])]
         assert len(figure_cells) == 4 and all(  # every figure cell shows its figure

@@ -124,7 +124,7 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     trials = trials_of(root, "w")
     assert_no_duplicate_or_lost(trials, 6, root, "w")
     assert len({t.user_attrs["worker"] for t in trials}) == 2   # both processes ran trials
-    assert "plain acc" in result.stdout and (root / "w" / "plots" / "history.png").is_file()
+    assert "val acc" in result.stdout and (root / "w" / "plots" / "history.png").is_file()
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -218,7 +218,7 @@ def test_a_killed_worker_does_not_hide_the_others_results(tmp_path, capsys, monk
     monkeypatch.setattr(sweep, "spawn", one_worker_then_a_kill)
     assert sweep.main(args) == 1
     out = capsys.readouterr().out
-    assert "2 complete" in out and "plain acc" in out and "train the best trial" in out
+    assert "2 complete" in out and "val acc" in out and "train the best trial" in out
 
 
 def test_a_trial_left_running_is_explained(tmp_path, capsys):

@@ -1,4 +1,6 @@
 """`python -m helpers.train`, the command: bad flags refused before any work, a run and its resume, Ctrl-C."""
+import re
+
 import pytest
 
 from helpers.run import Trainer
@@ -10,6 +12,9 @@ from helpers.train import main as train_main
     (["--data", "folder"], "--data-dir"),
     (["--lr", "-1", "--data", "synthetic"], "--lr must be > 0"),
     (["--model", "nope"], "unknown model 'nope'; use one of air, fast, seed, wide, or your own FILE.py:NAME"),
+    (["--val", "1.5"], "argument --val: validation split (--val / val=) 1.5: a fraction must lie below 1"),
+    (["--val", "-3"], "validation split (--val / val=) -3 is negative"),
+    (["--val", "ten"], "validation split (--val / val=) 'ten': give a number of images (5000) or a fraction"),
 ])
 def test_cli_rejects_bad_flags_before_work(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
@@ -23,6 +28,20 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
     assert train_main(args) == 0
     assert train_main(args) == 2 and "--resume" in capsys.readouterr().err
     assert train_main(args + ["--resume"]) == 0
+
+
+def test_cli_trains_with_a_validation_split_and_refuses_to_resume_without_it(tmp_path, capsys):
+    args = ["--data", "synthetic", "--limit", "120", "--epochs", "1", "--batch-size", "40",
+            "--out", str(tmp_path / "r")]
+    assert train_main([*args, "--val", "40"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"epoch   1/1  .* test loss [\d.]+ acc [\d.]+%  val acc [\d.]+%  lr ", out), out
+    assert re.search(r"final test accuracy \(plain, single view\) [\d.]+%, best epoch [\d.]+%; validation accuracy "
+                     r"[\d.]+% \(--val 40\); 80% ", out), out
+    assert train_main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot resume ") and "validation split (--val / val=): checkpoint 40, now None" in err
+    assert train_main([*args, "--resume", "--val", "40"]) == 0
 
 
 def test_ctrl_c_during_training_is_one_line_naming_the_resume(tmp_path, monkeypatch, capsys):
