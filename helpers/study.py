@@ -577,6 +577,32 @@ def best_run(study: optuna.Study) -> dict | None:
                 test_acc=test_acc(t), recipe=recipe, command=shlex.join(argv))
 
 
+def explain_study(study: optuna.Study) -> str:
+    """What a study's table means where it could mislead: the best trial's values beside the recipe it searched
+    from (and why they may differ), and its training times beside a run alone."""
+    best = top_trials(study, 1)
+    if not best:
+        return "No trial has completed yet."
+    t, settings = best[0], study.user_attrs.get("settings") or {}
+    name = settings.get("recipe", "fast")
+    base = get_recipe(name, **(settings.get("overrides") or {})).to_dict()
+    metric = "validation" if objective_metric(study) == "val_acc" else "test"
+    values = ", ".join(f"{k} {_fmt(v)} (the recipe: {_fmt(base.get(k))})" for k, v in sorted(t.params.items()))
+    lines = [f"The best trial, {t.number}, chose {values}. The `{name}` recipe's own values came from an earlier "
+             "sweep, tuned on the test split of its day (docs/experiments.md); this study's ranking is by "
+             f"{metric} accuracy, one seed per trial, and trials of one recipe differ by a few tenths of a point "
+             "from the seed alone: the best trial's values are a direction to test on more seeds, not a verdict."]
+    workers = {x.user_attrs.get("worker") for x in study.get_trials(deepcopy=False)} - {None}
+    if len(workers) > 1:
+        lines.append(f"`train s` is each trial's training time while {len(workers)} workers shared the machine's "
+                     "cores: longer than the same run alone (the benchmark's times, README's, are one run at a "
+                     "time), and not comparable with them.")
+    if metric == "test":
+        lines.append("This study chose by test accuracy (it predates validation splits): its best test accuracy "
+                     "is biased upward by the choice.")
+    return "\n".join(lines)
+
+
 def records(study: optuna.Study, top: int = 3) -> list[Record]:
     """Records of the best trials, from the study itself (so also for trials run on other machines)."""
     out = []
