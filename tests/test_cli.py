@@ -2,7 +2,7 @@
 import pytest
 
 import helpers.train as train_cli  # the command's module: `from helpers import train` can be the function
-from helpers import benchmark, grade, pipeline
+from helpers import benchmark, grade
 from helpers.train import main as train_main
 
 
@@ -49,10 +49,8 @@ def test_help_names_the_command_and_shows_defaults(module, prog, defaults, capsy
 @pytest.mark.parametrize("main, argv, message", [
     (grade.main, ["mynet.py", "--val", "5000"], "--val 5000: grading trains each submission on the whole training "
                                                 "split and scores its plain test accuracy"),
-    (pipeline.main, ["--val", "0.1"], "--val 0.1: the notebooks take no validation split yet; train one with "
-                                      "python -m helpers.train --val 0.1 (in Python: H.Trial(..., val=0.1))"),
 ])
-def test_the_grader_and_the_pipeline_refuse_a_validation_split_in_one_line(main, argv, message, tmp_path, capsys):
+def test_the_grader_refuses_a_validation_split_in_one_line(main, argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
