@@ -495,6 +495,18 @@ def counts(study: optuna.Study) -> dict:
     return out
 
 
+def most_at_once(study: optuna.Study) -> int:
+    """The most trials that were running at the same moment, from their start and finish times: how many
+    workers shared the machine (a study's worker count adds up every run of the command)."""
+    events = sorted((t, step) for x in study.get_trials(deepcopy=False) if x.datetime_start and x.datetime_complete
+                    for t, step in ((x.datetime_start, 1), (x.datetime_complete, -1)))
+    running = most = 0
+    for _, step in events:   # a finish sorts before a start at the same instant (-1 < 1): back to back is not overlap
+        running += step
+        most = max(most, running)
+    return most
+
+
 def describe(study: optuna.Study) -> str:
     """One line: trials by outcome, workers, wall time from the first start to the last finish, and what the
     study optimised."""
@@ -507,7 +519,8 @@ def describe(study: optuna.Study) -> str:
             f"{c['rejected']} rejected before training (rules), {c['diverged']} diverged, {c['failed']} failed")
     if c["running"] or c["waiting"]:
         text += f", {c['running']} running, {c['waiting']} waiting"
-    return (text + f"; {len(workers)} worker(s), {wall / 60:.1f} min from first start to last finish; "
+    return (text + f"; {len(workers)} worker(s), at most {most_at_once(study)} at once, {wall / 60:.1f} min "
+            "from first start to last finish; "
             + objective_line(study, short=True))
 
 
@@ -592,11 +605,10 @@ def explain_study(study: optuna.Study) -> str:
              "sweep, tuned on the test split of its day (docs/experiments.md); this study's ranking is by "
              f"{metric} accuracy, one seed per trial, and trials of one recipe differ by a few tenths of a point "
              "from the seed alone: the best trial's values are a direction to test on more seeds, not a verdict."]
-    workers = {x.user_attrs.get("worker") for x in study.get_trials(deepcopy=False)} - {None}
-    if len(workers) > 1:
-        lines.append(f"`train s` is each trial's training time while {len(workers)} workers shared the machine's "
-                     "cores: longer than the same run alone (the benchmark's times, README's, are one run at a "
-                     "time), and not comparable with them.")
+    if (at_once := most_at_once(study)) > 1:
+        lines.append(f"`train s` is each trial's training time with up to {at_once} trials running at once, sharing "
+                     "the machine: longer than the same run alone (the benchmark's times, README's, are one run at "
+                     "a time), and not comparable with them.")
     if metric == "test":
         lines.append("This study chose by test accuracy (it predates validation splits): its best test accuracy "
                      "is biased upward by the choice.")

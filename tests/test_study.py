@@ -115,6 +115,24 @@ def _study_of(settings: dict):
     return study
 
 
+def test_a_study_counts_the_trials_that_ran_at_once_not_every_worker_it_ever_had():
+    """Two workers, then (a re-run of the command) two other ones: 4 workers, never more than 2 trials at once;
+    that is what shared the CPU, and what notebook 05 says about `train s`."""
+    import datetime as dt
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0)}
+    t0 = dt.datetime(2026, 12, 3, 9)
+    for i, (start, end) in enumerate([(0, 10), (1, 10), (10, 20), (11, 19), (30, 40), (31, 42)]):
+        trial = optuna.trial.create_trial(params={"lr": 0.5}, distributions=dist, value=0.5,
+                                          user_attrs=dict(worker=f"host:{i // 2}"))
+        trial.datetime_start, trial.datetime_complete = (t0 + dt.timedelta(minutes=m) for m in (start, end))
+        study.add_trial(trial)
+    assert st.most_at_once(study) == 2
+    assert "; 3 worker(s), at most 2 at once, 42.0 min from first start to last finish; " in st.describe(study)
+    assert "with up to 2 trials running at once" in st.explain_study(study)
+
+
 def test_a_study_says_which_number_is_which(tmp_path):
     """With a validation split the table has "val acc" (optimised) beside "test acc" (reported); study.json, the
     best run and the figures' axes say the same; a study made with --val 0 says loudly that it tuned on test."""
