@@ -19,9 +19,9 @@ from helpers.run import Trial, train
 
 def test_loss_goes_down_on_synthetic_data():
     torch.manual_seed(0)
-    ds = load_split("synthetic", "train", limit=200)
+    ds = load_split("synthetic", "train", limit=100)
     mean, std = channel_stats(ds.images)
-    x, y = next(iter(Loader(ds, 200, train=False, mean=mean, std=std)))
+    x, y = next(iter(Loader(ds, 100, train=False, mean=mean, std=std)))
     model = build_model("seed", dropout=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
