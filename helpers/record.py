@@ -119,7 +119,7 @@ def _missing_run(out_dir) -> str:
     text = f"no run in {out_dir} (no {CHECKPOINT} there)"
     if found:
         runs = "; ".join(f"{r['folder'].name} (recipe {r['recipe']}, model {r['model']}, seed {r['seed']}, "
-                         f"{r['epochs']} epochs)" for r in found)
+                         f"{r['epochs']} epoch{'s' * (r['epochs'] != 1)} saved)" for r in found)
         text += (f". Runs in {root}: {runs}: set recipe, model and seed as notebook 03 had them (or out_dir to "
                  "one of these folders)")
     else:

@@ -181,7 +181,7 @@ def test_04_without_a_run_lists_the_runs_there_and_drives_delay_in_one_line(cola
     assert len(shown) == 1 and len(shown[0]["traceback"]) == 1  # one line, no traceback
     line = shown[0]["traceback"][0]
     assert "no run in" in line and "fast-s7" in line
-    assert "fast-TinyNet-s0 (recipe fast, model tinynet.py:TinyNet, seed 0, 1 epochs)" in line  # what is there
+    assert "fast-TinyNet-s0 (recipe fast, model tinynet.py:TinyNet, seed 0, 1 epoch saved)" in line  # what is there
     assert "set recipe, model and seed as notebook 03 had them" in line
     assert "Google Drive can take a minute or more to show files written by another runtime" in line
 
