@@ -1,7 +1,7 @@
 """A student-style network (written for this project): nn.Sequential blocks named convblockN, a max-pool and a
 1x1 conv per transition, and a head that pools with a fixed nn.AvgPool2d(4), sized for 32 px images (the
 maps are 4x4 there; at the 16 px of a resizing recipe's first epoch they are 2x2 and the pool fails).
-Log-softmax output. Used by docs/experiments.md ("Students' networks under every recipe")."""
+Log-softmax output. Used by docs/experiments.md ("Students' networks under `fast`")."""
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -1,7 +1,7 @@
 """A student-style network (written for this project): attributes conv1 ... conv7 and one MaxPool2d module
 called three times, then flatten and an nn.Linear sized for the 4x4 maps of 32 px images (at 16 px its input
 is 4x smaller and the multiplication fails). Logits output, as PyTorch users write it. Used by
-docs/experiments.md ("Students' networks under every recipe")."""
+docs/experiments.md ("Students' networks under `fast`")."""
 import torch.nn as nn
 
 

@@ -1,7 +1,7 @@
 """A student-style network (written for this project): residual blocks, a max-pool with a 1x1 conv after it per
 transition, global average pooling (works at any size) and a 1x1 classifier that returns logits, with no
 log_softmax (PyTorch's convention; the project's loss takes them as they are). Used by docs/experiments.md
-("Students' networks under every recipe")."""
+("Students' networks under `fast`")."""
 import torch.nn as nn
 import torch.nn.functional as F
 
