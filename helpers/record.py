@@ -104,10 +104,11 @@ def other_seeds(run_dir) -> list[Path]:
     """The run folders beside `run_dir` that trained the same recipe and model with other seeds: what
     notebook 04 compares a run with when no other runs are named."""
     here = Path(run_dir)
-    mine = next((r for r in list_runs(here.parent) if r["folder"] == here), None)
+    runs = list_runs(here.parent)   # read once: on Drive every history.json is a network read
+    mine = next((r for r in runs if r["folder"] == here), None)
     if mine is None:
         return []
-    return [r["folder"] for r in list_runs(here.parent)
+    return [r["folder"] for r in runs
             if r["folder"] != here and (r["recipe"], r["model"]) == (mine["recipe"], mine["model"]) and r["epochs"]]
 
 

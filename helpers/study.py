@@ -601,8 +601,11 @@ def explain_study(study: optuna.Study) -> str:
     base = get_recipe(name, **(settings.get("overrides") or {})).to_dict()
     metric = "validation" if objective_metric(study) == "val_acc" else "test"
     values = ", ".join(f"{k} {_fmt(v)} (the recipe: {_fmt(base.get(k))})" for k, v in sorted(t.params.items()))
-    lines = [f"The best trial, {t.number}, chose {values}. The `{name}` recipe's own values came from an earlier "
-             "sweep, tuned on the test split of its day (docs/experiments.md); this study's ranking is by "
+    # where each shipped recipe's values came from is docs/experiments.md's table; only fast's came from a sweep
+    origin = ("The `fast` recipe's own values came from an earlier sweep, tuned on the test split of its day "
+              "(docs/experiments.md); " if name == "fast" else
+              f"Where the `{name}` recipe's own values came from: docs/experiments.md; ")
+    lines = [f"The best trial, {t.number}, chose {values}. {origin}this study's ranking is by "
              f"{metric} accuracy, one seed per trial, and trials of one recipe differ by a few tenths of a point "
              "from the seed alone: the best trial's values are a direction to test on more seeds, not a verdict."]
     if (at_once := most_at_once(study)) > 1:

@@ -294,3 +294,11 @@ def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
         assert result.returncode == 0, result.stdout[-3000:]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_explain_study_says_where_the_recipes_values_came_from_only_for_the_one_a_sweep_made():
+    """fast's values came from a sweep; best's from airbench93's author: the text must not claim a sweep for it."""
+    fast = st.explain_study(_study_of(dict(recipe="fast", data="synthetic", seed=0, val=0.1)))
+    best = st.explain_study(_study_of(dict(recipe="best", data="synthetic", seed=0, val=0.1)))
+    assert "The `fast` recipe's own values came from an earlier sweep" in fast
+    assert "earlier sweep" not in best and "Where the `best` recipe's own values came from" in best
