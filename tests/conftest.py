@@ -33,7 +33,7 @@ def jpeg_dev_slice(tmp_path):
 
 
 # --------------------------------------------------------------------------- the sweep's tests share these
-# (test_objective, test_study, test_sweep: `from conftest import TINY, ...`); Optuna is imported only in them
+# (tests/test_sweep_*.py: `from conftest import TINY, ...`); Optuna is imported only in them
 
 PROJECT = Path(__file__).resolve().parents[1]
 # tiny synthetic trials: 200 images per split, batches of 50, one thread per worker
@@ -63,9 +63,28 @@ def space_file(tmp_path, space=SPACE):
 
 
 def trials_of(root, study, storage=None):
-    from helpers.study import load_study
+    from helpers.sweep.study import load_study
 
     return load_study(study, storage, root).get_trials(deepcopy=False)
+
+
+def study_of(settings: dict):
+    """An in-memory study made with these settings, holding two finished trials: val acc 0.6 and 0.7, test acc
+    0.55 and 0.5."""
+    import optuna
+
+    from helpers.recipes import get_recipe
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("settings", settings)
+    dist = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0)}
+    for value, test in ((0.6, 0.55), (0.7, 0.5)):
+        history = [dict(epoch=1, test_acc=test, val_acc=value)]
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.5}, distributions=dist, value=value,
+                                                  intermediate_values={1: value},
+                                                  user_attrs=dict(history=history, test_acc=test,
+                                                                  recipe=get_recipe("fast").to_dict())))
+    return study
 
 
 # --------------------------------------------------------------------------- the training tests share these

@@ -258,6 +258,6 @@ def test_05_with_its_defaults_shows_the_published_study(colab):
     assert error is None, str(error)[:2000]
     text = text_of(nb)
     assert "showing the published one shipped with the project" in text and "test acc" in text
-    figure_cells = [c for c in nb["cells"] if "H.plots.study_figure(" in "".join(c["source"])]
+    figure_cells = [c for c in nb["cells"] if "H.sweep.figures.study_figure(" in "".join(c["source"])]
     assert len(figure_cells) == 4
     assert all(any(o["output_type"] == "display_data" for o in c["outputs"]) for c in figure_cells)

@@ -1,6 +1,6 @@
 """Notebooks: structure of the committed ones (all five), a papermill smoke run of 01-04, nbval on its output.
 
-The main job runs notebooks 01-04 only (05_sweep runs in tests/test_study.py and tests/test_colab.py)."""
+The main job runs notebooks 01-04 only (05_sweep runs in tests/test_sweep_study.py and tests/test_colab.py)."""
 import ast
 import contextlib
 import hashlib

@@ -1,4 +1,4 @@
-"""helpers/objective.py: one Optuna trial is one Trial run. A rule-breaking sample is rejected untrained,
+"""helpers/sweep/objective.py: one Optuna trial is one Trial run. A rule-breaking sample is rejected untrained,
 the pruner stops a lagging trial, a killed worker's trial is retried from its checkpoint, and the run's
 own lines go to the trial's train.log with the settings it was given."""
 import contextlib
@@ -16,12 +16,12 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import PROJECT, SPACE, TINY, space_file, sweep_cli, trials_of
-from helpers import study as st
-from helpers import sweep
 from helpers.errors import UserError
-from helpers.objective import Objective
 from helpers.recipes import Settings, get_recipe
-from helpers.space import SweepError, load_space
+from helpers.sweep import __main__ as sweep
+from helpers.sweep import study as st
+from helpers.sweep.objective import Objective
+from helpers.sweep.space import SweepError, load_space
 
 
 def test_rule_breaking_sample_is_rejected_untrained(tmp_path):

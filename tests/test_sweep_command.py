@@ -1,8 +1,9 @@
-"""The sweep command (helpers/sweep.py): bad input is one line before any training, a re-run continues
+"""The sweep command (helpers/sweep/__main__.py): bad input is one line before any training, a re-run continues
 its study, several worker processes share one study (SQLite, and PostgreSQL when a server can be started
 here), a dead worker or a failing database does not lose the study, a study kept on Google Drive is never
 written there by SQLite (only whole copies) and continues in another runtime. The pieces are tested apart:
-tests/test_space.py, test_study.py (results, notebook 05), test_objective.py (one trial)."""
+tests/test_sweep_space.py, test_sweep_study.py (results, notebook 05), test_sweep_objective.py (one trial),
+test_sweep_figures.py."""
 import contextlib
 import glob
 import importlib.util
@@ -22,8 +23,8 @@ from optuna.trial import TrialState
 
 from conftest import PROJECT, TINY, space_file, sweep_cli, trials_of
 from helpers import colab
-from helpers import study as st
-from helpers import sweep
+from helpers.sweep import __main__ as sweep
+from helpers.sweep import study as st
 
 
 def assert_no_duplicate_or_lost(trials, n, root, study):

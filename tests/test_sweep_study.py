@@ -1,7 +1,6 @@
-"""helpers/study.py: a study exported to JSON comes back whole, the published one stands in for a study
-not on disk, the best trial comes with the exact command that trains it again; the study's figures
-(helpers/plots.py) leave matplotlib as they found it; notebook 05 shows a study."""
-import ast
+"""helpers/sweep/study.py: a study exported to JSON comes back whole, the published one stands in for a study
+not on disk, the best trial comes with the exact command that trains it again; notebook 05 shows a study
+(its figures: test_sweep_figures.py)."""
 import json
 import shlex
 import shutil
@@ -11,11 +10,10 @@ import sys
 import optuna
 import pytest
 
-from conftest import PROJECT, TINY, space_file
-from helpers import plots
-from helpers import study as st
-from helpers import sweep
+from conftest import PROJECT, TINY, space_file, study_of
 from helpers.recipes import get_recipe
+from helpers.sweep import __main__ as sweep
+from helpers.sweep import study as st
 
 NOTEBOOK = PROJECT / "notebooks" / "05_sweep.ipynb"
 SANITIZE = PROJECT / "tests" / "nbval_sanitize.cfg"
@@ -82,9 +80,8 @@ def test_a_missing_study_names_what_is_there(tmp_path, monkeypatch, capsys):
 
 def test_the_published_study_still_loads_and_says_it_tuned_on_test_accuracy(tmp_path, capsys):
     """Notebook 05's code path with its defaults: the study shipped in helpers/studies/, made before validation
-    splits existed, shows with its objective named in its describe line, its table and its figures' axes."""
-    import matplotlib.pyplot as plt
-
+    splits existed, shows with its objective named in its describe line and its table (its figures' axes:
+    test_sweep_figures.py)."""
     s = st.load_study("fast-lr-wd-ls", root=tmp_path)   # as notebook 05 calls it: no such study in root
     assert "showing the published one" in capsys.readouterr().out
     assert st.describe(s).endswith("; objective: test accuracy (before validation splits existed)")
@@ -94,25 +91,7 @@ def test_the_published_study_still_loads_and_says_it_tuned_on_test_accuracy(tmp_
     best = st.best_run(s)
     assert best["objective"] == "test_acc" and best["val_acc"] is None and best["test_acc"] == s.best_value
     assert "--val" not in shlex.split(best["command"])
-    for name in ("history", "epochs"):
-        fig = plots.study_figure(s, name)
-        assert fig.axes[0].get_ylabel() == "plain test accuracy"
-        plt.close(fig)
     assert [r.name for r in st.records(s, 1)] == [f"trial {s.best_trial.number} (test {s.best_value:.2%})"]
-
-
-def _study_of(settings: dict):
-    """An in-memory study made with these settings, holding two finished trials."""
-    study = optuna.create_study(direction="maximize")
-    study.set_user_attr("settings", settings)
-    dist = {"lr": optuna.distributions.FloatDistribution(0.1, 1.0)}
-    for value, test in ((0.6, 0.55), (0.7, 0.5)):
-        history = [dict(epoch=1, test_acc=test, val_acc=value)]
-        study.add_trial(optuna.trial.create_trial(params={"lr": 0.5}, distributions=dist, value=value,
-                                                  intermediate_values={1: value},
-                                                  user_attrs=dict(history=history, test_acc=test,
-                                                                  recipe=get_recipe("fast").to_dict())))
-    return study
 
 
 def test_a_study_counts_the_trials_that_ran_at_once_not_every_worker_it_ever_had():
@@ -135,10 +114,9 @@ def test_a_study_counts_the_trials_that_ran_at_once_not_every_worker_it_ever_had
 
 def test_a_study_says_which_number_is_which(tmp_path):
     """With a validation split the table has "val acc" (optimised) beside "test acc" (reported); study.json, the
-    best run and the figures' axes say the same; a study made with --val 0 says loudly that it tuned on test."""
-    import matplotlib.pyplot as plt
-
-    val = _study_of(dict(recipe="fast", data="synthetic", seed=0, val=0.1))
+    best run say the same (the figures' axes: test_sweep_figures.py); a study made with --val 0 says loudly that
+    it tuned on test."""
+    val = study_of(dict(recipe="fast", data="synthetic", seed=0, val=0.1))
     lines = st.table(val).splitlines()
     assert lines[0].startswith("objective: validation accuracy (--val 0.1): plain single view")
     assert "test acc is reported beside it, never optimised" in lines[0]
@@ -147,16 +125,12 @@ def test_a_study_says_which_number_is_which(tmp_path):
     assert st.describe(val).endswith("; objective: validation accuracy (--val 0.1)")
     best = st.best_run(val)
     assert best["val_acc"] == 0.7 and best["test_acc"] == 0.5 and "--val 0.1 " in best["command"]
-    for name in ("history", "epochs"):
-        fig = plots.study_figure(val, name)
-        assert fig.axes[0].get_ylabel() == "plain validation accuracy"
-        plt.close(fig)
     assert [r.name for r in st.records(val, 2)] == ["trial 1 (val 70.00%)", "trial 0 (val 60.00%)"]
     doc = json.loads(st.export_study(val, tmp_path / "study.json").read_text())
     assert doc["objective"] == lines[0] and doc["objective_metric"] == "val_acc"
     assert (doc["best"]["val_acc"], doc["best"]["test_acc"]) == (0.7, 0.5)
     assert st.table(st.import_study(tmp_path / "study.json")) == st.table(val)
-    on_test = _study_of(dict(recipe="fast", data="synthetic", seed=0, val=0))
+    on_test = study_of(dict(recipe="fast", data="synthetic", seed=0, val=0))
     assert st.table(on_test).startswith("objective: TEST accuracy (--val 0: tuned on the test set): the best trials' "
                                         "test acc is biased upward by the choice, not a result to report")
     assert st.describe(on_test).endswith("; objective: TEST accuracy (--val 0: tuned on the test set)")
@@ -173,16 +147,6 @@ def test_a_study_from_before_validation_splits_continues_only_as_val_0(tmp_path)
     st.open_study("new", None, tmp_path, dict(identity, val=0.1), heartbeat=None)
     with pytest.raises(st.SweepError, match=r"study 'new' was created with other val \(val=0.1\)"):
         st.open_study("new", None, tmp_path, dict(identity, val=500), heartbeat=None)
-
-
-def test_figures_leave_matplotlib_as_they_found_it():
-    import matplotlib
-
-    study = st.load_study("fast-lr-wd-ls", root="/nonexistent")
-    before = dict(matplotlib.rcParams)
-    for name in plots.STUDY_PLOTS:
-        plots.study_figure(study, name)
-    assert {k: v for k, v in matplotlib.rcParams.items() if before[k] != v} == {}  # no ggplot style left
 
 
 # --------------------------------------------------------------------------- from the best trial to a run
@@ -240,30 +204,6 @@ def test_the_best_command_carries_the_trials_settings_but_never_its_device():
     assert "precision" not in published["recipe"] and "precision" not in published["command"]
 
 
-def test_the_sweep_modules_import_only_downward():
-    """space <- study <- objective <- sweep: none imports one after it (study never needs objective)."""
-    order = ["space", "study", "objective", "sweep"]
-    for i, name in enumerate(order):
-        tree = ast.parse((PROJECT / "helpers" / f"{name}.py").read_text())
-        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
-        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
-                     and node.module is None for a in node.names}
-        assert not imported & set(order[i + 1:]), (name, imported)
-        assert "plots" not in imported or name == "sweep", name   # figures are plots.py's, drawn by the command
-    plots_tree = ast.parse((PROJECT / "helpers" / "plots.py").read_text())   # beside study, not above it
-    assert not {node.module for node in ast.walk(plots_tree) if isinstance(node, ast.ImportFrom)} & set(order)
-
-
-def test_the_top_runs_figure_shows_the_records_of_the_best_trials():
-    import matplotlib.pyplot as plt
-
-    study = st.load_study("fast-lr-wd-ls", root="/nonexistent", log=lambda m: None)
-    fig = plots.study_top_runs(study, top=3)
-    shown = [line.get_label() for line in fig.axes[1].get_lines()]   # the test-accuracy panel
-    assert shown == [r.name for r in st.records(study, 3)] and len(shown) == 3
-    plt.close(fig)
-
-
 # --------------------------------------------------------------------------- notebook 05
 
 def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
@@ -283,7 +223,7 @@ def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
         text = "".join("".join(o.get("text", "")) for o in outputs)
         assert "study nb: " in text and "val acc" in text and "objective: validation accuracy" in text
         cells = json.loads(executed.read_text())["cells"]
-        figure_cells = [c for c in cells if "H.plots.study_figure(" in "".join(c["source"])]
+        figure_cells = [c for c in cells if "H.sweep.figures.study_figure(" in "".join(c["source"])]
         assert len(figure_cells) == 4 and all(  # every figure cell shows its figure
             any(o["output_type"] == "display_data" for o in c["outputs"]) for c in figure_cells)
         assert {p.name for p in (root / "images").glob("*.png")} == {
@@ -298,7 +238,7 @@ def test_notebook_runs_on_a_tiny_study_and_passes_nbval(tmp_path):
 
 def test_explain_study_says_where_the_recipes_values_came_from_only_for_the_one_a_sweep_made():
     """fast's values came from a sweep; best's from airbench93's author: the text must not claim a sweep for it."""
-    fast = st.explain_study(_study_of(dict(recipe="fast", data="synthetic", seed=0, val=0.1)))
-    best = st.explain_study(_study_of(dict(recipe="best", data="synthetic", seed=0, val=0.1)))
+    fast = st.explain_study(study_of(dict(recipe="fast", data="synthetic", seed=0, val=0.1)))
+    best = st.explain_study(study_of(dict(recipe="best", data="synthetic", seed=0, val=0.1)))
     assert "The `fast` recipe's own values came from an earlier sweep" in fast
     assert "earlier sweep" not in best and "Where the `best` recipe's own values came from" in best

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import optuna
 
-from .data import check_val
-from .loop import NonFiniteLossError
-from .recipes import Recipe, Settings
-from .record import Record
-from .run import Trial
-from .rundir import LOCK
+from ..data import check_val
+from ..loop import NonFiniteLossError
+from ..recipes import Recipe, Settings
+from ..record import Record
+from ..run import Trial
+from ..rundir import LOCK
 from .space import Space
 from .study import SWEEP_VAL, worker_id
 
@@ -63,8 +63,8 @@ class Objective:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from . import constraints
-        from .registry import build_model
+        from .. import constraints
+        from ..registry import build_model
 
         overrides = self.space.sample(trial)
         trial.set_user_attr("worker", worker_id())

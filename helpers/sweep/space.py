@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
-from .recipes import Recipe, Settings, field_types
+from ..errors import UserError
+from ..recipes import Recipe, Settings, field_types
 
 if TYPE_CHECKING:
     import optuna
 
-SPACES = Path(__file__).resolve().parent / "spaces"   # example search spaces, found by name
+SPACES = Path(__file__).resolve().parents[1] / "spaces"   # example search spaces, found by name
 
 
 class SweepError(UserError):
@@ -104,8 +104,8 @@ def _bounds(key, pair):
 def _model_kwarg_is_int(model: str, kwarg: str) -> bool:
     import inspect
 
-    from .model import fast_net
-    from .registry import get_factory
+    from ..model import fast_net
+    from ..registry import get_factory
 
     sig = inspect.signature(get_factory(model))  # a registered model or your FILE.py:NAME
     if kwarg not in sig.parameters and any(q.kind == q.VAR_KEYWORD for q in sig.parameters.values()):
@@ -148,7 +148,7 @@ class Space:
 
     def _check_values(self):
         """Every range end and every choice must make a valid recipe and a buildable model."""
-        from .registry import build_model
+        from ..registry import build_model
 
         for p in self.params:
             for value in p.candidates():

@@ -8,7 +8,7 @@ is not reliable on network and FUSE filesystems, and two processes writing a dat
 it. A finished study is also one JSON file (export_study); the published ones ship in helpers/studies/
 and load_study falls back to them. Results: counts, describe (one line), table
 (the best trials), best_run (the exact command that trains the best trial again), records (their
-histories, for plots; the figures are in helpers/plots.py, study_figure).
+histories, for plots; the figures are in figures.py, study_figure).
 
 What a study optimises (objective_metric, objective_line): the plain validation accuracy of a validation split
 held out of the training split (its setting `val` is part of the study's identity; SWEEP_VAL by default), so
@@ -41,13 +41,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .colab import DRIVE_DELAY, on_drive
-from .recipes import Recipe, Settings, get_recipe, split_fields
-from .record import Record
-from .rundir import atomic_write
+from ..colab import DRIVE_DELAY, on_drive
+from ..recipes import Recipe, Settings, get_recipe, split_fields
+from ..record import Record
+from ..rundir import atomic_write
 from .space import SweepError
 
-STUDIES = Path(__file__).resolve().parent / "studies"  # published studies (export_study's JSON), found by name
+STUDIES = Path(__file__).resolve().parents[1] / "studies"  # published studies (export_study's JSON), found by name
 SWEEPS = Path("runs/sweeps")                         # one folder per study, relative to the project root
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)      # trials that count toward --trials
 # a study remembers what it searches; a re-run that changes one of these is another study

@@ -16,8 +16,8 @@ this machine's disk and copied to Drive after each finished trial and at the end
 ends by flushing Drive, so that a notebook in another runtime finds the study.
 
 This module is the command only; the pieces, each importing only those before it:
-helpers/space.py (the search space), helpers/study.py (storage, the study, its results),
-helpers/objective.py (one trial = one run); the figures are helpers/plots.py's study_* functions.
+helpers/sweep/space.py (the search space), study.py (storage, the study, its results),
+objective.py (one trial = one run), figures.py (the study's figures).
 The training flags (recipe fields fixed for every trial, run settings such as --precision) are
 the shared CLI's (helpers/cli.py); the run settings are not part of what a study searches.
 """
@@ -34,12 +34,12 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from . import colab
-from .cli import get_args_parser, overrides, parse, positive_int
-from .data import check_val, val_size
-from .errors import UserError
+from .. import colab
+from ..cli import get_args_parser, overrides, parse, positive_int
+from ..data import check_val, val_size
+from ..errors import UserError
+from ..recipes import Recipe, Settings, get_recipe, split_fields
 from .objective import Objective
-from .recipes import Recipe, Settings, get_recipe, split_fields
 from .space import SPACES, Space, SweepError, load_space
 from .study import (DB, DONE, STORAGE_ENV, SWEEP_VAL, SWEEPS, without_heartbeat, best_run, check_study_name, counts,
                     describe, drive_backed, export_study, fail_and_retry, failure_line, open_study, pull_from_drive,
@@ -322,7 +322,7 @@ def _sweep(args, argv, drive: dict) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .plots import save_study_plots
+    from .figures import save_study_plots
 
     print(describe(study))
     print(table(study, args.top))

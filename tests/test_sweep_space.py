@@ -1,4 +1,4 @@
-"""helpers/space.py: a sweep's search space is checked whole before any training, samples recipe
+"""helpers/sweep/space.py: a sweep's search space is checked whole before any training, samples recipe
 overrides (model arguments merged onto the recipe's), and holds recipe fields only, never run settings."""
 import subprocess
 import sys
@@ -6,8 +6,8 @@ import sys
 import optuna
 import pytest
 
-from helpers import space as sp
 from helpers.recipes import Settings, get_recipe
+from helpers.sweep import space as sp
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -65,7 +65,7 @@ def test_integer_fields_come_from_the_recipes_own_types():
 def test_a_space_is_read_and_checked_without_optuna():
     """Optuna is an extra: checking a space needs only the recipes (it samples with an optuna.Trial)."""
     code = ("import sys; sys.modules['optuna'] = None\n"
-            "from helpers.space import load_space; from helpers.recipes import get_recipe\n"
+            "from helpers.sweep.space import load_space; from helpers.recipes import get_recipe\n"
             "print(load_space('fast-lr-wd-ls', get_recipe('fast')).searched)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "lr" in done.stdout, done.stderr[-2000:]
