@@ -36,11 +36,11 @@ DATA_IDENTITY = {
     "steps_per_epoch": "steps per epoch",
 }
 # Keys a run writes only when it has them (run.Trial: a validation split): absent means none, so a checkpoint
-# written without one, before validation splits existed included, is a run without one and is compared so.
+# without them, whichever code wrote it, is a run without a validation split and is compared as one.
 OPTIONAL_IDENTITY = ("val", "val_fingerprint")
 # The config's layout: 2 keeps the per-device settings (precision, compile, channels_last) under
-# config["settings"]; 1 (no "format" key, written before 2026-11-30) kept them inside config["recipe"].
-# read_checkpoint upgrades 1 to 2, so a run trained before the change resumes and is analysed as before.
+# config["settings"]; 1 (no "format" key) keeps them inside config["recipe"]. read_checkpoint upgrades
+# 1 to 2, so a format-1 run resumes and is analysed like any other.
 FORMAT = 2
 PER_DEVICE = ("precision", "compile", "channels_last")
 

@@ -13,7 +13,7 @@ import torch
 from .data import SOURCES, DataError, check_val, data_dir_problem
 from .device import DEVICE_HELP
 from .recipes import COMPILE_MODES, KIND_WORDS, PRECISIONS, RECIPES, Recipe, Settings, field_types, has_type
-from .registry import model_problem
+from .registry import list_models, model_problem
 
 
 def positive_int(s):
@@ -90,7 +90,7 @@ def get_args_parser(prog: str, description: str, add_help=True) -> argparse.Argu
     p.add_argument("--recipe", default="seed", choices=sorted(RECIPES),
                    help="named hyperparameter set (helpers/recipes.py); other flags override it "
                         "(default: %(default)s)")
-    p.add_argument("--model", type=model_arg, help="a registered model (seed, fast, wide, air) or your own "
+    p.add_argument("--model", type=model_arg, help=f"a registered model ({', '.join(list_models())}) or your own "
                                                      "FILE.py:NAME (default: the recipe's)")
     p.add_argument("--data", choices=SOURCES,
                    help="cifar10: download via torchvision; folder: ImageFolder root with train/ and test/; "

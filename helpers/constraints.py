@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import UserError
 from .model import ConvBlock, TransitionBlock, count_params, output_kind
-from .registry import ModelError, build_model
+from .registry import ModelError, build_model, list_models
 
 MAX_PARAMS = 1_000_000
 REQUIRED_MAX_POOLS = 3
@@ -634,7 +634,7 @@ def main(argv=None) -> int:
                                             "network outputs, and the receptive field after every layer. Exit 1\n"
                                             "when a rule fails, 2 when the model cannot be built.",
                                 epilog=HOW + EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a registered name (seed, fast, wide, air) or your own FILE.py:NAME "
+    p.add_argument("model", help=f"a registered name ({', '.join(list_models())}) or your own FILE.py:NAME "
                                  "or FILE.ipynb:NAME")
     args = p.parse_args(argv)
     try:

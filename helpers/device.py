@@ -22,6 +22,8 @@ import sys
 
 import torch
 
+from .errors import UserError
+
 DEVICE_HELP = "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps"
 
 # oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA, older name DNNL_MAX_CPU_ISA): values that keep bf16 instructions
@@ -43,17 +45,17 @@ def pick_device(device: str = "auto", log=print) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     kind, _, index = name.partition(":")
     if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
-        raise ValueError(f"unknown device {device!r}; use {DEVICE_HELP}")
+        raise UserError(f"unknown device {device!r}; use {DEVICE_HELP}")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU visible to torch; "
-                             "use device 'auto' or 'cpu' (in Colab: Runtime > Change runtime type > GPU)")
+            raise UserError(f"device {device!r} asked for, but this machine has no CUDA GPU visible to torch; "
+                            "use device 'auto' or 'cpu' (in Colab: Runtime > Change runtime type > GPU)")
         if index and int(index) >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) "
-                             f"are visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+            raise UserError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) "
+                            f"are visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     if kind == "mps" and not _mps_available():
-        raise ValueError(f"device {device!r} asked for, but Apple's MPS backend is not available here "
-                         "(it needs an Apple-silicon Mac); use device 'auto' or 'cpu'")
+        raise UserError(f"device {device!r} asked for, but Apple's MPS backend is not available here "
+                        "(it needs an Apple-silicon Mac); use device 'auto' or 'cpu'")
     dev = torch.device(name)
     if log:
         log(f"device: {dev} ({describe(dev)})")
@@ -100,8 +102,8 @@ def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool | Non
         if device.type == "mps" and precision != "fp32":
             # torch may run MPS autocast in fp32 without a word (op coverage differs by release and
             # macOS), and the run would still record the lower precision: refuse instead
-            raise ValueError(f"precision {precision!r} on Apple MPS is not supported here (unmeasured, and "
-                             "autocast there can silently fall back to fp32); use precision 'auto' or 'fp32'")
+            raise UserError(f"precision {precision!r} on Apple MPS is not supported here (unmeasured, and "
+                            "autocast there can silently fall back to fp32); use precision 'auto' or 'fp32'")
         return precision  # fp16 on CPU works (GradScaler("cpu")) but is slow: for tests and checks
     if device.type == "cuda":
         return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"

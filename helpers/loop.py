@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 from .loader import reflect_pad, resize
 from .device import autocast
+from .errors import UserError
 from .recipes import Recipe, Settings
 from .speed import IDLE, synchronize
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError, RuntimeError):
+    """The loss became NaN or infinite: a setting the user changes (a lower lr, fp32), so a UserError."""
 
 
 

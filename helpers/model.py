@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import UserError
+
 
 # --------------------------------------------------------------------------- units
 
@@ -47,35 +49,42 @@ def _same_padding(kernel_size: int, dilation: int) -> int:
     return dilation * (kernel_size - 1) // 2
 
 
-class ConvActBN(nn.Sequential):
-    """conv -> activation -> BatchNorm -> Dropout: the original solution's unit, in its order (with ReLU).
+class ConvUnit(nn.Sequential):
+    """A conv with "same" padding for any odd kernel and dilation, then the layers its class's `order` names:
+    the base of ConvActBN, ConvBNAct and Conv, which differ only in that order.
 
-    "Same" padding for any odd kernel and dilation; `conv` is the conv class to use
-    (nn.Conv2d or DepthwiseSeparableConv), `act_layer` the activation class (nn.ReLU, the
-    default, or nn.GELU); dropout 0 becomes nn.Identity.
+    `conv` is the conv class to use (nn.Conv2d or DepthwiseSeparableConv), `act_layer` the activation class
+    (nn.ReLU, the default, or nn.GELU); dropout 0 becomes nn.Identity. The parts are named conv, act, bn and
+    drop whatever their order, so a state_dict's keys name the layers, not their positions.
     """
-    order = ("conv", "act", "bn", "drop")
+    order: tuple[str, ...] = ("conv",)
 
     def __init__(self, in_channels, out_channels, kernel_size=3, dilation=1, dropout=0.0,
                  conv=nn.Conv2d, act_layer=nn.ReLU):
+        # the conv is built first whatever the order: it holds the unit's only random draws
         parts = dict(
-            conv=conv(in_channels, out_channels, kernel_size, padding=_same_padding(kernel_size, dilation),
-                      dilation=dilation, bias=False),
-            act=_act(act_layer),
-            bn=nn.BatchNorm2d(out_channels),
-            drop=nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+            conv=lambda: conv(in_channels, out_channels, kernel_size, padding=_same_padding(kernel_size, dilation),
+                              dilation=dilation, bias=False),
+            act=lambda: _act(act_layer),
+            bn=lambda: nn.BatchNorm2d(out_channels),
+            drop=lambda: nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
         )
-        super().__init__(OrderedDict((name, parts[name]) for name in self.order))
+        super().__init__(OrderedDict((name, parts[name]()) for name in self.order))
 
 
-class ConvBNAct(ConvActBN):
+class ConvActBN(ConvUnit):
+    """conv -> activation -> BatchNorm -> Dropout: the original solution's unit, in its order (with ReLU)."""
+    order = ("conv", "act", "bn", "drop")
+
+
+class ConvBNAct(ConvUnit):
     """conv -> BatchNorm -> activation -> Dropout: the usual order, used by the fast models (which pass
     act_layer=nn.GELU)."""
     order = ("conv", "bn", "act", "drop")
 
 
-class Conv(ConvActBN):
-    """A bare conv ("same" padding): for blocks whose BatchNorm and ReLU come after the pool."""
+class Conv(ConvUnit):
+    """A bare conv ("same" padding): for blocks whose BatchNorm and activation come after the pool (BNAct)."""
     order = ("conv",)
 
 
@@ -130,8 +139,8 @@ class PatchWhitening(nn.Module):
         return self.act(self.conv(x))
 
 
-# the units' earlier names, kept so that network files written with them still import (the activation is
-# act_layer's, ReLU by default, whatever the name says)
+# other names of the units, which network files (students', the tests') use: the activation is act_layer's,
+# ReLU by default, whatever the name says
 ConvReLUBN, ConvBNReLU, BNReLU = ConvActBN, ConvBNAct, BNAct
 
 
@@ -185,7 +194,7 @@ class GlobalPool2d(nn.Module):
     def __init__(self, mode="avg"):
         super().__init__()
         if mode not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {mode!r}")
+            raise UserError(f"pool must be 'avg' or 'max', got {mode!r}")
         self.mode = mode
 
     def forward(self, x):
@@ -218,7 +227,8 @@ class Head(nn.Module):
 # --------------------------------------------------------------------------- networks
 
 class Net(nn.Sequential):
-    """prep -> (ConvBlock -> TransitionBlock) x 3 -> head. Every registered model is one.
+    """prep -> (ConvBlock -> TransitionBlock) x 3 -> head, with a fourth ConvBlock (block4, after the third
+    max-pool) before the head in `fast`, `wide` and `air`. Every registered model is one.
 
     Stages are named (prep, block1, trans1, ..., head) so reports and summaries read well.
     """
@@ -290,11 +300,11 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_con
     # dilated: which conv is dilated: "block3" (the main conv at 7x7) or "lead2" (the extra conv
     # at 15x15, needs extra_conv); "none" breaks the rules and exists only to measure the cost
     if dilated not in ("block3", "lead2", "none") or (dilated == "lead2" and not extra_conv):
-        raise ValueError(f"dilated must be 'block3', 'lead2' (with extra_conv) or 'none', got {dilated!r}")
+        raise UserError(f"dilated must be 'block3', 'lead2' (with extra_conv) or 'none', got {dilated!r}")
     if act not in ACTIVATIONS:
-        raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        raise UserError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     if not (isinstance(res_pairs, int) and res_pairs >= 0):
-        raise ValueError(f"res_pairs must be an int >= 0, got {res_pairs!r}")
+        raise UserError(f"res_pairs must be an int >= 0, got {res_pairs!r}")
     a = dict(act_layer=ACTIVATIONS[act])
     lead2 = [ConvBNAct(w1, w1, dilation=2 if dilated == "lead2" else 1, **a)] if extra_conv else []
     # res_pairs: residual pairs of w1-wide convs deepen stage 2 at 15x15, where a conv is cheap

@@ -61,7 +61,7 @@ def kernel_config(tmp: str):
     """Kernels talk to papermill over Unix sockets in `tmp` instead of localhost TCP.
 
     Over TCP ipykernel warns, once per notebook, that the channel is unencrypted; a Unix socket
-    in a private temporary folder never leaves the machine, so the warning no longer applies.
+    in a private temporary folder never leaves the machine, so the warning does not apply.
     (Windows has no IPC transport: there it stays TCP.)
     """
     from traitlets.config import Config
@@ -164,7 +164,7 @@ def provenance(params: dict, run_dir: Path, command: str) -> str:
     try:
         config = json.loads((ROOT / run_dir / "history.json").read_text())["config"]
         r = config["recipe"]
-        precision = config.get("settings", r)["precision"]  # in the recipe, in runs written before 2026-11-30
+        precision = config.get("settings", r)["precision"]  # in the recipe in a format-1 config (checkpoint.FORMAT)
         how = (f"model `{r['model']}`, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, batch {r['batch_size']}, "
                f"precision {precision}")
         device = config.get("device") or params["device"]

@@ -13,6 +13,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from .data import ImageSet, channel_stats
+from .errors import UserError
 from .loader import Loader
 from .recipes import recipe_name  # noqa: F401  (plots label runs by it; it lives with the recipes)
 
@@ -126,7 +127,7 @@ def plot_curves(record):
 def summary_plot_for_runs(records, metric="acc"):
     """Train and test `metric` ("acc" or "loss") per epoch for several runs, side by side."""
     if metric not in ("acc", "loss"):
-        raise ValueError(f"metric must be 'acc' or 'loss', got {metric!r}")
+        raise UserError(f"metric must be 'acc' or 'loss', got {metric!r}")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     scale = 100 if metric == "acc" else 1
     labels = [run_label(r) for r in records]
@@ -212,7 +213,7 @@ def gradcam_layer(model, min_size=7):
     blocks = [s for s in report.stages if s.kind == "ConvBlock" and any(ops[i].kind == "conv" for i in s.ops)]
     wide = [s for s in blocks if max(ops[i].out_shape[1] for i in s.ops if ops[i].kind == "conv") >= min_size]
     if not blocks:
-        raise ValueError("the model runs no convolution: Grad-CAM has no map to look at")
+        raise UserError("the model runs no convolution: Grad-CAM has no map to look at")
     stage = (wide or blocks)[-1]
     convs = [ops[i] for i in stage.ops if ops[i].kind == "conv" and ops[i].out_shape[1] >= min(min_size, 2)]
     last = convs[-1] if convs else ops[stage.ops[-1]]

@@ -74,8 +74,8 @@ class Recipe:
     def from_dict(cls, d: dict) -> "Recipe":
         known = {f.name for f in fields(cls)}
         if "momentum_max" not in d:
-            # written before momentum_max existed, when the scheduler ignored `momentum` and
-            # always cycled 0.85 <-> 0.95: record what those runs really used
+            # a stored recipe without momentum_max comes from a scheduler that cycled 0.85 <-> 0.95 whatever
+            # `momentum` said: momentum 0.85 (momentum_max defaults to 0.95) is what that run really used
             d = {**d, "momentum": 0.85}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -278,55 +278,112 @@ class Trial:
             raise
 
     def _setup(self) -> Trainer:
+        requested = self.settings  # as asked; self.settings becomes the resolved ones
+        device = self._pick_device()
+        # the network first: a file that fails or a rule it breaks is one line before any data is read
+        model, source = self._build_model()
+        self._lock_folder()
+        train_set, val_set, test_set = self._load_data()
+        s = self._resolve_settings(device)
+        mean, std, train_loader, test_loader, val_loader = self._make_loaders(train_set, test_set, val_set, device, s)
+        s = self._resolve_compile(requested, s, device, len(train_loader))
+        model = self._place_model(model, device, s, train_set, train_loader)
+        output = self._check_network(model, device, train_set, train_loader)
+        identity = self._keep_identity(model, source)
+        s, timings = self._compile_or_warm_up(model, device, s, train_loader, test_loader)
+        info = self._run_info(requested, device, model, mean, std, train_set, test_set, val_set, train_loader, output,
+                              identity, timings)
+        self.trainer = Trainer(model, self.recipe, train_loader, test_loader, device, self.out_dir, self.seed,
+                               self.progress, info, log=self.log, lock=self.lock, settings=s, val_loader=val_loader)
+        return self.trainer
+
+    def _pick_device(self) -> torch.device:
         device = pick_device(self.settings.device, self.log)
         configure_backends(device)
         reset_peak_memory(device)  # the benchmark's peak_device_mb covers this run alone
-        r, requested = self.recipe, self.settings
-        # the network first: a file that fails or a rule it breaks is one line before any data is read
+        return device
+
+    def _build_model(self):
+        """The network, seeded, and checked against the rules; with its source file (None: not a file)."""
+        r = self.recipe
         source = file_source(r.model)  # your FILE.py as built, kept in the run folder
         torch.manual_seed(self.seed)  # model init depends on the seed only
         model = build_model(self.factory or r.model, **r.model_kwargs)
         if self.enforce_rules:
             check(model).require(r.model)
+        return model, source
+
+    def _lock_folder(self):
         if self.out_dir:  # one run per folder: another one training there is one line, before data is read
             self.lock = RunLock(check_writable(self.out_dir), drive=on_drive(self.out_dir)).acquire()
+
+    def _load_data(self):
+        """(train_set, val_set, test_set); val_set is None without a validation split."""
         train_set, test_set = load_splits(self.data, self.data_dir, self.limit, log=self.log)
         # the validation split leaves the training split before anything is computed from it (normalisation,
         # the whitening init): nothing of it reaches training. None without one: train_set as it was
-        train_set, val_set = split_validation(train_set, self.val, min_train=r.batch_size)
+        train_set, val_set = split_validation(train_set, self.val, min_train=self.recipe.batch_size)
+        return train_set, val_set, test_set
+
+    def _resolve_settings(self, device) -> Settings:
         # per-device choices, made once and stored resolved (checkpoint config, history, benchmark); what was
         # asked is kept too: a resume on another device may re-resolve an "auto" (checkpoint.check_resume)
-        s = requested.override(device=str(device), precision=resolve_precision(requested.precision, device),
-                               channels_last=resolve_channels_last(requested.channels_last, device))
+        requested = self.settings
+        return requested.override(device=str(device), precision=resolve_precision(requested.precision, device),
+                                  channels_last=resolve_channels_last(requested.channels_last, device))
+
+    def _make_loaders(self, train_set, test_set, val_set, device, s: Settings):
+        """(mean, std, train_loader, test_loader, val_loader): normalised by the training split's statistics."""
+        r = self.recipe
         mean, std = channel_stats(train_set.images)
         common = dict(mean=mean, std=std, device=device, channels_last=s.channels_last)
         train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
                               alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
         val_loader = Loader(val_set, 500, False, **common) if val_set is not None else None
+        return mean, std, train_loader, test_loader, val_loader
+
+    def _resolve_compile(self, requested: Settings, s: Settings, device, steps_per_epoch: int) -> Settings:
+        """Settings with compile resolved; from here on self.settings is the resolved one, and each
+        change from what was asked (except the device) is logged in one line."""
         # torch.compile pays back only over many steps: decided now that the run's length is known
         self.settings = s = s.override(compile=resolve_compile(requested.compile, device,
-                                                               r.epochs * len(train_loader)))
+                                                               self.recipe.epochs * steps_per_epoch))
         changed = [f"{k}: {v} -> {getattr(s, k)}" for k, v in requested.to_dict().items()
                    if k != "device" and getattr(s, k) != v]
         if changed:
             self.log("; ".join(changed))
+        return s
+
+    def _place_model(self, model, device, s: Settings, train_set, train_loader):
+        """The network on `device`, its data-dependent init done, in the run's memory layout."""
         model = model.to(device)
         for m in model.modules():  # data-dependent init (PatchWhitening) from 5,000 training images
             if hasattr(m, "init_whitening"):
                 m.init_whitening(train_loader.normalize(train_set.images[:5000].to(device)).contiguous())
         if s.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        # the network's first pass at every image size the recipe feeds it: a network that cannot train is one
-        # line now, not a traceback from inside the first epoch; one that needs full-size images trains without
-        # progressive resizing
+        return model
+
+    def _check_network(self, model, device, train_set, train_loader):
+        """The network's first pass at every image size the recipe feeds it: a network that cannot train is one
+        line now, not a traceback from inside the first epoch; one that needs full-size images trains without
+        progressive resizing (self.recipe changes then). Returns the output check_network reports."""
         sample = train_loader.normalize(train_set.images[:8].to(device))
-        r, output = check_network(model, r, sample, len(train_set.classes), self.log)
-        self.recipe = r
-        identity = model_identity(self.factory or r.model, model, source)
+        self.recipe, output = check_network(model, self.recipe, sample, len(train_set.classes), self.log)
+        return output
+
+    def _keep_identity(self, model, source) -> dict:
+        """What network this run trains (checked on resume); a copy of its file in the run folder."""
+        identity = model_identity(self.factory or self.recipe.model, model, source)
         keep_copy(self.out_dir, identity, source)
-        # one-time work on each shape (compiling, cuDNN autotuning) is done now and reported apart, never
-        # inside train_seconds; a compile includes its warm-up
+        return identity
+
+    def _compile_or_warm_up(self, model, device, s: Settings, train_loader, test_loader):
+        """One-time work on each shape (compiling, cuDNN autotuning) done now and reported apart, never inside
+        train_seconds; a compile includes its warm-up. Returns the settings (compile "off" after a failed
+        compile) and dict(compile_seconds, warmup_seconds, compile_error)."""
+        r = self.recipe
         compile_seconds, warmup_seconds, compile_error = 0.0, 0.0, None
         if s.compile != "off":
             self.log(f"torch.compile ({s.compile}): compiling every graph now, before the clock starts")
@@ -341,12 +398,17 @@ class Trial:
         elif needs_warm_up(device):
             warmup_seconds = warm_up(model, r, s, train_loader, test_loader)
             self.log(f"warm-up (each graph once, before the clock starts): {warmup_seconds:.1f} s")
+        return s, dict(compile_seconds=round(compile_seconds, 1), warmup_seconds=round(warmup_seconds, 1),
+                       compile_error=compile_error)
+
+    def _run_info(self, requested: Settings, device, model, mean, std, train_set, test_set, val_set, train_loader,
+                  output, identity, timings) -> dict:
+        """The run's config beyond recipe, seed and settings: what it was asked, its data and network."""
         info = dict(name=self.name, requested=requested.to_dict(), data=self.data,
                     data_dir=str(self.data_dir) if self.data_dir else None, limit=self.limit, mean=mean, std=std,
                     classes=train_set.classes,
                     params=count_params(model), device=str(device), torch=str(torch.__version__),
-                    compile_seconds=round(compile_seconds, 1), warmup_seconds=round(warmup_seconds, 1),
-                    compile_error=compile_error, output=output, model_identity=identity)
+                    **timings, output=output, model_identity=identity)
         # what the run is trained and evaluated on: a resume must match it (checkpoint.check_resume)
         info["data_identity"] = dict(
             source=self.data, folder=str(Path(self.data_dir).resolve()) if self.data_dir else None,
@@ -361,9 +423,7 @@ class Trial:
             self.log(f"validation split (val={self.val}): {len(val_set)} of the {len(train_set) + len(val_set)} "
                      f"training images held out, the same for every seed; {len(train_set)} left to train on")
         info["skipped_files"] = dict(train=train_set.skipped_files(), test=test_set.skipped_files())
-        self.trainer = Trainer(model, r, train_loader, test_loader, device, self.out_dir, self.seed,
-                               self.progress, info, log=self.log, lock=self.lock, settings=s, val_loader=val_loader)
-        return self.trainer
+        return info
 
     def record(self) -> Record:
         """The run so far: its config and history (after setup)."""

@@ -12,6 +12,7 @@ import torch.nn as nn
 from conftest import SMALL, outcome
 from helpers import device as D
 from helpers.checkpoint import CHECKPOINT, CheckpointError
+from helpers.errors import UserError
 from helpers.device import peak_rss_mb
 from helpers.loop import make_optimizer, make_scheduler, train_one_epoch
 from helpers.record import Record, load_run
@@ -46,7 +47,7 @@ def test_auto_device_is_cuda_then_mps_then_cpu(monkeypatch):
 def test_missing_or_unknown_device_is_one_clear_error(name, message, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(D, "_mps_available", lambda: False)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         D.pick_device(name, log=None)
 
 
@@ -210,7 +211,7 @@ def test_cudnn_autotuning_is_switched_on_for_cuda_runs_only(monkeypatch):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mps_refuses_autocast_precisions_in_one_line(precision):
-    with pytest.raises(ValueError, match="use precision 'auto' or 'fp32'"):
+    with pytest.raises(UserError, match="use precision 'auto' or 'fp32'"):
         D.resolve_precision(precision, MPS)
     assert D.resolve_precision("fp32", MPS) == "fp32" and D.resolve_precision("auto", MPS) == "fp32"
 
@@ -231,7 +232,9 @@ def test_auto_compile_needs_a_long_cuda_run(steps, expected):
 def test_recipes_compile_by_their_length_on_cuda():
     """fast and best are over in a few hundred steps: no compile; seed and long take thousands."""
     steps = {name: r.epochs * (45_000 // r.batch_size) for name, r in RECIPES.items()}
-    assert {n for n, s in steps.items() if D.resolve_compile("auto", CUDA, s) != "off"} == {"seed", "long"}
+    compiled = {n for n, s in steps.items() if D.resolve_compile("auto", CUDA, s) != "off"}
+    assert compiled == {n for n, s in steps.items() if s >= D.COMPILE_MIN_STEPS}
+    assert {"seed", "long"} <= compiled and not {"fast", "best"} & compiled
 
 
 def test_resume_re_resolves_an_auto_precision_on_another_device(tmp_path, monkeypatch, capsys):
@@ -249,127 +252,12 @@ def test_resume_re_resolves_an_auto_precision_on_another_device(tmp_path, monkey
         Trial(**{**run, "epochs": 2, "precision": "bf16"}).run(resume=True)
 
 
-# --------------------------------------------------------------------------- torch.compile
-
-@pytest.fixture
-def eager_compile(monkeypatch):
-    """torch.compile with the eager backend: the same code path, none of inductor's C++ build time."""
-    calls = []
-    original = nn.Module.compile
-
-    def compile(self, *args, **kwargs):
-        calls.append(kwargs.pop("mode", None))
-        return original(self, *args, backend="eager", **kwargs)
-
-    monkeypatch.setattr(nn.Module, "compile", compile)
-    return calls
-
-
-def test_compiled_run_matches_uncompiled_and_checkpoints_load_either_way(tmp_path, eager_compile):
-    plain = train(out_dir=tmp_path / "plain", compile="off", **SMALL)
-    compiled = train(out_dir=tmp_path / "compiled", compile="default", **SMALL)
-    assert eager_compile == ["default"]
-    assert compiled.config["compile_seconds"] >= 0 and compiled.config["settings"]["compile"] == "default"
-    # the warm-up that compiles leaves weights, BatchNorm statistics and random state untouched
-    assert outcome(compiled) == outcome(plain)
-    # a compiled run's checkpoint loads into a plain model, and a plain one into a compiled model
-    model, config, history = load_run(tmp_path / "compiled")
-    assert len(history) == 2 and not hasattr(model, "_orig_mod")
-    trial = Trial(out_dir=tmp_path / "plain", compile="default", **SMALL)
-    trial.settings = trial.settings.override(compile="off")  # set up uncompiled; compiled by hand below
-    trainer = trial.setup()
-    trainer.model.compile(mode="default")
-    trainer.load(tmp_path / "plain" / CHECKPOINT)
-    assert trainer.epoch == 2
-
-
-@pytest.fixture
-def failing_compile(monkeypatch):
-    """torch.compile as it fails in the field: it returns, then the first compiled call raises (inductor finds
-    no C compiler, Triton does not know the GPU)."""
-    import torch._dynamo
-
-    def compile(fn, *args, **kwargs):
-        def compiled(*a, **k):
-            raise RuntimeError("InductorError: CppCompileError: C++ compile error\n(a long compiler log)")
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", compile)
-    torch._dynamo.reset()
-
-
-def test_a_failed_compile_costs_speed_not_the_run(tmp_path, failing_compile):
-    """The run goes on uncompiled, trains exactly what an uncompiled run trains, and says why in its log and
-    its recorded settings; the attempt is not charged to train_seconds."""
-    lines = []
-    plain = train(out_dir=tmp_path / "plain", compile="off", **SMALL)
-    trial = Trial(out_dir=tmp_path / "compiled", compile="default", log=lines.append, **SMALL)
-    fell_back = trial.run()
-    assert outcome(fell_back) == outcome(plain) and trial.trainer.model._compiled_call_impl is None
-    said = [line for line in lines if "torch.compile failed" in line]
-    assert said == ["torch.compile failed (RuntimeError: InductorError: CppCompileError: C++ compile error); "
-                    "the run continues uncompiled (compile: off)"]
-    config = json.loads((tmp_path / "compiled" / "history.json").read_text())["config"]
-    assert config["settings"]["compile"] == "off" and config["requested"]["compile"] == "default"
-    assert config["compile_error"].startswith("RuntimeError: InductorError")
-
-
-def test_a_network_that_fails_uncompiled_too_fails_with_its_own_error(failing_compile):
-    """The fallback never hides a broken network behind the compiler: the uncompiled warm-up raises its error."""
-    class NoGrad(nn.Module):  # forward runs, backward cannot: its output has no gradient
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(3, 10)
-
-        def forward(self, x):
-            with torch.no_grad():
-                return self.fc(x.mean((2, 3)))
-
-    with pytest.raises(RuntimeError, match="does not require grad"):
-        Trial(model=NoGrad, enforce_rules=False, compile="default", **SMALL).setup()
-
-
-def test_uncompiled_warm_up_leaves_no_trace_and_is_reported_apart(tmp_path, monkeypatch):
-    """On a GPU an uncompiled run warms up before its clock starts (cuDNN autotunes each new shape); here
-    the CPU is made to warm up too, and trains exactly what a cold run trains."""
-    import helpers.run
-    cold = train(out_dir=tmp_path / "cold", recipe="fast", resize_start=16, resize_epochs=1, **SMALL)
-    assert cold.config["warmup_seconds"] == 0  # the CPU starts cold, as the airbench93 reference does
-    monkeypatch.setattr(helpers.run, "needs_warm_up", lambda device: True)
-    warm = train(out_dir=tmp_path / "warm", recipe="fast", resize_start=16, resize_epochs=1, **SMALL)
-    assert warm.config["warmup_seconds"] > 0
-    assert outcome(warm) == outcome(cold)
-
+# --------------------------------------------------------------------------- warm-up
 
 def test_only_accelerators_warm_up_uncompiled_runs():
     from helpers.device import needs_warm_up
     assert not needs_warm_up(torch.device("cpu"))
     assert needs_warm_up(torch.device("cuda")) and needs_warm_up(torch.device("mps"))
-
-
-def test_compile_warms_up_both_whitening_bias_graphs(eager_compile):
-    """`best` freezes the whitening bias after epoch 3; the graphs without its gradient must compile
-    in the warm-up (compile_seconds), not inside that epoch's train_seconds."""
-    from torch._dynamo.utils import counters
-    trial = Trial(recipe="best", compile="default", precision="fp32", whiten_bias_epochs=1,
-                    **{**SMALL, "epochs": 3, "batch_size": 50, "limit": 200})
-    trainer = trial.setup()
-    compiled = counters["stats"]["unique_graphs"]
-    bias = next(m.conv.bias for m in trainer.model.modules() if hasattr(m, "init_whitening"))
-    assert bias.requires_grad  # the warm-up leaves the flags as it found them
-    trainer.fit()
-    assert counters["stats"]["unique_graphs"] == compiled  # nothing compiled during training
-
-
-def test_compile_warms_up_the_small_images_graphs(eager_compile):
-    """Progressive resizing trains epoch 1 on 16 px images: that shape compiles in the warm-up too."""
-    from torch._dynamo.utils import counters
-    trial = Trial(recipe="fast", compile="default", precision="fp32", resize_start=16, resize_epochs=1,
-                  **{**SMALL, "epochs": 2, "batch_size": 50, "limit": 200})
-    trainer = trial.setup()
-    compiled = counters["stats"]["unique_graphs"]
-    trainer.fit()
-    assert counters["stats"]["unique_graphs"] == compiled  # nothing compiled during training
 
 
 # --------------------------------------------------------------------------- on real accelerators
@@ -421,26 +309,3 @@ def test_cuda_resume_across_precisions_and_peak_memory(tmp_path, monkeypatch, ca
 def test_mps_trains_in_fp32(tmp_path):
     record = train(**{**SMALL, "device": "mps", "model": "fast"})
     assert record.config["settings"]["precision"] == "fp32"
-
-
-# --------------------------------------------------------------------------- scripts/gpu_check.sh
-
-def test_pytest_reads_its_config_without_optional_packages():
-    """A warning filter naming a class makes pytest import its module to read pyproject.toml; Colab,
-    where gpu_check.sh runs, has no Optuna (an extra), and older pytest stops on that."""
-    tomllib = pytest.importorskip("tomllib")
-    from pathlib import Path
-    config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    for entry in config["tool"]["pytest"]["ini_options"].get("filterwarnings", []):
-        category = (entry.split(":") + [""] * 3)[2]
-        assert category in ("",) or "." not in category, f"filter {entry!r} imports {category}"
-
-
-def test_gpu_check_installs_what_it_runs_before_running_it():
-    from pathlib import Path
-    script = (Path(__file__).parents[1] / "scripts" / "gpu_check.sh").read_text().splitlines()
-    code = [line.strip() for line in script if line.strip() and not line.lstrip().startswith("#")]
-    install = next(i for i, line in enumerate(code) if "pip install" in line)
-    assert "-e ." in code[install] and "pytest" in code[install]
-    first_run = next(i for i, line in enumerate(code) if "-m pytest" in line or "-m helpers" in line)
-    assert install < first_run

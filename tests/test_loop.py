@@ -1,15 +1,19 @@
 """helpers/loop.py, the training step: loss, optimizer groups, the one-cycle schedule, Lookahead, the
 whitening-bias toggle, autocast, prediction with and without test-time augmentation, the recipe table."""
+import json
 import math
 
 import pytest
 import torch
+import torch.nn as nn
 
-from conftest import SMALL, SMALL_FAST
+from conftest import SMALL, SMALL_FAST, outcome
+from helpers.checkpoint import CHECKPOINT
 from helpers.data import channel_stats, load_split
 from helpers.loader import Loader
 from helpers.loop import (Lookahead, evaluate, loss_fn, lr_schedule, make_optimizer, make_scheduler, predict,
                           predict_views, recipe_table, select_examples, tta_views)
+from helpers.record import load_run
 from helpers.recipes import get_recipe
 from helpers.registry import build_model
 from helpers.run import Trial, train
@@ -259,3 +263,120 @@ def test_recipe_table_reads_the_run():
     for epochs, words in [(0, "bias frozen too"), (1, "bias trains in epoch 1 only"), (-1, "bias trains every epoch")]:
         trainer.recipe = trainer.recipe.override(whiten_bias_epochs=epochs)
         assert words in recipe_table(trainer)
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """torch.compile with the eager backend: the same code path, none of inductor's C++ build time."""
+    calls = []
+    original = nn.Module.compile
+
+    def compile(self, *args, **kwargs):
+        calls.append(kwargs.pop("mode", None))
+        return original(self, *args, backend="eager", **kwargs)
+
+    monkeypatch.setattr(nn.Module, "compile", compile)
+    return calls
+
+
+def test_compiled_run_matches_uncompiled_and_checkpoints_load_either_way(tmp_path, eager_compile):
+    plain = train(out_dir=tmp_path / "plain", compile="off", **SMALL)
+    compiled = train(out_dir=tmp_path / "compiled", compile="default", **SMALL)
+    assert eager_compile == ["default"]
+    assert compiled.config["compile_seconds"] >= 0 and compiled.config["settings"]["compile"] == "default"
+    # the warm-up that compiles leaves weights, BatchNorm statistics and random state untouched
+    assert outcome(compiled) == outcome(plain)
+    # a compiled run's checkpoint loads into a plain model, and a plain one into a compiled model
+    model, config, history = load_run(tmp_path / "compiled")
+    assert len(history) == 2 and not hasattr(model, "_orig_mod")
+    trial = Trial(out_dir=tmp_path / "plain", compile="default", **SMALL)
+    trial.settings = trial.settings.override(compile="off")  # set up uncompiled; compiled by hand below
+    trainer = trial.setup()
+    trainer.model.compile(mode="default")
+    trainer.load(tmp_path / "plain" / CHECKPOINT)
+    assert trainer.epoch == 2
+
+
+@pytest.fixture
+def failing_compile(monkeypatch):
+    """torch.compile as it fails in the field: it returns, then the first compiled call raises (inductor finds
+    no C compiler, Triton does not know the GPU)."""
+    import torch._dynamo
+
+    def compile(fn, *args, **kwargs):
+        def compiled(*a, **k):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\n(a long compiler log)")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile)
+    torch._dynamo.reset()
+
+
+def test_a_failed_compile_costs_speed_not_the_run(tmp_path, failing_compile):
+    """The run goes on uncompiled, trains exactly what an uncompiled run trains, and says why in its log and
+    its recorded settings; the attempt is not charged to train_seconds."""
+    lines = []
+    plain = train(out_dir=tmp_path / "plain", compile="off", **SMALL)
+    trial = Trial(out_dir=tmp_path / "compiled", compile="default", log=lines.append, **SMALL)
+    fell_back = trial.run()
+    assert outcome(fell_back) == outcome(plain) and trial.trainer.model._compiled_call_impl is None
+    said = [line for line in lines if "torch.compile failed" in line]
+    assert said == ["torch.compile failed (RuntimeError: InductorError: CppCompileError: C++ compile error); "
+                    "the run continues uncompiled (compile: off)"]
+    config = json.loads((tmp_path / "compiled" / "history.json").read_text())["config"]
+    assert config["settings"]["compile"] == "off" and config["requested"]["compile"] == "default"
+    assert config["compile_error"].startswith("RuntimeError: InductorError")
+
+
+def test_a_network_that_fails_uncompiled_too_fails_with_its_own_error(failing_compile):
+    """The fallback never hides a broken network behind the compiler: the uncompiled warm-up raises its error."""
+    class NoGrad(nn.Module):  # forward runs, backward cannot: its output has no gradient
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 10)
+
+        def forward(self, x):
+            with torch.no_grad():
+                return self.fc(x.mean((2, 3)))
+
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        Trial(model=NoGrad, enforce_rules=False, compile="default", **SMALL).setup()
+
+
+def test_uncompiled_warm_up_leaves_no_trace_and_is_reported_apart(tmp_path, monkeypatch):
+    """On a GPU an uncompiled run warms up before its clock starts (cuDNN autotunes each new shape); here
+    the CPU is made to warm up too, and trains exactly what a cold run trains."""
+    import helpers.run
+    cold = train(out_dir=tmp_path / "cold", recipe="fast", resize_start=16, resize_epochs=1, **SMALL)
+    assert cold.config["warmup_seconds"] == 0  # the CPU starts cold, as the airbench93 reference does
+    monkeypatch.setattr(helpers.run, "needs_warm_up", lambda device: True)
+    warm = train(out_dir=tmp_path / "warm", recipe="fast", resize_start=16, resize_epochs=1, **SMALL)
+    assert warm.config["warmup_seconds"] > 0
+    assert outcome(warm) == outcome(cold)
+
+
+def test_compile_warms_up_both_whitening_bias_graphs(eager_compile):
+    """`best` freezes the whitening bias after epoch 3; the graphs without its gradient must compile
+    in the warm-up (compile_seconds), not inside that epoch's train_seconds."""
+    from torch._dynamo.utils import counters
+    trial = Trial(recipe="best", compile="default", precision="fp32", whiten_bias_epochs=1,
+                    **{**SMALL, "epochs": 3, "batch_size": 50, "limit": 200})
+    trainer = trial.setup()
+    compiled = counters["stats"]["unique_graphs"]
+    bias = next(m.conv.bias for m in trainer.model.modules() if hasattr(m, "init_whitening"))
+    assert bias.requires_grad  # the warm-up leaves the flags as it found them
+    trainer.fit()
+    assert counters["stats"]["unique_graphs"] == compiled  # nothing compiled during training
+
+
+def test_compile_warms_up_the_small_images_graphs(eager_compile):
+    """Progressive resizing trains epoch 1 on 16 px images: that shape compiles in the warm-up too."""
+    from torch._dynamo.utils import counters
+    trial = Trial(recipe="fast", compile="default", precision="fp32", resize_start=16, resize_epochs=1,
+                  **{**SMALL, "epochs": 2, "batch_size": 50, "limit": 200})
+    trainer = trial.setup()
+    compiled = counters["stats"]["unique_graphs"]
+    trainer.fit()
+    assert counters["stats"]["unique_graphs"] == compiled  # nothing compiled during training

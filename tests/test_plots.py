@@ -1,5 +1,6 @@
 """helpers/plots.py: figures that show their values, the classes, both accuracies apart, Grad-CAM where it says."""
 import matplotlib
+import numpy as np
 import pytest
 import torch
 
@@ -91,12 +92,13 @@ def test_curves_label_plain_and_tta_apart():
 
 
 class OnDevice(torch.Tensor):
-    """Stands in for a CUDA or MPS tensor on a CPU machine: numpy() (what matplotlib calls) fails
-    until .cpu() brings it to the host, as it does for a real accelerator tensor."""
+    """Stands in for a CUDA or MPS tensor on a CPU machine: numpy(), and np.asarray (what matplotlib calls on
+    a tensor it is given), fail until .cpu() brings it to the host, as they do for a real accelerator tensor;
+    .tolist() and .item() copy to the host and work, as they do there."""
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.numpy:
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__):
             raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first")
         if func is torch.Tensor.cpu:
             return args[0].as_subclass(torch.Tensor).clone()
@@ -105,8 +107,9 @@ class OnDevice(torch.Tensor):
 
 def test_figures_take_tensors_from_an_accelerator():
     cm = torch.tensor([[8, 2], [1, 9]]).as_subclass(OnDevice)
-    with pytest.raises(TypeError, match="Use Tensor.cpu"):
-        cm.numpy()  # the stand-in behaves like a GPU tensor
+    for to_host in (lambda t: t.numpy(), np.asarray):  # the stand-in behaves like a GPU tensor
+        with pytest.raises(TypeError, match="Use Tensor.cpu"):
+            to_host(cm)
     plots.plot_confusion(cm, ["cat", "dog"])
     plots.plot_per_class_accuracy(cm, ["cat", "dog"])
     images = torch.rand(2, 3, 8, 8).as_subclass(OnDevice)

@@ -141,23 +141,27 @@ FOUR_POOLS = NET.replace("        self.head = Head(w, num_classes)",
     "self.block1(x)))))))", "self.block1(x)))))))))")
 
 
-@pytest.mark.parametrize("spec, source, message", [
-    ("missing.py:Net", None, "there is no file missing.py"),
-    ("studentnet.py", None, "name the class or function to use, as studentnet.py:NAME"),
-    ("studentnet.py:Nope", NET.replace("WIDTH", "16"), "defines no 'Nope'; it defines Net, Stage, make"),
-    ("studentnet.py:Net", "import torch\nclass Net(:\n", "studentnet.py, line 2 fails to import: SyntaxError"),
-    ("studentnet.py:Net", "import torch\nfrom helpers.model import Nothing\n", "line 2 fails to import: ImportError"),
-    ("studentnet.py:Net", "def Net():\n    return 3\n", "returned '3' (int), not an nn.Module"),
-    ("studentnet.py:Net", FOUR_POOLS.replace("WIDTH", "8"), "breaks the assignment's rules: exactly 3 max-pools"),
+@pytest.mark.parametrize("spec, source, error, message", [
+    ("missing.py:Net", None, UserError, "invalid recipe: model 'missing.py:Net': there is no file missing.py"),
+    ("studentnet.py", None, UserError, "name the class or function to use, as studentnet.py:NAME"),
+    ("studentnet.py:Nope", NET.replace("WIDTH", "16"), ModelError, "defines no 'Nope'; it defines Net, Stage, make"),
+    ("studentnet.py:Net", "import torch\nclass Net(:\n", ModelError,
+     "studentnet.py, line 2 fails to import: SyntaxError"),
+    ("studentnet.py:Net", "import torch\nfrom helpers.model import Nothing\n", ModelError,
+     "line 2 fails to import: ImportError"),
+    ("studentnet.py:Net", "def Net():\n    return 3\n", ModelError, "returned '3' (int), not an nn.Module"),
+    ("studentnet.py:Net", FOUR_POOLS.replace("WIDTH", "8"), RuleError,
+     "breaks the assignment's rules: exactly 3 max-pools"),
 ])
-def test_bad_models_are_one_line_before_any_data(tmp_path, monkeypatch, spec, source, message):
+def test_bad_models_are_one_line_before_any_data(tmp_path, monkeypatch, spec, source, error, message):
+    """Each is the UserError of its kind: a spec the recipe refuses (UserError), a file that gives no network
+    (ModelError), a network that breaks a rule (RuleError)."""
     monkeypatch.chdir(tmp_path)
     if source:
         (tmp_path / "studentnet.py").write_text(source)
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
         Trial(model=spec, out_dir=tmp_path / "run", **SMALL_FAST).setup()
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
-    assert isinstance(e.value, (ModelError, RuleError, ValueError))
 
 
 def test_the_command_line_says_it_in_one_line(tmp_path, capsys):
@@ -321,3 +325,13 @@ def test_the_one_network_of_a_notebook_is_found_as_in_a_python_file():
     assert registry.find_network(ROOT / "mynet.py") == f"{ROOT / 'mynet.py'}:MyNet"
     with pytest.raises(ModelError, match="not a Python file or notebook"):
         registry.find_network(ROOT / "README.md")
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(ValueError, match="seed"):
+        build_model("resnet9000")
+
+
+def test_bad_override_is_a_value_error():
+    with pytest.raises(ValueError, match="bad override"):
+        build_model("seed", widht=3)

@@ -16,7 +16,7 @@ def test_gflop_per_image_counts_forward_and_backward_per_image():
     # the same count whatever the batch it is measured on
     net = build_model("fast")
     assert speed.gflop_per_image(net, batch=2) == pytest.approx(speed.gflop_per_image(net, batch=6), rel=1e-6)
-    assert 0.05 < speed.gflop_per_image(net) < 0.2        # ~0.094: the flop_counter figure
+    assert 0.05 < speed.gflop_per_image(net) < 0.2        # ~0.094 by flop_counter: wide enough for a retuned net
     assert speed.gflop_per_image(build_model("seed")) > 5 * speed.gflop_per_image(net)
 
 

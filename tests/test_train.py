@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+from helpers.registry import list_models
 from helpers.run import Trainer
 from helpers.train import main as train_main
 
@@ -11,7 +12,7 @@ from helpers.train import main as train_main
     (["--epochs", "0"], "positive integer"),
     (["--data", "folder"], "--data-dir"),
     (["--lr", "-1", "--data", "synthetic"], "--lr must be > 0"),
-    (["--model", "nope"], "unknown model 'nope'; use one of air, fast, seed, wide, or your own FILE.py:NAME"),
+    (["--model", "nope"], f"unknown model 'nope'; use one of {', '.join(list_models())}, or your own FILE.py:NAME"),
     (["--val", "1.5"], "argument --val: validation split (--val / val=) 1.5: a fraction must lie below 1"),
     (["--val", "-3"], "validation split (--val / val=) -3 is negative"),
     (["--val", "ten"], "validation split (--val / val=) 'ten': give a number of images (5000) or a fraction"),

@@ -82,7 +82,7 @@ def study_dir(study: str, root=SWEEPS) -> Path:
 
 
 def _retry_callback():
-    # Optuna >= 4.? renamed the stale-trial callback; same behaviour: re-enqueue the trial's params
+    # the stale-trial callback's name depends on the Optuna release (>= 3.5 allowed); both re-enqueue the params
     cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
     if cls is not None:
         return "heartbeat_stale_trial_callback", cls(max_retry=1)
