@@ -27,7 +27,7 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...), H.study.load_study(...)
-_SUBMODULES = ("benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram", "explain", "loader",
+_SUBMODULES = ("augment", "benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram", "explain", "loader",
                "loop", "model", "notebook", "objective", "plots", "probe", "recipes", "record", "registry", "run", "space", "speed", "study", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
