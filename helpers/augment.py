@@ -88,8 +88,8 @@ def erase(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height, w
     """Zero the box rows top .. top + height - 1, columns left .. left + width - 1 of each image (all
     channels), as one masked fill; height and width are per image, or one number for the batch."""
     _, _, h, w = images.shape
-    height = torch.as_tensor(height, device=images.device).reshape(-1, 1)
-    width = torch.as_tensor(width, device=images.device).reshape(-1, 1)
+    if torch.is_tensor(height):  # one per image (a number broadcasts as it is: no copy to the device)
+        height, width = height[:, None], width[:, None]
     rows = torch.arange(h, device=images.device)[None, :] - top[:, None]     # (N, H)
     cols = torch.arange(w, device=images.device)[None, :] - left[:, None]    # (N, W)
     inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]  # (N, H, W)

@@ -49,9 +49,9 @@ class Recipe:
     flip: bool = True
     alternate_flip: bool = False  # mirror each image on alternate epochs instead of at random
     cutout: int = 0               # blank a random square of this size in each image (0: off)
-    # random erasing, as torchvision's RandomErasing: the probability that an image gets a random box
-    # erased to the mean colour (0: off), the box's area as a fraction of the image's (uniform in
-    # min..max) and its aspect ratio height / width (log-uniform in min..max). helpers/augment.py
+    # random erasing (torchvision's RandomErasing, helpers/augment.py): the probability that an image gets
+    # a random box erased to the mean colour (0: off), the box's area as a fraction of the image's
+    # (uniform in min..max) and its aspect ratio height / width (log-uniform in min..max)
     erase: float = 0.0
     erase_scale_min: float = 0.02
     erase_scale_max: float = 0.33
