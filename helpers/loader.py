@@ -1,13 +1,17 @@
 """How the images reach the model: a Loader that holds a whole split on the device and draws
-normalized, augmented batches from it, and the augmentations themselves, each a tensor operation on
-a whole batch (shift with reflect padding, mirror, cutout) on whatever device the data lives on.
+normalized, augmented batches from it, each augmentation a tensor operation on a whole batch on
+whatever device the data lives on.
 
-    loader = Loader(train_set, batch_size=256, train=True, mean=mean, std=std, translate=2, flip=True)
+    loader = Loader(train_set, batch_size=256, train=True, mean=mean, std=std,
+                    augmentations=augment.from_recipe(recipe), seed=seed)
 
-Each augmentation is split in two: `draw_*` draws the random numbers on the CPU (so a run's batches
-depend only on its seed, whatever the device), the function of the same name applies them.
+The augmentations are one ordered list (helpers/augment.py builds a recipe's). Each entry is an
+`Augmentation`: `draw` takes its random numbers for a batch on the CPU, from the loader's generator
+(so a run's batches depend only on its seed, whatever the device), `apply` uses them on the device.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,29 +19,37 @@ import torch.nn.functional as F
 from .data import DataError, ImageSet
 
 
-def random_translate(images: torch.Tensor, pad: int, generator=None) -> torch.Tensor:
-    """Shift each image by up to `pad` pixels (reflect padding), the whole batch in one gather."""
-    if pad <= 0:
-        return images
-    dy, dx = draw_translate(len(images), pad, generator)
-    return translate(images, pad, dy.to(images.device), dx.to(images.device))
+@dataclass(frozen=True)
+class Batch:
+    """What an augmentation may know of the batch it applies to, besides its pixels and its draws."""
+    indices: torch.Tensor  # each image's index in the split, on the device
+    epoch: int
 
 
-def draw_translate(n: int, pad: int, generator=None):
-    """Per-image shifts for `translate`, 0 .. 2 * pad (pad means no shift), on the CPU."""
-    return (torch.randint(0, 2 * pad + 1, (n,), generator=generator),
-            torch.randint(0, 2 * pad + 1, (n,), generator=generator))
+class Augmentation:
+    """One entry of a Loader's list of augmentations; a new augmentation subclasses it.
 
+    `normalized`: False applies to the uint8 pixels, True to the normalized floats (where 0 is the
+    dataset's mean colour). The Loader applies the entries in list order and normalizes between the
+    two kinds, so a list puts every pixel entry first.
+    """
+    normalized = False
 
-def translate(images: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Crop each reflect-padded image at (dy, dx): a shift by (dy - pad, dx - pad) pixels."""
-    n, _, h, w = images.shape
-    padded = reflect_pad(images, pad)                                                  # (N, C, H+2p, W+2p)
-    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]   # (N, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]   # (N, 1, 1, W)
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    chan = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]                                            # (N, C, H, W)
+    def setup(self, n_images: int, seed: int, device) -> None:
+        """Per-run state, made once when the Loader is built (an entry serves one Loader): none here."""
+
+    def draw(self, n: int, h: int, w: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """The random numbers for a batch of n images of h x w pixels: 1-d int64 tensors of length n,
+        drawn on the CPU from `generator`, in a fixed order (none here)."""
+        return ()
+
+    def apply(self, images: torch.Tensor, drawn: tuple[torch.Tensor, ...], batch: Batch) -> torch.Tensor:
+        """The batch augmented, with `draw`'s tensors (for these images, on the device)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the recipe table, e.g. "cutout 8x8"."""
+        raise NotImplementedError
 
 
 def reflect_pad(images, pad):
@@ -47,48 +59,6 @@ def reflect_pad(images, pad):
         i = torch.arange(-pad, n + pad, device=images.device).abs()
         return torch.where(i >= n, 2 * (n - 1) - i, i)
     return images[..., reflect(h)[:, None], reflect(w)[None, :]]
-
-
-def random_flip(images: torch.Tensor, generator=None) -> torch.Tensor:
-    """Mirror a random half of the batch left-right."""
-    return flip_where(images, draw_flip(len(images), generator).to(images.device))
-
-
-def draw_flip(n: int, generator=None) -> torch.Tensor:
-    """Which images `flip_where` mirrors (a fair coin each), on the CPU."""
-    return torch.rand(n, generator=generator) < 0.5
-
-
-def flip_where(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask[:, None, None, None], images.flip(-1), images)
-
-
-def random_cutout(images: torch.Tensor, size: int, generator=None) -> torch.Tensor:
-    """Zero a random size x size square (inside the image) of each image, as one masked fill.
-
-    Applied after normalization, so zero means "the dataset's mean colour".
-    """
-    if size <= 0:
-        return images
-    top, left = draw_cutout(len(images), size, images.shape[-2:], generator)
-    return cutout(images, size, top.to(images.device), left.to(images.device))
-
-
-def draw_cutout(n: int, size: int, hw, generator=None):
-    """Top-left corners for `cutout`, each square inside its image, on the CPU."""
-    h, w = hw
-    if size > min(h, w):
-        raise DataError(f"cutout size {size} is larger than the {h}x{w} images")
-    return (torch.randint(0, h - size + 1, (n,), generator=generator),
-            torch.randint(0, w - size + 1, (n,), generator=generator))
-
-
-def cutout(images: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
-    _, _, h, w = images.shape
-    rows = torch.arange(h, device=images.device)[None, :] - top[:, None]     # (N, H)
-    cols = torch.arange(w, device=images.device)[None, :] - left[:, None]    # (N, W)
-    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]  # (N, H, W)
-    return images.masked_fill(inside[:, None], 0)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -104,19 +74,22 @@ class Loader:
     """Batches of normalized float images on `device`, with optional batch augmentation.
 
     Holds the whole uint8 dataset on the device (150 MB for 50k images), so an epoch
-    does no decoding and no host-to-device copies.
+    does no decoding and no host-to-device copies. `augmentations` apply to training loaders only.
     """
 
     def __init__(self, ds: ImageSet, batch_size: int, train: bool, mean, std, device="cpu",
-                 translate: int = 0, flip: bool = False, drop_last: bool | None = None,
-                 channels_last: bool = False, seed: int = 0, alternate_flip: bool = False, cutout: int = 0):
+                 augmentations=(), drop_last: bool | None = None, channels_last: bool = False, seed: int = 0):
         if batch_size <= 0:
             raise DataError(f"batch_size must be positive, got {batch_size}")
         self.images = ds.images.to(device)
         self.labels = ds.labels.to(device)
         self.classes = ds.classes
         self.batch_size, self.train, self.device = batch_size, train, torch.device(device)
-        self.translate, self.flip, self.cutout = (translate, flip, cutout) if train else (0, False, 0)
+        self.augmentations = list(augmentations) if train else []
+        kinds = [a.normalized for a in self.augmentations]
+        if kinds != sorted(kinds):
+            raise ValueError(f"augmentations {self.augmentations}: those on uint8 pixels (normalized=False) "
+                             "must come before those on normalized images")
         self.drop_last = train if drop_last is None else drop_last
         if self.drop_last and len(ds) < batch_size:  # 0 batches: nothing would train, and OneCycleLR fails
             raise DataError(f"the split has {len(ds)} images, fewer than one batch (batch_size {batch_size}): "
@@ -128,12 +101,8 @@ class Loader:
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
         self.size = None  # None: the images' own size; else `resize` each batch to this height (set per epoch)
-        # alternating flip: each image gets a random side once, then the other side every
-        # other epoch, so two consecutive epochs always show both views (instead of a coin toss)
-        self.flip_base = None
-        if alternate_flip:  # drawn once per run: which side each image shows on even epochs
-            g = torch.Generator().manual_seed(seed)
-            self.flip_base = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
+        for aug in self.augmentations:
+            aug.setup(len(self.labels), seed, self.device)
 
     def set_epoch(self, epoch: int, seed: int = 0):
         """Reseed shuffling/augmentation per epoch, so a resumed run sees the same batches."""
@@ -153,40 +122,34 @@ class Loader:
         order = (torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)).to(self.device)
         draws = self._draws()
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            d = {k: v[i * self.batch_size:(i + 1) * self.batch_size] for k, v in draws.items()}
-            x = self.images[idx]
-            if self.translate:
-                x = translate(x, self.translate, d["dy"], d["dx"])
-            if self.flip and self.flip_base is not None:
-                x = flip_where(x, self.flip_base[idx] ^ bool(self.epoch % 2))
-            elif self.flip:
-                x = flip_where(x, d["flip"].bool())
-            x = self.normalize(x)
-            if self.cutout:
-                x = cutout(x, self.cutout, d["top"], d["left"])
+            span = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[span]
+            batch, x = Batch(idx, self.epoch), self.images[idx]
+            for aug, drawn in zip(self.augmentations, draws):
+                if aug.normalized and not x.is_floating_point():
+                    x = self.normalize(x)
+                x = aug.apply(x, tuple(drawn[:, span]), batch)
+            if not x.is_floating_point():
+                x = self.normalize(x)
             if self.size:  # resize leaves images of this size or smaller alone
                 x = resize(x, self.size)
                 x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
             yield x, self.labels[idx]
 
-    def _draws(self) -> dict:
-        """The epoch's augmentation randomness, drawn on the CPU batch by batch in the order the
-        augmentations use it, then moved to the device in one copy: per-batch draws would each
-        block on a host-to-device copy, and the CPU could never queue steps ahead of the GPU."""
-        names = (["dy", "dx"] if self.translate else []) + (["flip"] if self.flip and self.flip_base is None else []) \
-            + (["top", "left"] if self.cutout else [])
-        if not names:
-            return {}
-        columns = []
+    def _draws(self) -> list[torch.Tensor]:
+        """The epoch's augmentation randomness, drawn on the CPU batch by batch and entry by entry, in
+        list order, then moved to the device in one copy: per-batch draws would each block on a
+        host-to-device copy, and the CPU could never queue steps ahead of the GPU. One (k, N) tensor
+        per entry, k the number of tensors its `draw` returns."""
+        h, w = self.images.shape[-2:]
+        counts, columns = [0] * len(self.augmentations), []
         for i in range(len(self)):
             m = min(self.batch_size, len(self.labels) - i * self.batch_size)
-            drawn = []
-            if self.translate:
-                drawn += draw_translate(m, self.translate, self.generator)
-            if self.flip and self.flip_base is None:
-                drawn.append(draw_flip(m, self.generator).long())
-            if self.cutout:
-                drawn += draw_cutout(m, self.cutout, self.images.shape[-2:], self.generator)
-            columns.append(torch.stack(drawn))
-        return dict(zip(names, torch.cat(columns, dim=1).to(self.device)))
+            drawn = [aug.draw(m, h, w, self.generator) for aug in self.augmentations]
+            counts = [len(d) for d in drawn]
+            columns.append([t for d in drawn for t in d])
+        if sum(counts):
+            table = torch.cat([torch.stack(c) for c in columns], dim=1).to(self.device)
+        else:  # nothing random to copy (no augmentation, or the alternating flip alone)
+            table = torch.empty(0, len(self.labels), dtype=torch.long, device=self.device)
+        return list(table.split(counts))

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from .augment import from_recipe
 from .data import ImageSet, channel_stats
 from .errors import UserError
 from .loader import Loader
@@ -53,15 +54,14 @@ def class_grid(ds, per_class=8):
 
 def show_augmentations(ds, recipe, n=8, epochs=3):
     """First row: one training image of each of the first n classes; next rows: the same images as the
-    training loader hands them to the network in epochs 1, 2, ... (the recipe's shifts, mirroring, cutout;
-    alternating flips mirror each image every other epoch), drawn by the Loader itself, so the figure is
-    the training's augmentation, whatever the recipe."""
+    training loader hands them to the network in epochs 1, 2, ... (the recipe's list of augmentations,
+    augment.from_recipe: shifts, mirroring, cutout, random erasing; alternating flips mirror each image every
+    other epoch), drawn by a Loader, so the figure is the training's augmentation, whatever the recipe."""
     firsts = [int((ds.labels == c).nonzero()[0]) for c in range(len(ds.classes)) if (ds.labels == c).any()][:n]
     n = len(firsts)
     sample = ImageSet(ds.images[firsts], ds.labels[firsts], ds.classes)
     mean, std = channel_stats(ds.images)
-    loader = Loader(sample, n, True, mean, std, translate=recipe.translate, flip=recipe.flip,
-                    alternate_flip=recipe.alternate_flip, cutout=recipe.cutout)
+    loader = Loader(sample, n, True, mean, std, augmentations=from_recipe(recipe))
     rows, titles = [sample.images], [ds.classes[int(y)] for y in sample.labels]
     for epoch in range(1, epochs + 1):
         loader.set_epoch(epoch)

@@ -49,6 +49,14 @@ class Recipe:
     flip: bool = True
     alternate_flip: bool = False  # mirror each image on alternate epochs instead of at random
     cutout: int = 0               # blank a random square of this size in each image (0: off)
+    # random erasing (torchvision's RandomErasing, helpers/augment.py): the probability that an image gets
+    # a random box erased to the mean colour (0: off), the box's area as a fraction of the image's
+    # (uniform in min..max) and its aspect ratio height / width (log-uniform in min..max)
+    erase: float = 0.0
+    erase_scale_min: float = 0.02
+    erase_scale_max: float = 0.33
+    erase_ratio_min: float = 0.3
+    erase_ratio_max: float = 3.3
     tta: int = 0                  # test-time augmentation: 0 off, 1 + mirror, 2 + mirror and 1 px shifts
     # weight averaging: per-step decay of an exponential moving average of the weights and
     # BatchNorm statistics (0: off); evaluation, checkpoints' analysis and plots use the average
@@ -118,6 +126,16 @@ class Recipe:
             problems.append(f"translate must be >= 0 pixels, got {self.translate}")
         if not 0 <= self.cutout <= 32:
             problems.append(f"cutout must be a square size in 0..32 pixels, got {self.cutout}")
+        if not 0 <= self.erase <= 1:
+            problems.append(f"erase must be a probability in [0, 1] (0: off), got {self.erase}")
+        if not 0 < self.erase_scale_min <= self.erase_scale_max <= 1:
+            problems.append(f"erase_scale_min and erase_scale_max are fractions of the image's area: "
+                            f"0 < erase_scale_min <= erase_scale_max <= 1, got {self.erase_scale_min} "
+                            f"and {self.erase_scale_max}")
+        if not 0 < self.erase_ratio_min <= self.erase_ratio_max:
+            problems.append(f"erase_ratio_min and erase_ratio_max are aspect ratios (height / width): "
+                            f"0 < erase_ratio_min <= erase_ratio_max, got {self.erase_ratio_min} "
+                            f"and {self.erase_ratio_max}")
         if self.tta not in (0, 1, 2):
             problems.append(f"tta must be 0 (off), 1 (mirror) or 2 (mirror + shifts), got {self.tta!r}")
         if not 0 <= self.ema < 1:

@@ -18,6 +18,7 @@ from .checkpoint import (CHECKPOINT, FORMAT, PREV_CHECKPOINT, CheckpointError, c
 from .colab import on_drive
 from .constraints import check
 from .data import SOURCES, channel_stats, check_val, load_splits, split_validation, val_size
+from .augment import from_recipe
 from .loader import Loader
 from .device import (configure_backends, make_scaler, needs_warm_up, peak_rss_mb, pick_device, reset_peak_memory,
                      resolve_channels_last, resolve_compile, resolve_precision)
@@ -337,8 +338,7 @@ class Trial:
         r = self.recipe
         mean, std = channel_stats(train_set.images)
         common = dict(mean=mean, std=std, device=device, channels_last=s.channels_last)
-        train_loader = Loader(train_set, r.batch_size, True, translate=r.translate, flip=r.flip,
-                              alternate_flip=r.alternate_flip, cutout=r.cutout, seed=self.seed, **common)
+        train_loader = Loader(train_set, r.batch_size, True, augmentations=from_recipe(r), seed=self.seed, **common)
         test_loader = Loader(test_set, 500, False, **common)
         val_loader = Loader(val_set, 500, False, **common) if val_set is not None else None
         return mean, std, train_loader, test_loader, val_loader

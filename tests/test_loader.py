@@ -1,11 +1,18 @@
-"""helpers/loader.py: batches on the device, whole-batch augmentation drawn from the seed alone."""
+"""helpers/loader.py: batches on the device, augmented by a list of augmentations whose randomness is
+drawn from the seed alone, batch for batch the same as before the list existed."""
+import hashlib
+
 import pytest
 import torch
 
+from helpers import augment as A
 from helpers import data as D
 from helpers import loader as L
-from helpers.data import DataError, load_split
-from helpers.loader import Loader
+from helpers.data import load_split
+from helpers.loader import Augmentation, Loader
+from helpers.recipes import get_recipe
+
+SHIFT_AND_FLIP = [A.Translate(2), A.Flip()]
 
 
 def test_loader_yields_normalized_batches():
@@ -21,21 +28,6 @@ def test_loader_yields_normalized_batches():
     assert torch.equal(torch.cat([b[1] for b in batches]), train.labels)
 
 
-def test_augmentation_ops():
-    img = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).view(2, 3, 32, 32).to(torch.uint8)
-    assert torch.equal(L.random_translate(img, 0), img)
-    moved = L.random_translate(img, 2, torch.Generator().manual_seed(0))
-    assert moved.shape == img.shape and moved.dtype == torch.uint8
-    # a shifted image keeps its interior: some 28x28 window of the original appears in it
-    inner = moved[0, :, 2:30, 2:30]
-    assert any(torch.equal(inner, img[0, :, y:y + 28, x:x + 28]) for y in range(5) for x in range(5))
-    batch = torch.randint(0, 256, (64, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-    flipped = L.random_flip(batch, torch.Generator().manual_seed(0))
-    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, batch)]
-    assert all(m or torch.equal(a, b) for m, a, b in zip(mirrored, flipped, batch))
-    assert 16 <= sum(mirrored) <= 48  # about half mirrored: neither a no-op nor a flip of everything
-
-
 def test_resize_averages_areas_and_keeps_the_aspect():
     x = torch.arange(4 * 4, dtype=torch.float32).view(1, 1, 4, 4).expand(2, 3, 4, 4)
     half = L.resize(x, 2)
@@ -46,7 +38,7 @@ def test_resize_averages_areas_and_keeps_the_aspect():
 
 def test_loader_resizes_its_batches_when_given_a_size():
     train = load_split("synthetic", "train", limit=64)
-    loader = Loader(train, 32, train=True, mean=(0.5,) * 3, std=(0.25,) * 3, translate=2, flip=True,
+    loader = Loader(train, 32, train=True, mean=(0.5,) * 3, std=(0.25,) * 3, augmentations=SHIFT_AND_FLIP,
                     channels_last=True)
     full, _ = next(iter(loader))
     loader.size = 16
@@ -55,21 +47,10 @@ def test_loader_resizes_its_batches_when_given_a_size():
     assert small.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_cutout_blanks_one_square_inside_each_image():
-    x = torch.ones(16, 3, 32, 32)
-    assert torch.equal(L.random_cutout(x, 0), x)
-    out = L.random_cutout(x, 8, torch.Generator().manual_seed(0))
-    blank = out[:, 0] == 0                                               # (N, H, W)
-    assert (blank.sum((1, 2)) == 64).all() and torch.equal(blank, (out == 0).all(1))
-    rows, cols = blank.any(2), blank.any(1)                              # one 8-row, 8-column band each
-    assert (rows.sum(1) == 8).all() and (cols.sum(1) == 8).all()
-    with pytest.raises(DataError, match="larger than"):
-        L.random_cutout(x, 33)
-
-
 def test_training_loader_shuffles_and_augments_repeatably():
     train = load_split("synthetic", "train", limit=100)
-    make = lambda: Loader(train, 32, train=True, mean=[0.5] * 3, std=[0.25] * 3, translate=2, flip=True)  # noqa: E731
+    make = lambda: Loader(train, 32, train=True, mean=[0.5] * 3, std=[0.25] * 3,  # noqa: E731
+                          augmentations=[A.Translate(2), A.Flip()])
     a, b = make(), make()
     a.set_epoch(3), b.set_epoch(3)
     assert len(a) == 3  # drop_last for training
@@ -92,7 +73,7 @@ def test_training_loader_shuffles_and_augments_repeatably():
 
 def test_alternating_flip_shows_each_image_both_ways_over_two_epochs():
     train = load_split("synthetic", "train", limit=64)
-    loader = Loader(train, 64, train=True, mean=[0.5] * 3, std=[0.25] * 3, flip=True, alternate_flip=True)
+    loader = Loader(train, 64, train=True, mean=[0.5] * 3, std=[0.25] * 3, augmentations=[A.AlternateFlip()])
     views = []
     for epoch in (1, 2, 3):
         loader.set_epoch(epoch)
@@ -111,7 +92,7 @@ def test_loader_draws_an_epoch_of_augmentation_in_one_copy():
     from torch.overrides import TorchFunctionMode
 
     ds = D.load_split("synthetic", "train", limit=230)
-    loader = Loader(ds, 50, True, [0.5] * 3, [0.25] * 3, translate=2, flip=True, cutout=8, seed=3)
+    loader = Loader(ds, 50, True, [0.5] * 3, [0.25] * 3, augmentations=[A.Translate(2), A.Flip(), A.Cutout(8)], seed=3)
     loader.set_epoch(4, seed=3)
 
     class CountMoves(TorchFunctionMode):
@@ -129,9 +110,78 @@ def test_loader_draws_an_epoch_of_augmentation_in_one_copy():
     order = torch.randperm(230, generator=g)
     for i, (x, y) in enumerate(batches):
         idx = order[i * 50:(i + 1) * 50]
-        want = L.random_flip(L.random_translate(ds.images[idx], 2, g), g)
-        want = L.random_cutout(loader.normalize(want), 8, g)
+        want = A.flip_where(A.translate(ds.images[idx], 2, *A.draw_translate(50, 2, g)), A.draw_flip(50, g))
+        want = A.cutout(loader.normalize(want), 8, *A.draw_cutout(50, 8, (32, 32), g))
         assert torch.equal(x, want) and torch.equal(y, ds.labels[idx])
+
+
+# SHA-256 (first 16 hex digits) of the first 3 training batches of epochs 1 and 2 (images and labels), 200
+# synthetic images in batches of 32, seed 3, as the Loader gave them when it took translate / flip /
+# alternate_flip / cutout keywords: a recipe's list of augmentations must give the same bits
+RECORDED = {"seed": "466c47b1f5353639", "fast": "b7840d2885e23b02", "best": "b7840d2885e23b02",
+            "seed cutout=8": "a5901449814a6fd9", "fast cutout=8": "fc67940e7c692c01"}
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_a_recipes_list_gives_the_recorded_batches(name):
+    base, *changes = name.split()
+    recipe = get_recipe(base, **{k: int(v) for k, v in (c.split("=") for c in changes)})
+    ds = load_split("synthetic", "train", limit=200)
+    mean, std = D.channel_stats(ds.images)
+    loader = Loader(ds, 32, True, mean, std, augmentations=A.from_recipe(recipe), seed=3)  # as Trial builds it
+    digest = hashlib.sha256()
+    for epoch in (1, 2):
+        loader.set_epoch(epoch, 3)
+        for _, (x, y) in zip(range(3), loader):
+            digest.update(x.contiguous().numpy().tobytes())
+            digest.update(y.numpy().tobytes())
+    assert digest.hexdigest()[:16] == RECORDED[name]
+
+
+def test_each_augmentation_gets_its_draws_its_batch_and_its_stage():
+    """The Loader's one contract with an entry: setup once with the split's size and the seed; per batch,
+    `draw` with the batch's size from the loader's generator, then `apply` with those draws, the batch's
+    indices and epoch, on uint8 pixels or (normalized=True) on normalized floats, in list order."""
+    seen = []
+
+    class Probe(Augmentation):
+        def __init__(self, name, normalized):
+            self.name, self.normalized = name, normalized
+
+        def setup(self, n_images, seed, device):
+            seen.append((self.name, "setup", n_images, seed, str(device)))
+
+        def draw(self, n, h, w, generator):
+            return (torch.full((n,), h * w), torch.randint(0, 1000, (n,), generator=generator))
+
+        def apply(self, images, drawn, batch):
+            seen.append((self.name, images.dtype, len(images), drawn, batch))
+            return images
+
+    ds = load_split("synthetic", "train", limit=100)
+    loader = Loader(ds, 40, True, [0.5] * 3, [0.25] * 3, augmentations=[Probe("pixels", False), Probe("floats", True)],
+                    seed=5)
+    assert seen == [("pixels", "setup", 100, 5, "cpu"), ("floats", "setup", 100, 5, "cpu")]
+    loader.set_epoch(2, 5)
+    list(loader)
+    g = torch.Generator().manual_seed(5 * 100_003 + 2)
+    order = torch.randperm(100, generator=g)
+    applied = seen[2:]
+    assert [(a[0], a[1], a[2]) for a in applied] == [("pixels", torch.uint8, 40), ("floats", torch.float32, 40)] * 2
+    for i in range(2):  # drawn batch by batch, entry by entry, after the shuffle
+        for name, _, _, drawn, batch in applied[2 * i:2 * i + 2]:
+            assert torch.equal(drawn[0], torch.full((40,), 32 * 32))
+            assert torch.equal(drawn[1], torch.randint(0, 1000, (40,), generator=g)), name
+            assert torch.equal(batch.indices, order[40 * i:40 * (i + 1)]) and batch.epoch == 2
+
+
+def test_an_evaluation_loader_leaves_its_images_alone_and_a_misordered_list_is_refused():
+    ds = load_split("synthetic", "train", limit=64)
+    plain = Loader(ds, 64, False, [0.5] * 3, [0.25] * 3)
+    loader = Loader(ds, 64, False, [0.5] * 3, [0.25] * 3, augmentations=[A.Translate(2), A.Flip(), A.Cutout(8)])
+    assert loader.augmentations == [] and torch.equal(next(iter(loader))[0], next(iter(plain))[0])
+    with pytest.raises(ValueError, match="must come before"):
+        Loader(ds, 32, True, [0.5] * 3, [0.25] * 3, augmentations=[A.Cutout(8), A.Flip()])
 
 
 # --------------------------------------------------------------------------- caches

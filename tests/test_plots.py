@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 from helpers import plots  # noqa: E402
 from helpers.loop import lr_schedule  # noqa: E402
 from helpers.record import Record  # noqa: E402
-from helpers.data import load_split  # noqa: E402
+from helpers.data import channel_stats, load_split  # noqa: E402
 from helpers.recipes import get_recipe  # noqa: E402
 from helpers.registry import build_model  # noqa: E402
 
@@ -39,6 +39,24 @@ def test_alternating_flips_mirror_each_image_every_other_epoch():
     fig = plots.show_augmentations(ds, recipe, n=4, epochs=2)
     one, two = ([ax.images[0].get_array() for ax in fig.axes[k:k + 4]] for k in (4, 8))
     assert all((a[:, ::-1] == b).all() for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("changes, side", [(dict(cutout=8), 8), (dict(erase=1.0), 31)])
+def test_the_augmentation_figure_blanks_what_the_recipes_cutout_or_erasing_blanks(changes, side):
+    """The figure draws from the recipe's own list of augmentations: with cutout or random erasing alone,
+    each image shown has changed in one box (at most side x side), painted the dataset's mean colour."""
+    import numpy as np
+
+    ds = load_split("synthetic", "train", limit=200)
+    fig = plots.show_augmentations(ds, get_recipe("seed", translate=0, flip=False, **changes), n=4, epochs=2)
+    mean = (torch.tensor(channel_stats(ds.images)[0]) * 255).round()
+    pixels = [torch.from_numpy(np.asarray(ax.images[0].get_array())) for ax in fig.axes[:12]]  # (H, W, 3) each
+    for k, shown in enumerate(pixels[4:]):
+        changed = (shown != pixels[k % 4]).any(-1)
+        assert changed.any(), k
+        rows, cols = changed.any(1).nonzero()[:, 0], changed.any(0).nonzero()[:, 0]
+        box = (shown == mean).all(-1)[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all() and max(box.shape) <= side, k
 
 
 @pytest.mark.parametrize("name, layer, size", [("seed", "block3", (8, 8)), ("fast", "block3", (7, 7)),

@@ -1,9 +1,13 @@
 """helpers/recipes.py: the recipes, their checks (ranges and types, from Python too) and older configs."""
+import argparse
+
 import pytest
 import torch
 
 from conftest import SMALL
+from helpers.cli import field_value
 from helpers.device import pick_device
+from helpers.errors import UserError
 from helpers.notebook import check_params
 from helpers.recipes import RECIPES, Recipe, get_recipe
 from helpers.run import Trial
@@ -54,6 +58,32 @@ def test_new_schedule_fields_are_validated(field, value):
 def test_resize_start_needs_epochs_to_resize():
     with pytest.raises(ValueError, match="resize_start .* resize_epochs >= 1"):
         get_recipe("seed", resize_start=16, resize_epochs=0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(erase=1.5), "erase must be a probability in"), (dict(erase=-0.1), "erase must be a probability in"),
+    (dict(erase_scale_min=0.0), "0 < erase_scale_min <= erase_scale_max <= 1, got 0.0 and 0.33"),
+    (dict(erase_scale_min=0.5, erase_scale_max=0.4), "0 < erase_scale_min <= erase_scale_max <= 1"),
+    (dict(erase_scale_max=1.5), "0 < erase_scale_min <= erase_scale_max <= 1"),
+    (dict(erase_ratio_min=0.0), "0 < erase_ratio_min <= erase_ratio_max, got 0.0 and 3.3"),
+    (dict(erase_ratio_min=4.0), "0 < erase_ratio_min <= erase_ratio_max"),
+])
+def test_random_erasing_fields_are_validated_in_one_line(changes, message):
+    with pytest.raises(UserError, match=message) as error:
+        get_recipe("fast", **changes)
+    assert "\n" not in str(error.value)
+
+
+def test_random_erasing_is_off_unless_asked_and_settable_with_set():
+    assert all(r.erase == 0 for r in RECIPES.values())
+    # a config stored before the erasing fields existed reads back as the same recipe
+    stored = {k: v for k, v in get_recipe("fast").to_dict().items() if not k.startswith("erase")}
+    assert Recipe.from_dict(stored) == get_recipe("fast")
+    sets = dict(field_value(text) for text in ("erase=0.25", "erase_scale_max=0.2", "erase_ratio_max=3"))
+    assert sets == dict(erase=0.25, erase_scale_max=0.2, erase_ratio_max=3.0)
+    assert get_recipe("seed", **sets).erase_ratio_max == 3.0
+    with pytest.raises(argparse.ArgumentTypeError, match="erase needs a number"):
+        field_value("erase=true")
 
 
 def test_old_checkpoint_config_records_the_momentum_it_used():
