@@ -39,8 +39,8 @@ DATA_IDENTITY = {
 # without them, whichever code wrote it, is a run without a validation split and is compared as one.
 OPTIONAL_IDENTITY = ("val", "val_fingerprint")
 # The config's layout: 2 keeps the per-device settings (precision, compile, channels_last) under
-# config["settings"]; 1 (no "format" key) keeps them inside config["recipe"]. read_checkpoint upgrades
-# 1 to 2, so a format-1 run resumes and is analysed like any other.
+# config["settings"]; 1 (no "format" key) keeps them inside config["recipe"]. read_checkpoint and
+# read_history upgrade 1 to 2, so a format-1 run resumes and is analysed like any other.
 FORMAT = 2
 PER_DEVICE = ("precision", "compile", "channels_last")
 
