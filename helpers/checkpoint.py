@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .recipes import Recipe
+from .recipes import Recipe, recipe_name
 from .rundir import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -39,8 +39,8 @@ DATA_IDENTITY = {
 # without them, whichever code wrote it, is a run without a validation split and is compared as one.
 OPTIONAL_IDENTITY = ("val", "val_fingerprint")
 # The config's layout: 2 keeps the per-device settings (precision, compile, channels_last) under
-# config["settings"]; 1 (no "format" key) keeps them inside config["recipe"]. read_checkpoint upgrades
-# 1 to 2, so a format-1 run resumes and is analysed like any other.
+# config["settings"]; 1 (no "format" key) keeps them inside config["recipe"]. read_checkpoint and
+# read_history upgrade 1 to 2, so a format-1 run resumes and is analysed like any other.
 FORMAT = 2
 PER_DEVICE = ("precision", "compile", "channels_last")
 
@@ -94,8 +94,8 @@ def sync_history(out_dir: Path, ckpt: dict, log=print):
     """Rewrite out_dir/history.json from the checkpoint when it says something else (or is missing)."""
     path = Path(out_dir) / HISTORY
     try:
-        on_disk = json.loads(path.read_text())["history"]
-    except (OSError, ValueError, KeyError, TypeError):
+        on_disk = read_history(out_dir)[1]
+    except (OSError, CheckpointError):
         on_disk = None
     if on_disk == ckpt["history"]:
         return
@@ -106,6 +106,37 @@ def sync_history(out_dir: Path, ckpt: dict, log=print):
         return
     had = "missing or unreadable" if on_disk is None else f"{len(on_disk)} epochs"
     log(f"note: {path} ({had}) rebuilt from the checkpoint ({len(ckpt['history'])} epochs)")
+
+
+def read_history(run_dir) -> tuple[dict, list]:
+    """A run folder's history.json: its config, in the current FORMAT (upgrade_config), and its per-epoch
+    history. OSError when there is none; CheckpointError when it holds no run's history (damaged: a resume
+    or load_run rebuilds it from the checkpoint) or comes from a newer version."""
+    path = Path(run_dir) / HISTORY
+    try:
+        saved = json.loads(path.read_text())
+        config, history = saved["config"], saved["history"]
+        if not (isinstance(config, dict) and isinstance(config.get("recipe"), dict) and isinstance(history, list)):
+            raise TypeError("no config and history")
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, or JSON of another shape
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: damaged, or not a run's history): "
+                              "resume the run (--resume / notebook 03) or load it (load_run / notebook 04), which "
+                              "rebuild it from the checkpoint") from None
+    return upgrade_config(config, path), history
+
+
+def read_config(run_dir) -> dict | None:
+    """A run folder's config, in the current FORMAT: history.json's, else (missing or damaged) that of the
+    checkpoint a resume would start from; None when neither can be read (a resume says why)."""
+    try:
+        return read_history(run_dir)[0]
+    except (OSError, CheckpointError):
+        pass
+    path = find_checkpoint(run_dir)
+    try:
+        return read_checkpoint(path)["config"] if path else None
+    except CheckpointError:
+        return None
 
 
 def read_checkpoint(path, device="cpu") -> dict:
@@ -184,10 +215,7 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
     The settings may change (torch.compile and the memory layout change speed, not what is trained),
     except a precision that was not asked as "auto": an "auto" one re-resolves on the device at hand
     (a Colab reconnect can land on another GPU type, or on a CPU)."""
-    diffs = []
-    # from_dict fills fields added since the checkpoint was written with their defaults
-    old, new = Recipe.from_dict(saved["recipe"]).to_dict(), now["recipe"]
-    diffs += [f"recipe field {k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in new.items() if old.get(k) != v]
+    diffs = recipe_differences(saved["recipe"], now["recipe"])
     was, precision = saved.get("settings", {}).get("precision"), now.get("settings", {}).get("precision")
     if was != precision and (now.get("requested") or {}).get("precision") != "auto":
         diffs.append(f"precision: checkpoint {was!r}, now {precision!r}")
@@ -209,3 +237,13 @@ def resume_differences(saved: dict, now: dict) -> list[str]:
               if (k in before or k in OPTIONAL_IDENTITY) and before.get(k) != after.get(k)]
     return diffs
 
+
+def recipe_differences(saved: dict, now: dict) -> list[str]:
+    """A stored recipe against this run's: one phrase per field that differs, or, when they are (closest
+    to) two different named recipes, one phrase naming both, with their changes, instead of a dozen fields."""
+    there, here = recipe_name(saved), recipe_name(now)
+    if there.name != here.name:
+        return [f"recipe: checkpoint {str(there)!r}, now {str(here)!r}"]
+    # from_dict fills fields added since the checkpoint was written with their defaults
+    old = Recipe.from_dict(saved).to_dict()
+    return [f"recipe field {k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in now.items() if old.get(k) != v]

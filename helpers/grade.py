@@ -50,7 +50,7 @@ from .device import peak_memory_mb, peak_rss_mb, pick_device
 from .errors import UserError
 from .loader import Loader
 from .loop import NonFiniteLossError, evaluate
-from .recipes import Recipe, recipe_name
+from .recipes import Recipe, RecipeName, recipe_name
 from .registry import FACTORY, build_model, find_network, is_file_spec, list_models, parse_file_spec
 from .rundir import atomic_write, check_writable
 from .probe import check_output
@@ -391,7 +391,8 @@ def _rescore(args, ckpt: dict, model, save):
     """The checkpoint's weights on the grader's test split, normalised with the run's own mean and std,
     in fp32: plain single view. Its stored accuracy is only shown beside, as claimed."""
     config, history = ckpt["config"], ckpt["history"]
-    save(stage="re-scoring the checkpoint", score_by="checkpoint", recipe=recipe_name(config["recipe"]),
+    named = recipe_name(config["recipe"])
+    save(stage="re-scoring the checkpoint", score_by="checkpoint", recipe=named.name, recipe_changes=named.changes,
          epochs=len(history), claimed_accuracy=history[-1]["test_acc"] if history else None)
     model.load_state_dict(ckpt.get("ema") or ckpt["model"])  # the average, when the run kept one, was evaluated
     device = pick_device(args.device)
@@ -655,7 +656,8 @@ class Batch:
                    receptive_field=result.get("receptive_field"), score_by=result.get("score_by"),
                    accuracy=result.get("accuracy"), seeds=result.get("seeds"),
                    seed_accuracies=result.get("seed_accuracies"), claimed_accuracy=result.get("claimed_accuracy"),
-                   recipe=result.get("recipe"), epochs=result.get("epochs"), test_images=result.get("test_images"),
+                   recipe=result.get("recipe"), recipe_changes=result.get("recipe_changes"),
+                   epochs=result.get("epochs"), test_images=result.get("test_images"),
                    train_seconds=result.get("train_seconds"), eval_seconds=result.get("eval_seconds"),
                    seconds=round(seconds, 2), startup_seconds=startup, peak_rss_mb=result.get("peak_rss_mb"),
                    peak_device_mb=result.get("peak_device_mb"), notes=result.get("notes") or [],
@@ -736,7 +738,7 @@ def csv_text(rows: list[dict]) -> str:
     w.writerow(header)
     for row in rows:
         judged = {r["rule"]: r for r in row.get("rules") or []}
-        cells = dict(row, rules_passed=_passed(row), seeds=_join(row.get("seeds")),
+        cells = dict(row, rules_passed=_passed(row), seeds=_join(row.get("seeds")), recipe=_recipe(row),
                      seed_accuracies=_join(_round(a, 4) for a in row.get("seed_accuracies") or []),
                      accuracy=_round(row.get("accuracy"), 4), claimed_accuracy=_round(row.get("claimed_accuracy"), 4),
                      notes="; ".join(row.get("notes") or []))
@@ -788,13 +790,17 @@ def _how(row) -> str:
         return "rules only"
     if by not in ("training", "checkpoint"):
         return ""
-    recipe = row.get("recipe") or ""
-    said = [recipe.split(" (")[0] + ("*" if " (" in recipe else "")]
+    said = [(row.get("recipe") or "") + ("*" if row.get("recipe_changes") else "")]
     if row.get("epochs") is not None:
         said.append(_count(row["epochs"], "epoch"))
     if by == "training" and row.get("seeds"):
         said.append(_count(len(row["seeds"]), "seed"))
     return f"{by} ({', '.join(said)})"
+
+
+def _recipe(row) -> str | None:
+    """The recipe as grades.csv shows it: its name, and the fields a re-scored run changed ("fast (epochs=1)")."""
+    return row.get("recipe") and str(RecipeName(row["recipe"], row.get("recipe_changes") or {}))
 
 
 def _passed(row):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 
+from .checkpoint import CheckpointError, read_history
 from .colab import in_colab, project_folder
 from .data import SOURCES, DataError, check_val, data_dir_problem, val_size
 from .errors import UserError
@@ -150,11 +150,11 @@ def _note_other_run(folder, recipe, seed, model):
     """Say so when the folder already holds a run of another recipe, model or seed than the parameters
     name (an out_dir set by hand): notebook 04 analyses the run that is there, and 03 refuses to resume it."""
     try:
-        config = json.loads((Path(folder) / "history.json").read_text())["config"]
-        there = dict(recipe=recipe_name(config["recipe"]).split(" ")[0], model=config["recipe"]["model"],
-                     seed=config.get("seed"))
-    except (OSError, ValueError, KeyError, TypeError):
+        config, _ = read_history(folder)
+    except (OSError, CheckpointError):
         return  # no run yet, or a damaged history (notebook 03 rebuilds it from the checkpoint)
+    there = dict(recipe=recipe_name(config["recipe"]).name, model=config["recipe"].get("model"),
+                 seed=config.get("seed"))
     asked = dict(recipe=recipe, model=model or getattr(RECIPES.get(recipe), "model", None), seed=seed)
     differ = [f"{k}={there[k]!r} there, {asked[k]!r} here" for k in asked if there[k] != asked[k]]
     if differ:

@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from .checkpoint import read_config, read_history, resume_differences
+from .errors import UserError
 from .notebook import check_params, run_name
 from .registry import DRIVE_PREFIX, is_file_spec, parse_file_spec
 from .recipes import get_recipe, split_fields
@@ -47,8 +47,9 @@ README_NOTE = re.compile(r"(<!-- figures-provenance -->\n).*?(\n<!-- /figures-pr
 NOTE_START = "> **Outputs below**"
 
 
-class PipelineError(RuntimeError):
-    pass
+class PipelineError(UserError):
+    """The main job stops: a notebook failed, an output folder would overwrite the committed files, or the
+    run folder holds another run."""
 
 
 def notebook_paths(notebooks: Path | None = None) -> list[Path]:
@@ -162,11 +163,10 @@ def describe_data(data: str, data_dir, limit) -> str:
 def provenance(params: dict, run_dir: Path, command: str) -> str:
     """One line saying where the outputs come from: hardware, data, recipe as run, seed, command."""
     try:
-        config = json.loads((ROOT / run_dir / "history.json").read_text())["config"]
+        config, _ = read_history(ROOT / run_dir)
         r = config["recipe"]
-        precision = config.get("settings", r)["precision"]  # in the recipe in a format-1 config (checkpoint.FORMAT)
         how = (f"model `{r['model']}`, {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, batch {r['batch_size']}, "
-               f"precision {precision}")
+               f"precision {config['settings']['precision']}")
         device = config.get("device") or params["device"]
     except (OSError, KeyError, ValueError):  # no finished training (a failed run): say what was asked
         how, device = "settings as in the command", params["device"]
@@ -323,45 +323,30 @@ def check_out_paths(params: dict, out: Path) -> None:
                                 f"{default_out(params['recipe'], params['seed'], False, params['model'])})")
 
 
-def _saved_config(run_dir: Path) -> dict | None:
-    """A run folder's config: from history.json, else (damaged or missing) from the checkpoint, which
-    notebook 03 rebuilds history.json from; None when neither can be read."""
-    try:
-        config = json.loads((run_dir / "history.json").read_text())["config"]
-        if isinstance(config, dict) and isinstance(config.get("recipe"), dict):
-            return config
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    if not (run_dir / "checkpoint.pt").exists():
-        return None
-    try:
-        config = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["config"]
-        return config if isinstance(config, dict) and isinstance(config.get("recipe"), dict) else None
-    except Exception:  # a damaged checkpoint: notebook 03 names it and the previous epoch's in one line
-        return None
+# what the command knows of a run's data before any is read; the images' counts and fingerprints are compared
+# by notebook 03's resume
+CHOSEN_DATA = ("source", "folder", "limit", "val")
 
 
 def check_run_dir(params: dict) -> None:
     """Before any notebook runs: a checkpoint in the run folder must be this run's, or notebook 03 would
-    stop half-way. Compares what the user chose; fields resolved per device ("auto") are not compared."""
-    saved = _saved_config(ROOT / params["out_dir"])
-    if saved is None:
+    stop half-way. Compares what the user chose, as a resume does (checkpoint.resume_differences); a
+    precision asked as "auto" is not compared, as it re-resolves on each device."""
+    saved = read_config(ROOT / params["out_dir"])
+    if saved is None:  # no run there, or none readable: notebook 03 starts one, or says what is wrong
         return
     recipe_fields, _ = split_fields(params["overrides"])  # the settings change speed, not the run
     want = get_recipe(params["recipe"], model=params["model"], epochs=params["epochs"],
-                      batch_size=params["batch_size"], **recipe_fields).to_dict()
-    have = dict(saved["recipe"], seed=saved.get("seed"), data=saved.get("data"), limit=saved.get("limit"),
-                data_dir=saved.get("data_dir"), val=saved.get("val"))
-    want |= dict(seed=params["seed"], data=params["data"], limit=params["limit"],
-                 data_dir=str(params["data_dir"]) if params["data_dir"] else None, val=params.get("val"))
-    diffs = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items()
-             if v != "auto" and k in have and have[k] != v and
-             not (k == "data_dir" and v and have[k] and (ROOT / v).resolve() == (ROOT / have[k]).resolve())]
-    from .recipes import recipe_name
-
-    there, now = recipe_name(saved["recipe"]), recipe_name(want)
-    if there.split(" ")[0] != now.split(" ")[0]:  # another recipe altogether: name it, not a dozen fields
-        diffs = [f"recipe {there!r} there, {now!r} now"] + [d for d in diffs if d.startswith(("seed ", "data"))]
+                      batch_size=params["batch_size"], **recipe_fields)
+    precision = params.get("precision") or "auto"
+    data_dir = params["data_dir"]
+    now = dict(recipe=want.to_dict(), seed=params["seed"], settings=dict(precision=precision),
+               requested=dict(precision=precision),
+               data_identity=dict(source=params["data"], limit=params["limit"], val=params.get("val"),
+                                  folder=str((ROOT / data_dir).resolve()) if data_dir else None))
+    if "data_identity" in saved:
+        saved = dict(saved, data_identity={k: v for k, v in saved["data_identity"].items() if k in CHOSEN_DATA})
+    diffs = resume_differences(saved, now)
     if diffs:
         raise PipelineError(f"{params['out_dir']} holds a run with other settings ({'; '.join(diffs)}): "
                             f"pass --run-dir NEW_FOLDER for a new run, or delete that folder")
@@ -429,7 +414,7 @@ def main(argv=None):
         # script inherits that, and papermill would then run every notebook to the end)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         run(params, out, done=executed)
-    except (ValueError, PipelineError) as e:
+    except ValueError as e:  # a UserError (PipelineError, ParameterError ...): one line, no traceback
         print(f"pipeline stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -299,8 +299,19 @@ def get_recipe(name: str, **overrides) -> Recipe:
     return RECIPES[name].override(**overrides).validate()
 
 
-def recipe_name(recipe: dict) -> str:
-    """The named recipe a run's stored recipe is, or is closest to: "fast", "seed (epochs=1)"."""
+@dataclass
+class RecipeName:
+    """Which named recipe a stored recipe is, or is closest to: its `name` and the fields that differ from
+    it (`changes`: field -> the stored value). As text, "fast" or "seed (epochs=1)"."""
+    name: str
+    changes: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.name + (f" ({', '.join(f'{k}={v}' for k, v in self.changes.items())})" if self.changes else "")
+
+
+def recipe_name(recipe: dict) -> RecipeName:
+    """The named recipe a run's stored recipe is, or is closest to (the fewest fields changed)."""
     have = Recipe.from_dict(recipe).to_dict()
 
     def diffs(name):
@@ -308,5 +319,4 @@ def recipe_name(recipe: dict) -> str:
         return {k: v for k, v in have.items() if v != want.get(k)}
 
     name = min(RECIPES, key=lambda n: len(diffs(n)))
-    changed = diffs(name)
-    return name + (f" ({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
+    return RecipeName(name, diffs(name))

@@ -3,13 +3,12 @@ test_loader_for (the trained network and the test split it was evaluated on, for
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT, HISTORY, read_checkpoint, sync_history, upgrade_config
+from .checkpoint import CHECKPOINT, HISTORY, read_checkpoint, read_history, sync_history, upgrade_config
 from .colab import DRIVE_DELAY, on_drive
 from .loader import Loader
 from .errors import UserError
@@ -71,13 +70,14 @@ class Record:
 
     @classmethod
     def load(cls, path, name=None) -> "Record":
-        """From a run folder (or its history.json)."""
-        path = Path(path)
-        path = path / HISTORY if path.is_dir() else path
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: train first (notebook 03 or python -m helpers.train)")
-        d = json.loads(path.read_text())
-        return cls(name or path.parent.name, d["config"], d["history"])
+        """From a run folder (or its history.json); the config in the current format."""
+        folder = Path(path).parent if Path(path).name == HISTORY else Path(path)
+        try:
+            config, history = read_history(folder)
+        except FileNotFoundError:
+            raise RunNotFoundError(f"{folder / HISTORY} not found: train first (notebook 03 or python -m "
+                                   "helpers.train)") from None
+        return cls(name or folder.name, config, history)
 
 
 class RunNotFoundError(UserError):
@@ -90,12 +90,11 @@ def list_runs(root) -> list[dict]:
     runs = []
     for history in sorted(Path(root).glob(f"*/{HISTORY}")):
         try:
-            d = json.loads(history.read_text())
-            config, epochs = d["config"], d["history"]
-            runs.append(dict(folder=history.parent, recipe=recipe_name(config["recipe"]).split(" (")[0],
+            config, epochs = read_history(history.parent)
+            runs.append(dict(folder=history.parent, recipe=recipe_name(config["recipe"]).name,
                              model=config["recipe"]["model"], seed=config.get("seed"), epochs=len(epochs),
                              test_acc=epochs[-1]["test_acc"] if epochs else None))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):  # CheckpointError is a ValueError
             continue  # being written, or not a run of this project's
     return runs
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from conftest import SMALL, SMALL_FAST, make_folder, noise, outcome
-from helpers.checkpoint import CHECKPOINT, CheckpointError, HISTORY, PREV_CHECKPOINT
+from helpers.checkpoint import (CHECKPOINT, CheckpointError, HISTORY, PREV_CHECKPOINT, read_config,
+                                read_history, resume_differences)
 from helpers.record import Record, load_run
+from helpers.recipes import RECIPES, get_recipe
 from helpers.run import Trial, train
 from helpers.train import main as train_main
 
@@ -132,6 +134,42 @@ def test_a_run_written_before_the_settings_group_resumes_and_loads(tmp_path, cap
     assert "precision" not in config["recipe"]
     resumed = Trial(out_dir=tmp_path / "r", **SMALL_FAST).run(resume=True)
     assert outcome(resumed) == outcome(straight)
+
+
+def test_a_format_1_history_is_read_upgraded(tmp_path):
+    """The one reading API gives every reader (Record.load, list_runs, the pipeline, the notebooks) a format-1
+    history.json's config in the current format, as read_checkpoint does a checkpoint's."""
+    config = dict(format=2, recipe=RECIPES["fast"].to_dict(), seed=3, device="cpu",
+                  settings=dict(device="cpu", precision="bf16", compile="off", channels_last=True))
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / HISTORY).write_text(json.dumps(dict(config=as_format_1(config), history=[dict(epoch=1)])))
+    read, history = read_history(tmp_path / "r")
+    assert read == config and history == [dict(epoch=1)]
+    assert read_config(tmp_path / "r") == config
+
+
+@pytest.mark.parametrize("damage", ["{}", "[]", '{"config": {}, "history": []}', "not json"])
+def test_a_damaged_history_is_one_error_naming_the_fix_and_its_config_comes_from_the_checkpoint(tmp_path, damage):
+    train(out_dir=tmp_path / "r", **SMALL_FAST)
+    config = read_history(tmp_path / "r")[0]
+    (tmp_path / "r" / HISTORY).write_text(damage)
+    with pytest.raises(CheckpointError, match=r"history.json cannot be read .*rebuild it from the checkpoint"):
+        read_history(tmp_path / "r")
+    assert read_config(tmp_path / "r") == config
+    (tmp_path / "r" / CHECKPOINT).unlink()
+    assert read_config(tmp_path / "r") == config  # the checkpoint a resume starts from: the previous epoch's
+    (tmp_path / "r" / PREV_CHECKPOINT).unlink()
+    assert read_config(tmp_path / "r") is None  # nothing readable: a resume says what is wrong
+    with pytest.raises(FileNotFoundError):
+        read_history(tmp_path / "none")
+
+
+def test_another_named_recipe_is_named_not_listed_field_by_field():
+    fast, seed = get_recipe("fast", epochs=1).to_dict(), RECIPES["seed"].to_dict()
+    assert resume_differences(dict(recipe=fast, seed=0), dict(recipe=seed, seed=1)) == [
+        "recipe: checkpoint 'fast (epochs=1)', now 'seed'", "seed (--seed / seed=): checkpoint 0, now 1"]
+    assert resume_differences(dict(recipe=fast, seed=0), dict(recipe=RECIPES["fast"].to_dict(), seed=0)) == [
+        "recipe field epochs: checkpoint 1, now 4"]
 
 
 def test_a_checkpoint_from_a_newer_version_is_refused_naming_both_formats(tmp_path):

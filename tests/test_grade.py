@@ -225,6 +225,7 @@ def test_a_forged_checkpoint_is_re_scored_and_its_claim_only_shown(batch):
     line = next(x for x in table.splitlines() if x.startswith("| `forged`"))
     cells = [c.strip() for c in line.split("|")]
     assert cells[6] == f"**{row['accuracy']:.2%}**" and cells[10] == "99.00%"  # accuracy; claimed beside it
+    assert row["recipe"] == "fast" and row["recipe_changes"]["epochs"] == 1 and cells[8] == "checkpoint (fast*, 1 epoch)"
 
 
 def test_an_endless_loop_is_killed_with_everything_it_started(batch):
@@ -345,6 +346,18 @@ def test_submissions_are_named_apart_and_graded_once(tmp_path):
 ])
 def test_the_verdict_follows_the_policy(score_by, seeds, accuracy, verdict):
     assert grade.verdict(dict(status="ok", accuracy=accuracy, score_by=score_by, seeds=seeds)) == verdict
+
+
+def test_a_re_scored_runs_recipe_is_its_name_starred_and_in_full_in_the_csv():
+    """A run folder's recipe is stored as data (name, changes): grades.md says "fast*", grades.csv the whole."""
+    row = dict(name="r", submission="runs/r", kind="run", status="ok", score_by="checkpoint", recipe="fast",
+               recipe_changes={"epochs": 1}, epochs=1, accuracy=0.5, verdict="no", rules=[], notes=[], seconds=3.0)
+    assert "| checkpoint (fast*, 1 epoch) |" in grade.markdown([row])
+    header, line = list(csv.reader(io.StringIO(grade.csv_text([row]))))
+    assert dict(zip(header, line))["recipe"] == "fast (epochs=1)"
+    unchanged = dict(row, recipe_changes={})
+    assert "| checkpoint (fast, 1 epoch) |" in grade.markdown([unchanged])
+    assert dict(zip(*csv.reader(io.StringIO(grade.csv_text([unchanged])))))["recipe"] == "fast"
 
 
 def test_help_names_the_policy_and_the_docs(capsys):

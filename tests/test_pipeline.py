@@ -126,7 +126,7 @@ def test_a_run_folder_with_other_settings_stops_before_any_notebook(tmp_path, mo
     rc = pipeline.main(["--recipe", "seed", "--data", "synthetic", "--run-dir", str(run_dir), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "holds a run with other settings" in err and "--run-dir" in err
-    assert "recipe 'fast' there, 'seed' now" in err
+    assert "recipe: checkpoint 'fast', now 'seed'" in err
 
 
 def test_the_same_settings_resume(tmp_path):
@@ -139,6 +139,43 @@ def test_the_same_settings_resume(tmp_path):
                             "--run-dir", str(tmp_path / "a"), *changed)
         with pytest.raises(pipeline.PipelineError, match="--run-dir NEW_FOLDER"):
             pipeline.check_run_dir(params)
+
+
+def test_a_run_folder_of_another_run_is_refused_naming_each_difference(tmp_path):
+    """Compared as notebook 03's resume compares (checkpoint.resume_differences), on what the command knows
+    before any data is read: the images' counts and fingerprints are not among it."""
+    from helpers.errors import UserError
+    from helpers.run import train
+    run = tmp_path / "run"
+    train(recipe="fast", data="synthetic", limit=120, batch_size=40, epochs=1, val=40, progress=False, out_dir=run)
+    params = dict(out_dir=str(run), recipe="fast", model=None, epochs=1, batch_size=40, precision=None,
+                  seed=0, data="synthetic", limit=120, val=40, data_dir=None, overrides={})
+    pipeline.check_run_dir(params)  # the same run: resumed by notebook 03
+    for change, message in ((dict(seed=1), "seed (--seed / seed=): checkpoint 0, now 1"),
+                            (dict(recipe="seed"), "recipe: checkpoint 'fast (epochs=1, batch_size=40)', "
+                                                  "now 'seed (epochs=1, batch_size=40)'"),
+                            (dict(overrides=dict(lr=0.5)), "recipe field lr: checkpoint 0.89, now 0.5"),
+                            (dict(val=None), "validation split (--val / val=): checkpoint 40, now None"),
+                            (dict(limit=160), "images per split (--limit / limit=): checkpoint 120, now 160")):
+        with pytest.raises(pipeline.PipelineError) as e:
+            pipeline.check_run_dir(params | change)
+        assert f"holds a run with other settings ({message}): pass --run-dir NEW_FOLDER" in str(e.value)
+        assert isinstance(e.value, UserError)  # one line in a notebook; the command prints it and exits 1
+
+
+def test_a_data_folder_is_compared_resolved(tmp_path):
+    """--data-dir as the notebooks get it (relative to the project root) names the folder the run trained on."""
+    from conftest import make_folder
+    from helpers.run import train
+    data, run = make_folder(tmp_path / "data", n=20), tmp_path / "run"
+    train(recipe="seed", data="folder", data_dir=str(data), batch_size=10, epochs=1, progress=False, out_dir=run)
+    params = dict(out_dir=str(run), recipe="seed", model=None, epochs=1, batch_size=10, precision=None, seed=0,
+                  data="folder", limit=None, data_dir=os.path.relpath(data, ROOT), overrides={})
+    pipeline.check_run_dir(params)
+    other = make_folder(tmp_path / "other", n=20)
+    with pytest.raises(pipeline.PipelineError, match=r"data folder \(--data-dir / data_dir=, resolved\): checkpoint "
+                                                     f"'{data}', now '{other}'"):
+        pipeline.check_run_dir(params | dict(data_dir=os.path.relpath(other, ROOT)))
 
 
 # --------------------------------------------------------------------------- publish
@@ -272,7 +309,7 @@ def test_a_damaged_history_json_is_read_from_the_checkpoint(tmp_path, damage):
     params = dict(out_dir=str(run), recipe="fast", model=None, epochs=1, batch_size=40, precision=None,
                   seed=0, data="synthetic", limit=120, data_dir=None, overrides={})
     pipeline.check_run_dir(params)  # the same run: nothing to say
-    with pytest.raises(pipeline.PipelineError, match="seed 0 there, 1 now"):
+    with pytest.raises(pipeline.PipelineError, match=r"seed \(--seed / seed=\): checkpoint 0, now 1"):
         pipeline.check_run_dir(params | dict(seed=1))
     (run / "checkpoint.pt").unlink()
     pipeline.check_run_dir(params | dict(seed=1))  # nothing readable: notebook 03 decides (and says)

@@ -9,7 +9,7 @@ from helpers.cli import field_value
 from helpers.device import pick_device
 from helpers.errors import UserError
 from helpers.notebook import check_params
-from helpers.recipes import RECIPES, Recipe, get_recipe
+from helpers.recipes import RECIPES, Recipe, RecipeName, get_recipe, recipe_name
 from helpers.run import Trial
 
 
@@ -99,3 +99,12 @@ def test_another_model_leaves_the_recipes_model_arguments_behind():
     assert (r.model, r.model_kwargs, r.epochs) == ("seed", {}, RECIPES["fast"].epochs)
     assert get_recipe("fast").model_kwargs == {"act": "gelu"}
     assert get_recipe("fast", epochs=5).model_kwargs is not RECIPES["fast"].model_kwargs  # a copy, never shared
+
+
+def test_recipe_name_is_the_closest_named_recipe_and_the_fields_changed():
+    """Data to compare (name, changes), and today's text as str(): no caller parses the text."""
+    for name, recipe in RECIPES.items():
+        assert recipe_name(recipe.to_dict()) == RecipeName(name, {}) and str(recipe_name(recipe.to_dict())) == name
+    named = recipe_name(get_recipe("fast", epochs=1, lr=0.5).to_dict())
+    assert (named.name, named.changes) == ("fast", {"epochs": 1, "lr": 0.5})
+    assert str(named) == "fast (epochs=1, lr=0.5)"
