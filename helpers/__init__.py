@@ -21,14 +21,15 @@ _EXPORTS = {
     "notebook": ["check_params", "drive_path", "run_folder", "run_name", "summary", "warn_if_no_gpu"],
     "recipes": ["RECIPES", "Recipe", "Settings", "get_recipe"],
     "registry": ["build_model", "list_models"],
-    "loop": ["accuracy", "evaluate", "lr_schedule", "predict", "recipe_table", "select_examples"],
+    "loop": ["accuracy", "evaluate", "predict", "select_examples"],
     "record": ["Record", "load_run", "test_loader_for"],
-    "run": ["Trainer", "Trial", "train"],
+    "run": ["Trainer", "Trial", "recipe_table", "train"],
+    "schedule": ["lr_schedule"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...), H.study.load_study(...)
 _SUBMODULES = ("benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram", "explain", "loader",
-               "loop", "model", "notebook", "objective", "plots", "probe", "recipes", "record", "registry", "run", "space", "speed", "study", "sweep")
+               "loop", "model", "notebook", "objective", "plots", "probe", "recipes", "record", "registry", "run", "schedule", "space", "speed", "study", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
 
