@@ -21,15 +21,17 @@ _EXPORTS = {
     "notebook": ["check_params", "drive_path", "run_folder", "run_name", "summary", "warn_if_no_gpu"],
     "recipes": ["RECIPES", "Recipe", "Settings", "get_recipe"],
     "registry": ["build_model", "list_models"],
-    "loop": ["accuracy", "evaluate", "lr_schedule", "predict", "recipe_table", "select_examples"],
+    "loop": ["accuracy", "evaluate", "predict", "select_examples"],
     "record": ["Record", "load_run", "test_loader_for"],
-    "run": ["Trainer", "Trial", "train"],
+    "run": ["Trainer", "Trial", "recipe_table", "train"],
+    "schedule": ["lr_schedule"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...); the sweep's, which need Optuna, in the subpackage
 # helpers/sweep/: H.sweep.study.load_study(...), H.sweep.figures.study_figure(...)
 _SUBMODULES = ("augment", "benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram", "explain", "loader",
-               "loop", "model", "notebook", "plots", "probe", "recipes", "record", "registry", "run", "speed", "sweep")
+               "loop", "model", "notebook", "plots", "probe", "recipes", "record", "registry", "run", "schedule", "speed",
+               "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
 

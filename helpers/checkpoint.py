@@ -1,8 +1,9 @@
 """What survives a crash: the checkpoint written atomically after every epoch, history.json beside
 it, and the checks that a resume continues the very run that wrote them.
 
-A checkpoint is a dict: model, optimizer, scheduler (and ema, lookahead, scaler when the recipe
-uses them), epoch, history and config (recipe, seed, data identity, model identity ...).
+A checkpoint is a dict: model, optimizer, step (the optimizer steps taken: where the run stands in its lr
+schedule, helpers/schedule.py), ema, lookahead, scaler (when the recipe uses them), epoch, history and
+config (recipe, seed, data identity, model identity ...).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ PREV_CHECKPOINT = "checkpoint.prev.pt"  # the epoch before CHECKPOINT's, kept in
 HISTORY = "history.json"
 
 # What a resumed run must share with the run that wrote the checkpoint, besides recipe and seed:
-# config["data_identity"] key -> how a refusal names it. Steps per epoch decide OneCycleLR's
+# config["data_identity"] key -> how a refusal names it. Steps per epoch decide the lr schedule's
 # length; the rest decide which images it trains and is evaluated on.
 DATA_IDENTITY = {
     "source": "data source (--data / data=)",
@@ -146,8 +147,8 @@ def read_checkpoint(path, device="cpu") -> dict:
     """
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        missing = {"model", "optimizer", "scheduler", "history", "config"} - set(ckpt)
+        ckpt = upgrade_scheduler(torch.load(path, map_location=device, weights_only=True))
+        missing = {"model", "optimizer", "step", "history", "config"} - set(ckpt)
         if missing:
             raise KeyError(f"no {', '.join(sorted(missing))}")
     except Exception as e:  # truncated, overwritten, not a checkpoint: torch's messages vary
@@ -172,6 +173,17 @@ def upgrade_config(config: dict, path="checkpoint") -> dict:
     return config
 
 
+def upgrade_scheduler(ckpt: dict) -> dict:
+    """A checkpoint with the step count: one written when torch's OneCycleLR held the schedule stored the
+    scheduler's state instead, whose last_epoch is that count (it stepped once per optimizer step). Its
+    total_steps is dropped: check_resume finds the run's length in the config and in the steps taken."""
+    if "scheduler" not in ckpt:
+        return ckpt
+    ckpt = dict(ckpt)
+    ckpt["step"] = ckpt.pop("scheduler")["last_epoch"]
+    return ckpt
+
+
 def _prev_hint(path: Path) -> str:
     prev = path.with_name(PREV_CHECKPOINT)
     if path.name != CHECKPOINT or not prev.exists():
@@ -184,18 +196,20 @@ def _prev_hint(path: Path) -> str:
             f"move it over the damaged one (mv {prev} {path}) and resume again")
 
 
-def check_resume(path, ckpt: dict, now: dict, total_steps: int, log=print) -> None:
+def check_resume(path, ckpt: dict, now: dict, steps_per_epoch: int, log=print) -> None:
     """Refuse (CheckpointError, nothing loaded) a checkpoint that another run wrote, naming every
-    difference; note what a resume may change (an "auto" precision on another device)."""
+    difference; note what a resume may change (an "auto" precision on another device).
+
+    The run's length in steps (epochs x steps per epoch: the lr schedule's) is the recipe's epochs and the
+    data identity's steps per epoch; `steps_per_epoch` (this run's) is checked against the checkpoint's steps
+    taken too, which is all a checkpoint without a data identity has to show it."""
     diffs = resume_differences(ckpt["config"], now)
     if now["recipe"]["tta"] and ckpt["history"] and "tta_acc" not in ckpt["history"][-1]:
         diffs.append("its history predates plain accuracy (its test_acc includes test-time augmentation)")
-    total = ckpt["scheduler"].get("total_steps") if isinstance(ckpt.get("scheduler"), dict) else None
-    if not diffs and total is not None and total != total_steps:
-        # what the data identity cannot show for checkpoints written before it was recorded
-        steps = (now.get("data_identity") or {}).get("steps_per_epoch", "?")
-        diffs.append(f"scheduler length: checkpoint {total} steps, now {total_steps} "
-                     f"({now['recipe']['epochs']} epochs x {steps} steps)")
+    epochs = len(ckpt["history"])
+    if not diffs and epochs and ckpt["step"] != epochs * steps_per_epoch:
+        diffs.append(f"steps per epoch: checkpoint {ckpt['step'] / epochs:g} ({ckpt['step']} steps in {epochs} "
+                     f"epoch{'s' * (epochs != 1)}), now {steps_per_epoch}")
     if diffs:
         raise CheckpointError(f"cannot resume {path}: it was written with other settings: " + "; ".join(diffs)
                               + ". Resume with the checkpoint's settings, or start a new run in another "
@@ -206,7 +220,7 @@ def check_resume(path, ckpt: dict, now: dict, total_steps: int, log=print) -> No
             f"'auto' to {after}, so the run continues in {after}")
     if "data_identity" not in ckpt["config"]:
         log(f"note: {path} predates data fingerprints: only its data source, folder, limit and "
-            "scheduler length could be checked")
+            "steps per epoch could be checked")
 
 
 def resume_differences(saved: dict, now: dict) -> list[str]:

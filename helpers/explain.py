@@ -4,6 +4,7 @@ Each function takes what the notebook already has (a rule report, a run's Record
 returns plain text computed from it, so the prose always describes the run above it:
 
     print(explain_architecture(net, report))   # 02: map sizes, where the required layers sit, the receptive field
+    print(explain_recipe(recipe, settings, ...))  # 03: the recipe as the run will use it, one line per ingredient
     print(explain_history(record))             # 03: small first epochs, train loss above test loss
     print(explain_errors(cm, classes))         # 04: the worst class, the confusions that dominate
 """
@@ -13,9 +14,11 @@ import math
 
 import torch
 
+from .augment import from_recipe
 from .loop import image_sizes
 from .model import PatchWhitening
-from .recipes import Recipe
+from .recipes import Recipe, Settings
+from .schedule import describe
 
 
 def _pct(x: float) -> str:
@@ -91,6 +94,55 @@ def _where_cheap(op) -> str:
 
 
 # --------------------------------------------------------------------------- 03: the training
+
+def explain_recipe(recipe: Recipe, settings: Settings, model, param_groups, steps_per_epoch: int, image_size: int,
+                   output: str = "output") -> str:
+    """The training recipe as a run will use it, one line per ingredient. `param_groups`: the optimizer's
+    (helpers.loop.make_optimizer: the weights, then the rest); `image_size`: the training images' full height;
+    `output`: what the network returns ("logits", "log-probabilities"; helpers.probe.check_network). Given the
+    run's own values (helpers.run.recipe_table reads them off a Trainer), it cannot disagree with what trains."""
+    r, s, groups, steps, full = recipe, settings, param_groups, steps_per_epoch, image_size
+
+    def group(g):
+        return f"{len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} values"
+
+    momentum = (f"{r.momentum:g}, constant" if r.momentum == r.momentum_max else
+                f"{r.momentum_max:g} -> {r.momentum:g} at the lr peak -> {r.momentum_max:g} (against the lr)")
+    augment = [a.describe() for a in from_recipe(r)]  # the Loader's own list, in the order it applies them
+    averaging = [f"EMA of the weights, decay {r.ema:g} per step (evaluated)" if r.ema else "",
+                 f"lookahead every {r.lookahead} steps (trails more as training ends)" if r.lookahead else ""]
+    whitening = any(hasattr(m, "init_whitening") for m in model.modules())
+    wb = r.whiten_bias_epochs
+    bias = ("bias trains every epoch" if wb < 0 else "bias frozen too" if wb == 0 else
+            "bias trains in epoch 1 only" if wb == 1 else f"bias trains for the first {wb} epochs")
+    small = [s for s in image_sizes(r, full) if s < full]  # the first epochs, under progressive resizing
+    first = "epoch 1" if len(small) == 1 else f"epochs 1-{len(small)}"
+    rows = [
+        ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"),
+        ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, "
+                      f"weight decay {r.weight_decay:g}"),
+        ("  the rest", f"BatchNorm and biases ({group(groups[1])}): peak lr {r.lr * r.bias_lr_scale:g} "
+                       f"(x{r.bias_lr_scale:g}), no weight decay"),
+        ("lr schedule", f"{describe(r)}, stepped every batch"),
+        ("momentum", momentum),
+        ("loss", f"cross-entropy of the network's {output} (logits and log-probabilities train alike)" +
+         (f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ", no label smoothing")),
+        ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
+                    f"{r.epochs} epoch{'s' * (r.epochs != 1)} = {r.epochs * steps} steps"),
+        ("augmentation", ", ".join(augment) or "none"),
+        *([("image size", f"progressive: {', '.join(map(str, small))} px in {first}, then {full} px "
+                          f"(test images: {full} px)")] if small else []),
+        ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
+        *([("whitening layer", f"frozen filters; {bias}")] if whitening else []),
+        ("test accuracy", "plain: one view per image" + {
+            0: "", 1: "; TTA beside it: + the mirror (2 views)",
+            2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
+        ("settings", f"{s.precision}{' autocast' if s.precision in ('bf16', 'fp16') else ''}"
+                     f"{' + GradScaler' if s.precision == 'fp16' else ''} on {s.device}; torch.compile "
+                     f"{s.compile}; {'channels_last' if s.channels_last else 'NCHW'} memory layout"),
+    ]
+    return "\n".join(f"{k:<18}{v}" for k, v in rows)
+
 
 def smoothed_loss_floor(label_smoothing: float, classes: int) -> float:
     """The lowest cross-entropy a label-smoothed target allows: the target's own entropy (the true class

@@ -1,10 +1,11 @@
-"""The training step, read top to bottom: loss, optimizer and its two parameter groups, the one-cycle
-schedule, Lookahead, EMA, the whitening-bias toggle, the image size of each epoch, one epoch, then
-prediction and evaluation (plain single-view accuracy, test-time augmentation beside it), and
-the warm-up that runs each graph once before the clock starts (torch.compile's, cuDNN's).
+"""The training step, read top to bottom: loss, optimizer and its two parameter groups, Lookahead, EMA, the
+whitening-bias toggle, the image size of each epoch, one epoch, then prediction and evaluation (plain
+single-view accuracy, test-time augmentation beside it), and the warm-up that runs each graph once before
+the clock starts (torch.compile's, cuDNN's).
 
 Nothing here knows about run folders, checkpoints or the command line (helpers/run.py and
-helpers/checkpoint.py do): every function takes a model, a loader and a Recipe.
+helpers/checkpoint.py do): every function takes a model, a loader and a Recipe. The lr schedule is
+helpers/schedule.py's, handed to an epoch as a function of the step.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,7 @@ from .loader import reflect_pad, resize
 from .device import autocast
 from .errors import UserError
 from .recipes import Recipe, Settings
-from .speed import IDLE, synchronize
+from .speed import IDLE, Stopwatch, synchronize
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -59,8 +62,13 @@ def progress_default() -> bool:
 
 
 def make_optimizer(model, recipe: Recipe):
-    # no weight decay on BatchNorm parameters and biases: decaying them only adds noise;
-    # their lr can be scaled up (bias_lr_scale; airbench uses 64 for BatchNorm shifts)
+    """SGD over two parameter groups: the weights, then the rest (BatchNorm parameters and biases).
+
+    No weight decay on the rest: decaying them only adds noise; their lr can be scaled up (bias_lr_scale;
+    airbench uses 64 for BatchNorm shifts). Each group's lr and the momentum are the schedule's, written in
+    before every step (set_rates); the values given here are each group's peak lr, and momentum_max, the
+    larger momentum, so that SGD's check that Nesterov has a momentum passes whenever the schedule gives it one.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -69,17 +77,12 @@ def make_optimizer(model, recipe: Recipe):
                            lr=recipe.lr, momentum=recipe.momentum_max, nesterov=recipe.nesterov)
 
 
-def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
-    pct_start = recipe.pct_start
-    if pct_start * recipe.epochs * steps_per_epoch == 1:
-        # a warm-up of exactly one step is a zero-length phase to OneCycleLR (ZeroDivisionError):
-        # a hair longer gives the same rates, the peak one step in
-        pct_start *= 1 + 1e-6
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], epochs=recipe.epochs,
-        steps_per_epoch=steps_per_epoch, pct_start=pct_start, anneal_strategy=recipe.anneal,
-        base_momentum=recipe.momentum, max_momentum=recipe.momentum_max, div_factor=1 / recipe.lr_start,
-        final_div_factor=recipe.lr_start / recipe.lr_end)
+def set_rates(optimizer, rates):
+    """One step's (lr, bias_lr, momentum) (helpers.schedule.Rates) into make_optimizer's two groups."""
+    lr, bias_lr, momentum = rates
+    weights, rest = optimizer.param_groups
+    weights["lr"], rest["lr"] = lr, bias_lr
+    weights["momentum"] = rest["momentum"] = momentum
 
 
 class Lookahead:
@@ -144,75 +147,6 @@ def image_sizes(recipe: Recipe, full: int) -> list[int]:
     return [image_size(recipe, epoch, full) for epoch in range(1, recipe.epochs + 1)]
 
 
-def lr_schedule(recipe: Recipe, steps_per_epoch: int) -> dict:
-    """The learning rate of both parameter groups and the momentum at every step of a run, read off
-    the recipe's own optimizer and scheduler driven on a stand-in model (one weight, one bias: the
-    two groups a real model has). What plots.plot_schedule draws before training."""
-    probe = torch.nn.Linear(1, 1)
-    optimizer = make_optimizer(probe, recipe)
-    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
-    seen = dict(lr=[], bias_lr=[], momentum=[])
-    for _ in range(recipe.epochs * steps_per_epoch):
-        weights, others = optimizer.param_groups
-        seen["lr"].append(weights["lr"])
-        seen["bias_lr"].append(others["lr"])
-        seen["momentum"].append(weights["momentum"])
-        optimizer.step()  # no gradients: nothing moves, but the scheduler sees a step taken
-        scheduler.step()
-    return dict(seen, steps_per_epoch=steps_per_epoch)
-
-
-def recipe_table(trainer) -> str:
-    """The training recipe as a run will use it, one line per ingredient, read from the trainer's
-    own optimizer, loader and recipe (so it cannot disagree with what trains)."""
-    r, s, groups, steps = trainer.recipe, trainer.settings, trainer.optimizer.param_groups, len(trainer.train_loader)
-
-    def group(g):
-        return f"{len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} values"
-
-    momentum = (f"{r.momentum:g}, constant" if r.momentum == r.momentum_max else
-                f"{r.momentum_max:g} -> {r.momentum:g} at the lr peak -> {r.momentum_max:g} (against the lr)")
-    flips = "mirror each image on alternate epochs" if r.alternate_flip else "mirror a random half"
-    augment = [f"shift up to {r.translate} px (reflect padding)" if r.translate else "",
-               flips if r.flip else "", f"cutout {r.cutout}x{r.cutout}" if r.cutout else ""]
-    averaging = [f"EMA of the weights, decay {r.ema:g} per step (evaluated)" if r.ema else "",
-                 f"lookahead every {r.lookahead} steps (trails more as training ends)" if r.lookahead else ""]
-    whitening = any(hasattr(m, "init_whitening") for m in trainer.model.modules())
-    wb = r.whiten_bias_epochs
-    bias = ("bias trains every epoch" if wb < 0 else "bias frozen too" if wb == 0 else
-            "bias trains in epoch 1 only" if wb == 1 else f"bias trains for the first {wb} epochs")
-    full = trainer.train_loader.images.shape[-2]
-    small = [s for s in image_sizes(r, full) if s < full]  # the first epochs, under progressive resizing
-    first = "epoch 1" if len(small) == 1 else f"epochs 1-{len(small)}"
-    rows = [
-        ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"),
-        ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, "
-                      f"weight decay {r.weight_decay:g}"),
-        ("  the rest", f"BatchNorm and biases ({group(groups[1])}): peak lr {r.lr * r.bias_lr_scale:g} "
-                       f"(x{r.bias_lr_scale:g}), no weight decay"),
-        ("lr schedule", f"one cycle: {r.lr * r.lr_start:g} -> {r.lr:g} at {r.pct_start:.0%} of the steps -> "
-                        f"{r.lr * r.lr_end:g} ({'cosine' if r.anneal == 'cos' else 'linear'}), stepped every batch"),
-        ("momentum", momentum),
-        ("loss", f"cross-entropy of the network's {trainer.run_info.get('output', 'output')} (logits and "
-                 "log-probabilities train alike)" +
-         (f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ", no label smoothing")),
-        ("batches", f"{r.batch_size} images, {steps} steps per epoch (the last partial batch dropped), "
-                    f"{r.epochs} epoch{'s' * (r.epochs != 1)} = {r.epochs * steps} steps"),
-        ("augmentation", ", ".join(a for a in augment if a) or "none"),
-        *([("image size", f"progressive: {', '.join(map(str, small))} px in {first}, then {full} px "
-                          f"(test images: {full} px)")] if small else []),
-        ("weight averaging", "; ".join(a for a in averaging if a) or "none"),
-        *([("whitening layer", f"frozen filters; {bias}")] if whitening else []),
-        ("test accuracy", "plain: one view per image" + {
-            0: "", 1: "; TTA beside it: + the mirror (2 views)",
-            2: "; TTA beside it: + mirror and 1 px shifts (6 views)"}[r.tta]),
-        ("settings", f"{s.precision}{' autocast' if s.precision in ('bf16', 'fp16') else ''}"
-                     f"{' + GradScaler' if s.precision == 'fp16' else ''} on {trainer.device}; torch.compile "
-                     f"{s.compile}; {'channels_last' if s.channels_last else 'NCHW'} memory layout"),
-    ]
-    return "\n".join(f"{k:<18}{v}" for k, v in rows)
-
-
 def make_ema(model, recipe: Recipe):
     """An exponential moving average of `model` (weights and BatchNorm buffers), or None."""
     if not recipe.ema:
@@ -222,33 +156,47 @@ def make_ema(model, recipe: Recipe):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device, epoch=0, progress=False,
-                    ema=None, scaler=None, lookahead=None, precision="fp32", stopwatch=IDLE):
-    """One pass over `loader`, updating `ema` and `lookahead` (if given) after each step.
+@dataclass
+class StepHooks:
+    """How each step of an epoch runs besides the SGD step itself; every field is optional, and StepHooks()
+    is plain fp32 SGD without a progress bar."""
+    precision: str = "fp32"  # autocast to "bf16" or "fp16" (helpers.device.autocast), or "fp32"
+    # fp16's GradScaler (helpers.device.make_scaler): the loss scaled so that small gradients survive, and a
+    # step whose gradients overflowed skipped; a disabled one, or None, is plain SGD
+    scaler: torch.amp.GradScaler | None = None
+    lookahead: Lookahead | None = None  # updated after each step
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # make_ema's, updated after each step
+    stopwatch: Stopwatch = IDLE  # times each phase of a step (benchmark --profile); the default does nothing
+    progress: bool = False  # a progress bar
 
-    `scaler`: a GradScaler for fp16 (helpers.device.make_scaler); a disabled one, or None, is plain SGD.
-    `stopwatch`: a speed.Stopwatch to time each phase of a step (benchmark --profile); the default does nothing.
+
+def train_one_epoch(model, loader, optimizer, schedule: Callable, recipe: Recipe, step: int = 0, epoch: int = 0,
+                    hooks: StepHooks | None = None) -> dict:
+    """One pass over `loader`. Before each SGD step the optimizer gets `schedule(step)`'s lr and momentum
+    (helpers.schedule: a function of the step alone), `step` counting the optimizer steps taken before this
+    epoch; `hooks` adds mixed precision, weight averaging, timing and a progress bar.
 
     Returns {"train_loss", "train_acc", "lr", "train_seconds"}.
     """
+    hooks = hooks or StepHooks()
+    scaler, stopwatch = hooks.scaler, hooks.stopwatch
     model.train()
     t0 = time.perf_counter()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    bar = _progress(loader, progress, desc=f"epoch {epoch}", total=len(loader))
+    loss_sum = correct = seen = 0  # loss_sum and correct: tensors on the batches' device from the first batch on
+    bar = _progress(loader, hooks.progress, desc=f"epoch {epoch}", total=len(loader))
     stopwatch.start()
-    for step, (x, y) in enumerate(bar):   # the loader augments each batch as it is drawn
+    for i, (x, y) in enumerate(bar):   # the loader augments each batch as it is drawn
         stopwatch.lap("data")
-        with autocast(device, precision):
+        with autocast(x.device, hooks.precision):
             out = model(x)
         loss = loss_fn(out.float(), y, recipe.label_smoothing)
         stopwatch.lap("forward")
         optimizer.zero_grad(set_to_none=True)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step used (reported per epoch)
+        rates = schedule(step + i)  # a step fp16 skips still takes its place in the schedule
+        set_rates(optimizer, rates)
         if scaler is not None and scaler.is_enabled():
             # fp16: scale the loss so small gradients survive; a step whose gradients
-            # overflowed is skipped and the scale lowered (the schedule still advances)
+            # overflowed is skipped and the scale lowered
             scaler.scale(loss).backward()
             stopwatch.lap("backward")
             scaler.step(optimizer)
@@ -257,22 +205,21 @@ def train_one_epoch(model, loader, optimizer, scheduler, recipe: Recipe, device,
             loss.backward()
             stopwatch.lap("backward")
             optimizer.step()
-        scheduler.step()
-        if lookahead is not None:
-            lookahead.update(model)
-        if ema is not None:
-            ema.update_parameters(model)
+        if hooks.lookahead is not None:
+            hooks.lookahead.update(model)
+        if hooks.ema is not None:
+            hooks.ema.update_parameters(model)
         stopwatch.lap("optimizer")
         loss_sum += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
-        if step % 20 == 0 or step == len(loader) - 1:
+        if i % 20 == 0 or i == len(loader) - 1:
             value = loss.item()  # one sync every 20 steps: cheap, and catches divergence early
             if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss became {value} at epoch {epoch}, step {step}")
-            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.4f}")
+                raise NonFiniteLossError(f"loss became {value} at epoch {epoch}, step {i}")
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{rates.lr:.4f}")
     return dict(train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen,
-                lr=lr, train_seconds=time.perf_counter() - t0)
+                lr=rates.lr, train_seconds=time.perf_counter() - t0)
 
 
 def tta_views(x: torch.Tensor, level: int) -> list[tuple[float, torch.Tensor]]:

@@ -245,7 +245,7 @@ def show_grad_cam(images, cams, titles, ncols=3):
 
 def plot_schedule(schedule: dict):
     """The learning rate (both parameter groups) and the momentum at every step, epochs marked:
-    `schedule` from helpers.loop.lr_schedule."""
+    `schedule` from helpers.schedule.lr_schedule."""
     steps = schedule["steps_per_epoch"]
     # epochs trained after each step: x = 1 is the end of epoch 1, where the training curves put epoch 1
     x = [(i + 1) / steps for i in range(len(schedule["lr"]))]

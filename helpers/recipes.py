@@ -19,6 +19,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # torch.compile: "auto" compiles CUDA runs of 2,000+ steps only (helpers.device.resolve_compile),
 # "off" never, a mode name always
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# the lr and momentum schedules (helpers/schedule.py): "one_cycle" is torch's OneCycleLR, "cosine" a linear
+# warm-up then a cosine decay
+SCHEDULES = ("one_cycle", "cosine")
 
 
 @dataclass(frozen=True)
@@ -30,15 +33,18 @@ class Recipe:
     # SGD + OneCycleLR, as the original. The original's lr values are not recorded:
     # max_lr 0.05 (peak at 30 % of training) is our choice.
     lr: float = 0.05
-    # OneCycleLR moves momentum against the lr: momentum_max at the start and the end,
+    # the schedule moves momentum against the lr, as OneCycleLR does: momentum_max at the start and the end,
     # momentum at the lr peak (PyTorch's defaults, 0.85 / 0.95); equal values keep it constant
     momentum: float = 0.85
     momentum_max: float = 0.95
     nesterov: bool = False
     weight_decay: float = 5e-4
     bias_lr_scale: float = 1.0    # lr multiplier for the 1-d parameters (BatchNorm shifts/scales, biases)
-    pct_start: float = 0.3
-    anneal: str = "cos"           # OneCycleLR's shape: "cos", or "linear" (warmup then linear decay)
+    schedule: str = "one_cycle"   # the shape of lr and momentum over the steps: one of SCHEDULES
+    pct_start: float = 0.3        # the fraction of the steps that warms up to the peak lr
+    # one_cycle's shape: "cos", or "linear" (warmup then linear decay); "cosine" ignores it (its warm-up
+    # is linear and its decay a cosine whatever it says, so a recipe keeps its anneal when it switches)
+    anneal: str = "cos"
     # the lr at the start and at the end, as fractions of the peak (OneCycleLR's div_factor 10 and
     # final_div_factor 100); airbench's triangle is 0.2 -> 1 -> 0.07
     lr_start: float = 0.1
@@ -153,6 +159,10 @@ class Recipe:
                             f"vanish under three max-pools), got {self.resize_start} and {self.resize_epochs}")
         if self.resize_epochs < 0:
             problems.append(f"resize_epochs must be >= 0, got {self.resize_epochs}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.pct_start <= 1:
+            problems.append(f"pct_start must be a fraction of the steps in [0, 1], got {self.pct_start}")
         if self.anneal not in ("cos", "linear"):
             problems.append(f"anneal must be 'cos' or 'linear', got {self.anneal!r}")
         if problems:

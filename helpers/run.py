@@ -23,14 +23,16 @@ from .loader import Loader
 from .device import (configure_backends, make_scaler, needs_warm_up, peak_rss_mb, pick_device, reset_peak_memory,
                      resolve_channels_last, resolve_compile, resolve_precision)
 from .errors import UserError
-from .loop import (CompileFailed, NonFiniteLossError, compile_model, evaluate, make_ema, make_lookahead, make_optimizer,
-                   make_scheduler, progress_default, image_size, set_whiten_bias, train_one_epoch, warm_up)
+from .explain import explain_recipe
+from .loop import (CompileFailed, NonFiniteLossError, StepHooks, compile_model, evaluate, make_ema, make_lookahead,
+                   make_optimizer, progress_default, image_size, set_whiten_bias, train_one_epoch, warm_up)
 from .model import count_params
 from .probe import check_network
 from .record import Record
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .registry import build_model, file_source, keep_copy, model_identity, spec_name
 from .rundir import RunLock, check_writable
+from .schedule import schedule
 from .speed import IDLE
 
 
@@ -52,7 +54,8 @@ class Trainer:
         self.run_info = run_info or {}
         self.log = log
         self.optimizer = make_optimizer(model, recipe)
-        self.scheduler = make_scheduler(self.optimizer, recipe, len(train_loader))
+        self.schedule = schedule(recipe, len(train_loader))  # lr and momentum as a function of the step
+        self.step = 0  # optimizer steps taken: where the run stands in its schedule
         self.ema = make_ema(model, recipe)
         self.lookahead = make_lookahead(model, recipe, len(train_loader))
         self.scaler = make_scaler(device, self.settings.precision)
@@ -78,7 +81,7 @@ class Trainer:
     # ---- checkpoints
     def checkpoint(self) -> dict:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), epoch=self.epoch, history=self.history,
+                    step=self.step, epoch=self.epoch, history=self.history,
                     ema=self.ema.module.state_dict() if self.ema is not None else None,
                     lookahead=self.lookahead.state_dict() if self.lookahead is not None else None,
                     scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -96,10 +99,10 @@ class Trainer:
         steps per epoch differ, naming each difference.
         """
         ckpt = read_checkpoint(path, self.device)
-        check_resume(path, ckpt, self.config, self.scheduler.total_steps, self.log)
+        check_resume(path, ckpt, self.config, len(self.train_loader), self.log)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = ckpt["step"]
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.n_averaged.fill_(1)  # > 0: the next update averages instead of copying
@@ -142,12 +145,14 @@ class Trainer:
         self.train_loader.set_epoch(epoch, self.seed)
         self.train_loader.size = image_size(self.recipe, epoch, self.train_loader.images.shape[-2])
         set_whiten_bias(self.model, self.recipe, epoch)
+        hooks = StepHooks(self.settings.precision, self.scaler, self.lookahead, self.ema, self.stopwatch,
+                          self.progress)
         try:
-            stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.scheduler, self.recipe,
-                                    self.device, epoch, self.progress, self.ema, self.scaler, self.lookahead,
-                                    self.settings.precision, self.stopwatch)
+            stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.schedule, self.recipe,
+                                    self.step, epoch, hooks)
         except NonFiniteLossError as e:
             raise self._stopped(e) from None
+        self.step += len(self.train_loader)
         return dict(epoch=epoch, **stats)
 
     def evaluate(self) -> dict:
@@ -223,6 +228,14 @@ class Trainer:
             if self.lock is not None:
                 self.lock.release()
         return self.history
+
+
+def recipe_table(trainer: Trainer) -> str:
+    """The recipe as `trainer` will train it (explain.explain_recipe), read off its own recipe, settings,
+    optimizer and loader: what notebook 03 prints before training."""
+    return explain_recipe(trainer.recipe, trainer.settings, trainer.model, trainer.optimizer.param_groups,
+                          len(trainer.train_loader), trainer.train_loader.images.shape[-2],
+                          trainer.run_info.get("output", "output"))
 
 
 class Trial:

@@ -80,19 +80,39 @@ def test_resume_refuses_changed_folder_data(tmp_path):
     assert len(resume().history) == 2
 
 
-def test_old_checkpoint_without_data_identity_loads_and_checks_scheduler(tmp_path, capsys):
+def with_scheduler_state(ckpt: dict, steps_per_epoch: int) -> dict:
+    """A checkpoint as written when torch's OneCycleLR held the schedule: its state in place of the step count."""
+    old = {k: v for k, v in ckpt.items() if k != "step"}
+    epochs = old["config"]["recipe"]["epochs"]
+    old["scheduler"] = dict(total_steps=epochs * steps_per_epoch, last_epoch=ckpt["step"], _step_count=ckpt["step"] + 1,
+                            anneal_strategy="linear", base_lrs=[0.089, 0.089], _last_lr=[0.5, 0.5])
+    return old
+
+
+def test_a_checkpoint_holding_onecyclelr_state_resumes_to_the_run_never_interrupted(tmp_path):
+    straight = Trial(out_dir=tmp_path / "straight", **{**SMALL_FAST, "epochs": 3}).run()
+    Trial(out_dir=tmp_path / "r", **{**SMALL_FAST, "epochs": 3}).run(stop_after=1)
+    path = tmp_path / "r" / CHECKPOINT
+    torch.save(with_scheduler_state(torch.load(path, weights_only=True), steps_per_epoch=3), path)
+    resumed = Trial(out_dir=tmp_path / "r", **{**SMALL_FAST, "epochs": 3}).run(resume=True)
+    assert outcome(resumed) == outcome(straight)
+    a, b = (torch.load(tmp_path / run / CHECKPOINT, weights_only=True) for run in ("straight", "r"))
+    assert a["step"] == b["step"] == 9 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_old_checkpoint_without_data_identity_loads_and_checks_steps_per_epoch(tmp_path, capsys):
     root = make_folder(tmp_path / "ds")
     run = dict(SMALL_FAST, data="folder", data_dir=root, limit=None, batch_size=4)
     Trial(out_dir=tmp_path / "r", **run).run(stop_after=1)
     path = tmp_path / "r" / CHECKPOINT
-    ckpt = torch.load(path, weights_only=True)
+    ckpt = with_scheduler_state(torch.load(path, weights_only=True), steps_per_epoch=2)
     for key in ("data_identity", "skipped_files"):
         del ckpt["config"][key]                          # as written before data fingerprints existed
     torch.save(ckpt, path)
     load_run(tmp_path / "r")                           # analysis still works
     for k in range(4, 8):                                # 12 images: 3 steps per epoch instead of 2
         noise(k).save(root / "train" / "dog" / f"{k}.png")
-    with pytest.raises(CheckpointError, match="scheduler length: checkpoint 4 steps, now 6"):
+    with pytest.raises(CheckpointError, match=r"steps per epoch: checkpoint 2 \(2 steps in 1 epoch\), now 3"):
         Trial(out_dir=tmp_path / "r", **run).run(resume=True)
     for k in range(4, 8):
         (root / "train" / "dog" / f"{k}.png").unlink()

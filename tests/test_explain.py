@@ -5,11 +5,14 @@ import math
 import pytest
 import torch
 
+from conftest import SMALL
 from helpers.constraints import check
-from helpers.explain import explain_architecture, explain_errors, explain_history, smoothed_loss_floor
-from helpers.recipes import get_recipe
+from helpers.explain import explain_architecture, explain_errors, explain_history, explain_recipe, smoothed_loss_floor
+from helpers.loop import make_optimizer
+from helpers.recipes import Settings, get_recipe
 from helpers.record import Record
 from helpers.registry import build_model
+from helpers.run import Trial, recipe_table
 
 
 def test_the_smoothed_loss_floor_is_the_targets_entropy():
@@ -69,3 +72,48 @@ def test_the_errors_name_the_worst_class_and_the_pairs_that_dominate():
     assert "cat and dog are confused both ways (35 and 28 images)" in text
     wrong = int(cm.sum() - cm.diag().sum())
     assert f"{100 * (35 + 28 + 5) / wrong:.2f} % of all {wrong} mistakes" in text
+
+
+# --------------------------------------------------------------------------- 03: the recipe table
+
+def test_recipe_table_reads_the_run():
+    trainer = Trial(**dict(SMALL, recipe="best", batch_size=40)).setup()
+    table = recipe_table(trainer)
+    groups = trainer.optimizer.param_groups
+    assert f"{sum(p.numel() for p in groups[0]['params']):,} values): peak lr 1.5" in table
+    assert "(x64)" in table and "lookahead every 5 steps" in table and "label smoothing 0.2" in table
+    assert "first 3 epochs" in table and "+ mirror and 1 px shifts (6 views)" in table and "3 steps per epoch" in table
+    for epochs, words in [(0, "bias frozen too"), (1, "bias trains in epoch 1 only"), (-1, "bias trains every epoch")]:
+        trainer.recipe = trainer.recipe.override(whiten_bias_epochs=epochs)
+        assert words in recipe_table(trainer)
+
+
+@pytest.mark.parametrize("schedule, row", [
+    ("one_cycle", "one cycle: 0.089 -> 0.89 at 20% of the steps -> 0.00089 (linear), stepped every batch"),
+    ("cosine", "linear warm-up 0.089 -> 0.89 over the first 20% of the steps, then cosine -> 0.00089, "
+               "stepped every batch"),
+])
+def test_the_recipe_table_describes_the_recipes_schedule(schedule, row):
+    """From the run's values alone (no Trainer): the schedule row is the recipe's schedule, momentum against it."""
+    recipe, model = get_recipe("fast", schedule=schedule), build_model("fast")
+    table = explain_recipe(recipe, Settings(device="cpu", precision="fp32", compile="off"), model,
+                           make_optimizer(model, recipe).param_groups, steps_per_epoch=195, image_size=32)
+    lines = dict((line[:18].strip(), line[18:]) for line in table.splitlines())
+    assert lines["lr schedule"] == row
+    assert lines["momentum"] == "0.95 -> 0.85 at the lr peak -> 0.95 (against the lr)"
+    assert lines["batches"] == "256 images, 195 steps per epoch (the last partial batch dropped), 4 epochs = 780 steps"
+
+
+@pytest.mark.parametrize("changes, row", [
+    ({}, "shift up to 2 px (reflect padding), mirror each image on alternate epochs"),
+    (dict(alternate_flip=False, cutout=8, erase=0.5), "shift up to 2 px (reflect padding), mirror a random half, "
+     "cutout 8x8, random erasing (p 0.5: a box of 2%-33% of the image, aspect 0.3-3.3)"),
+    (dict(translate=0, flip=False), "none"),
+])
+def test_the_recipe_tables_augmentation_row_is_the_loaders_list(changes, row):
+    """Each augmentation the Loader applies, in its order, and nothing it does not (random erasing included)."""
+    recipe, model = get_recipe("fast", **changes), build_model("fast")
+    table = explain_recipe(recipe, Settings(device="cpu", precision="fp32", compile="off"), model,
+                           make_optimizer(model, recipe).param_groups, steps_per_epoch=195, image_size=32)
+    lines = dict((line[:18].strip(), line[18:]) for line in table.splitlines())
+    assert lines["augmentation"] == row

@@ -1,5 +1,5 @@
-"""helpers/loop.py, the training step: loss, optimizer groups, the one-cycle schedule, Lookahead, the
-whitening-bias toggle, autocast, prediction with and without test-time augmentation, the recipe table."""
+"""helpers/loop.py, the training step: loss, optimizer groups and the schedule's rates in them, Lookahead, the
+whitening-bias toggle, autocast, prediction with and without test-time augmentation, the compile warm-up."""
 import json
 import math
 
@@ -11,12 +11,13 @@ from conftest import SMALL, SMALL_FAST, outcome
 from helpers.checkpoint import CHECKPOINT
 from helpers.data import channel_stats, load_split
 from helpers.loader import Loader
-from helpers.loop import (Lookahead, evaluate, loss_fn, lr_schedule, make_optimizer, make_scheduler, predict,
-                          predict_views, recipe_table, select_examples, tta_views)
+from helpers.loop import (Lookahead, evaluate, loss_fn, make_optimizer, predict, predict_views, select_examples,
+                          tta_views)
 from helpers.record import load_run
 from helpers.recipes import get_recipe
 from helpers.registry import build_model
 from helpers.run import Trial, train
+from helpers.schedule import lr_schedule
 
 
 # --------------------------------------------------------------------------- loss
@@ -72,53 +73,48 @@ def test_label_smoothing_matches_torch():
 
 # --------------------------------------------------------------------------- optimizer and schedule
 
-def test_bias_lr_scale_follows_the_schedule():
-    model = build_model("fast")
-    recipe = get_recipe("fast", bias_lr_scale=8.0)
-    opt = make_optimizer(model, recipe)
-    sched = make_scheduler(opt, recipe, steps_per_epoch=10)
+def test_optimizer_groups_split_weights_from_the_rest():
+    opt = make_optimizer(build_model("fast"), get_recipe("fast"))
     decay, no_decay = opt.param_groups
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
-    for _ in range(7):
-        assert no_decay["lr"] == pytest.approx(8 * decay["lr"])
-        opt.step()
-        sched.step()
 
 
-def _schedule(recipe, key, steps_per_epoch=10):
-    """The value of optimizer setting `key` at every step of the recipe's schedule."""
-    opt = make_optimizer(build_model("fast"), recipe)
-    sched = make_scheduler(opt, recipe, steps_per_epoch=steps_per_epoch)
-    seen = []
-    for _ in range(recipe.epochs * steps_per_epoch):
-        seen.append(opt.param_groups[0][key])
-        opt.step()
-        sched.step()
-    return seen
+def test_each_step_trains_at_the_schedules_rates():
+    """What the optimizer holds at every step of a run (both groups' lr, the momentum) is lr_schedule's,
+    bias_lr_scale included, under either schedule."""
+    for schedule in ("one_cycle", "cosine"):
+        trainer = Trial(**dict(SMALL, recipe="best", schedule=schedule)).setup()
+        seen, step = [], trainer.optimizer.step
+
+        def recording_step(*args, **kwargs):
+            weights, rest = trainer.optimizer.param_groups
+            seen.append((weights["lr"], rest["lr"], weights["momentum"], rest["momentum"]))
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = recording_step
+        trainer.fit()
+        want = lr_schedule(trainer.recipe, steps_per_epoch=len(trainer.train_loader))
+        assert seen == list(zip(want["lr"], want["bias_lr"], want["momentum"], want["momentum"])), schedule
+        assert want["bias_lr"][0] == pytest.approx(64 * want["lr"][0])
 
 
+@pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
 @pytest.mark.parametrize("momentum, momentum_max", [(0.85, 0.95), (0.9, 0.9)])
-def test_momentum_follows_the_recipe(momentum, momentum_max):
-    seen = _schedule(get_recipe("fast", momentum=momentum, momentum_max=momentum_max), "momentum")
+def test_momentum_follows_the_recipe(schedule, momentum, momentum_max):
+    seen = lr_schedule(get_recipe("fast", momentum=momentum, momentum_max=momentum_max, schedule=schedule), 10)
     # highest at the start, lowest at the lr peak, back up at the end
+    seen = seen["momentum"]
     assert seen[0] == pytest.approx(momentum_max) and min(seen) == pytest.approx(momentum)
     assert seen[-1] == pytest.approx(momentum_max, abs=0.01)
 
 
+@pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
 @pytest.mark.parametrize("start, end", [(0.1, 0.001), (0.2, 0.07)])
-def test_lr_starts_and_ends_at_the_recipe_fractions(start, end):
-    seen = _schedule(get_recipe("fast", lr_start=start, lr_end=end, lr=2.0), "lr")
+def test_lr_starts_and_ends_at_the_recipe_fractions(schedule, start, end):
+    seen = lr_schedule(get_recipe("fast", lr_start=start, lr_end=end, lr=2.0, schedule=schedule), 10)["lr"]
     assert seen[0] == pytest.approx(2.0 * start) and seen[-1] == pytest.approx(2.0 * end)
     assert max(seen) == pytest.approx(2.0)
-
-
-def test_lr_schedule_is_the_trainers():
-    recipe = get_recipe("best")
-    seen = lr_schedule(recipe, steps_per_epoch=10)
-    assert seen["lr"] == _schedule(recipe, "lr")  # the optimizer and scheduler a run steps through
-    assert seen["bias_lr"] == pytest.approx([lr * recipe.bias_lr_scale for lr in seen["lr"]])
-    assert seen["momentum"] == _schedule(recipe, "momentum") and len(seen["lr"]) == recipe.epochs * 10
 
 
 def test_a_one_step_warm_up_trains(tmp_path):
@@ -249,20 +245,6 @@ def test_examples_split_correct_and_wrong():
     assert len(right["true"]) + len(wrong["true"]) == 120
     assert torch.equal(right["true"], right["pred"]) and not (wrong["true"] == wrong["pred"]).any()
     assert right["images"].dtype == torch.uint8 and (right["confidence"].diff() <= 0).all()
-
-
-# --------------------------------------------------------------------------- the recipe table
-
-def test_recipe_table_reads_the_run():
-    trainer = Trial(**dict(SMALL, recipe="best", batch_size=40)).setup()
-    table = recipe_table(trainer)
-    groups = trainer.optimizer.param_groups
-    assert f"{sum(p.numel() for p in groups[0]['params']):,} values): peak lr 1.5" in table
-    assert "(x64)" in table and "lookahead every 5 steps" in table and "label smoothing 0.2" in table
-    assert "first 3 epochs" in table and "+ mirror and 1 px shifts (6 views)" in table and "3 steps per epoch" in table
-    for epochs, words in [(0, "bias frozen too"), (1, "bias trains in epoch 1 only"), (-1, "bias trains every epoch")]:
-        trainer.recipe = trainer.recipe.override(whiten_bias_epochs=epochs)
-        assert words in recipe_table(trainer)
 
 
 # --------------------------------------------------------------------------- torch.compile

@@ -7,7 +7,7 @@ import torch
 matplotlib.use("Agg")
 
 from helpers import plots  # noqa: E402
-from helpers.loop import lr_schedule  # noqa: E402
+from helpers.schedule import lr_schedule  # noqa: E402
 from helpers.record import Record  # noqa: E402
 from helpers.data import channel_stats, load_split  # noqa: E402
 from helpers.recipes import get_recipe  # noqa: E402

@@ -11,8 +11,10 @@ from conftest import SMALL, SMALL_FAST, outcome
 from helpers.checkpoint import CHECKPOINT, HISTORY
 from helpers.data import channel_stats, load_splits
 from helpers.loop import NonFiniteLossError, evaluate
+from helpers.recipes import get_recipe
 from helpers.record import Record, load_run
 from helpers.run import Trial, train
+from helpers.schedule import lr_schedule
 
 
 # --------------------------------------------------------------------------- a run
@@ -142,6 +144,21 @@ def test_resume_equals_uninterrupted(tmp_path, ema, lookahead):
     b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=True)
     for key in ("model", "ema") if ema else ("model",):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
+def test_a_cosine_run_resumed_after_epoch_1_is_the_run_never_interrupted(tmp_path):
+    """The checkpoint's step count is where the schedule stands: a resumed run continues on the very rates."""
+    run = dict(recipe="fast", data="synthetic", limit=120, batch_size=40, epochs=3, schedule="cosine", device="cpu",
+               progress=False)
+    full = train(out_dir=tmp_path / "full", **run)
+    assert Trial(out_dir=tmp_path / "split", **run).run(stop_after=1).history[0]["lr"] == full.history[0]["lr"]
+    resumed = Trial(out_dir=tmp_path / "split", **run).run(resume=True)
+    assert outcome(resumed.history) == outcome(full.history)
+    a = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=True)
+    assert a["step"] == b["step"] == 9 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    cosine = lr_schedule(get_recipe("fast", epochs=3, schedule="cosine"), steps_per_epoch=3)["lr"]
+    assert [h["lr"] for h in full.history] == cosine[2::3] != lr_schedule(get_recipe("fast", epochs=3), 3)["lr"][2::3]
 
 
 # --------------------------------------------------------------------------- non-finite losses
