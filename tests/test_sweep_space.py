@@ -19,6 +19,8 @@ from helpers.sweep import space as sp
     ({"label_smoothing": [0.0, 1.0]}, "label_smoothing must be in [0, 1)"),
     ({"translate": [0.5, 4]}, "integer field"),
     ({"model_kwargs.act": {"choices": ["relu", "swish"]}}, "act must be one of"),
+    ({"schedule": {"choices": ["one_cycle", "cosin"]}}, "schedule must be one of one_cycle, cosine"),
+    ({"erase": [0.0, 1.5]}, "erase must be"),
     ({"lr": [0.1, 0.2, 0.3]}, "a range is [low, high]"),
     ({}, "non-empty"),
 ])
@@ -38,6 +40,18 @@ def test_space_samples_and_merges_model_kwargs():
     # sampled kwargs land on top of the recipe's (act=gelu), not instead of them
     assert overrides["model_kwargs"]["act"] == "gelu" and overrides["model_kwargs"]["widths"] in ([16, 32, 64],
                                                                                                   [32, 64, 128])
+
+
+def test_the_schedule_and_random_erasing_are_searched_like_any_field():
+    """A new recipe field needs no sweep code: the schedule is a choice, erasing a range, each trial one sample."""
+    space = sp.load_space("fast-schedule-erase", get_recipe("fast"))
+    assert space.searched == ["schedule", "pct_start", "erase", "lr"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    samples = [space.sample(study.ask()) for _ in range(20)]
+    assert {s["schedule"] for s in samples} == {"one_cycle", "cosine"}
+    assert all(0.0 <= s["erase"] <= 0.5 and 0.1 <= s["pct_start"] <= 0.3 for s in samples)
+    for s in samples:  # every sample is a valid recipe
+        get_recipe("fast", **s)
 
 
 def test_example_spaces_are_valid():
