@@ -31,7 +31,7 @@ from .probe import check_network
 from .record import Record
 from .recipes import Recipe, Settings, get_recipe, split_fields
 from .registry import build_model, file_source, keep_copy, model_identity, spec_name
-from .rundir import RunLock, check_writable
+from .rundir import RunExistsError, RunLock, check_writable
 from .schedule import schedule
 from .speed import IDLE
 
@@ -120,15 +120,15 @@ class Trainer:
     def restore(self, resume=True) -> int:
         """Continue from the run folder's checkpoint if there is one; returns the epochs it holds (0: none).
 
-        resume=False refuses to train over an existing checkpoint (FileExistsError).
+        resume=False refuses to train over an existing checkpoint (RunExistsError, a FileExistsError).
         """
         if self.lock is not None:
             self.lock.acquire(self.log)  # before reading the checkpoint another run might be writing
         found = find_checkpoint(self.out_dir)
         if found:
             if not resume:
-                raise FileExistsError(f"{found} already exists; pass resume=True (--resume) to continue "
-                                      "that run, or choose another output folder")
+                raise RunExistsError(f"{found} already exists; pass resume=True (--resume) to continue "
+                                     "that run, or choose another output folder")
             if found.name == PREV_CHECKPOINT:  # save() died between its two renames
                 self.log(f"note: {found.with_name(CHECKPOINT)} is missing; resuming from the previous epoch's {found}")
             self.load(found)

@@ -39,6 +39,10 @@ class RunFolderError(UserError):
     """A run folder that cannot be used: not writable, a file, or in use by another run."""
 
 
+class RunExistsError(RunFolderError, FileExistsError):
+    """A run folder that already holds a run, asked to start one anew: resume it or choose another folder."""
+
+
 def check_writable(out_dir, create: bool = True) -> Path:
     """Prove a file can be written in `out_dir` (created if `create`, else its nearest existing parent
     is tried), before any data is read or any epoch trained; one line naming the folder and the fix

@@ -12,6 +12,7 @@ import torch
 from conftest import SMALL, SMALL_FAST, make_folder, noise, outcome
 from helpers.checkpoint import (CHECKPOINT, CheckpointError, HISTORY, PREV_CHECKPOINT, read_config,
                                 read_history, resume_differences)
+from helpers.errors import UserError
 from helpers.record import Record, load_run
 from helpers.recipes import RECIPES, get_recipe
 from helpers.run import Trial, train
@@ -22,8 +23,9 @@ from helpers.train import main as train_main
 
 def test_existing_run_needs_resume_and_same_settings(tmp_path):
     train(out_dir=tmp_path / "run", **SMALL)
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(FileExistsError, match="resume") as refused:
         train(out_dir=tmp_path / "run", **SMALL)
+    assert isinstance(refused.value, UserError)  # one line in a notebook, not a traceback
     with pytest.raises(CheckpointError, match="recipe field epochs: checkpoint 2, now 3"):
         train(out_dir=tmp_path / "run", resume=True, **{**SMALL, "epochs": 3})
 

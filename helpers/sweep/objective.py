@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 
+from ..checkpoint import HISTORY
 from ..data import check_val
 from ..loop import NonFiniteLossError
 from ..recipes import Recipe, Settings
@@ -125,7 +126,7 @@ class Objective:
         """A retry of a trial whose worker died continues from that trial's last checkpoint."""
         failed = _retried_from(trial)
         old = self.folder / f"trial-{failed:03d}" if failed is not None else None
-        if old is None or not (old / "history.json").is_file() or run_dir.exists():
+        if old is None or not (old / HISTORY).is_file() or run_dir.exists():
             return False
         os.replace(old, run_dir)   # atomic: the folder belongs to one trial at a time
         # Optuna's heartbeat has declared its worker dead: that worker's lock goes with it (on another
