@@ -29,9 +29,9 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # whole modules reachable as attributes: H.plots.curves(...); the sweep's, which need Optuna, in the subpackage
 # helpers/sweep/: H.sweep.study.load_study(...), H.sweep.figures.study_figure(...)
-_SUBMODULES = ("augment", "benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram", "explain", "loader",
-               "loop", "model", "notebook", "plots", "probe", "recipes", "record", "registry", "run", "schedule", "speed",
-               "sweep")
+_SUBMODULES = ("augment", "benchmark", "checkpoint", "cli", "colab", "constraints", "data", "device", "diagram",
+               "explain", "loader", "loop", "model", "muon", "notebook", "plots", "probe", "recipes", "record",
+               "registry", "run", "schedule", "speed", "sweep")
 __all__ = sorted(_WHERE) + ["plots", "REPO"]
 
 

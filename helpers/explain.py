@@ -118,11 +118,15 @@ def explain_recipe(recipe: Recipe, settings: Settings, model, param_groups, step
     small = [s for s in image_sizes(r, full) if s < full]  # the first epochs, under progressive resizing
     first = "epoch 1" if len(small) == 1 else f"epochs 1-{len(small)}"
     rows = [
-        ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"),
-        ("  weights", f"conv and linear weights ({group(groups[0])}): peak lr {r.lr:g}, "
-                      f"weight decay {r.weight_decay:g}"),
+        ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"
+                      + (", Muon for the conv filters" if len(groups) > 2 else "")),
+        ("  weights", f"{'linear' if len(groups) > 2 else 'conv and linear'} weights ({group(groups[0])}): "
+                      f"peak lr {r.lr:g}, weight decay {r.weight_decay:g}"),
         ("  the rest", f"BatchNorm and biases ({group(groups[1])}): peak lr {r.lr * r.bias_lr_scale:g} "
                        f"(x{r.bias_lr_scale:g}), no weight decay"),
+        *([("  conv filters", f"Muon ({group(groups[2])}): orthogonalised Nesterov momentum {r.muon_momentum:g}, "
+                               f"{r.muon_ns_steps} Newton-Schulz steps, peak lr {r.muon_lr:g}, weight decay "
+                               f"{r.weight_decay:g}")] if len(groups) > 2 else []),
         ("lr schedule", f"{describe(r)}, stepped every batch"),
         ("momentum", momentum),
         ("loss", f"cross-entropy of the network's {output} (logits and log-probabilities train alike)" +

@@ -9,9 +9,9 @@ A submission is a model file (FILE.py, or FILE.py:NAME when the file defines mor
 folder holding one (a cloned fork: its mynet.py, else its only .py file), a run folder (checkpoint.pt,
 history.json and the copy of the model file, as `python -m helpers.train --out` writes it), or a
 registered model name (`python -m helpers.constraints --help` lists them). Each is checked against the
-rules; one that breaks a rule is reported and not trained. Then a run folder's checkpoint is re-scored on the grader's test
-split (its own claimed accuracy is shown beside, never used), and a model file is trained with one
-fixed recipe for --seeds seeds, the median counting. --score chooses otherwise.
+rules; one that breaks a rule is reported and not trained. Then a run folder's checkpoint is re-scored on
+the grader's test split (its own claimed accuracy is shown beside, never used), and a model file is trained
+with one fixed recipe for --seeds seeds, the median counting. --score chooses otherwise.
 
 Every submission runs in a process of its own, in a fresh scratch folder, with an environment
 stripped to an allowlist, a wall-clock --timeout and an address-space cap (--memory-gb): a crash, an

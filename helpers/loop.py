@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .loader import reflect_pad, resize
 from .device import autocast
 from .errors import UserError
+from .muon import SGDMuon
 from .recipes import Recipe, Settings
 from .speed import IDLE, Stopwatch, synchronize
 
@@ -70,19 +71,32 @@ def make_optimizer(model, recipe: Recipe):
     larger momentum, so that SGD's check that Nesterov has a momentum passes whenever the schedule gives it one.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
+    # with Muon (recipe.muon_lr > 0) the conv filters take its step, in a third group (helpers/muon.py)
+    filters = [p for p in params if p.ndim == 4] if recipe.muon_lr else []
+    decay = [p for p in params if p.ndim > 1 and not any(p is f for f in filters)]
     no_decay = [p for p in params if p.ndim <= 1]
-    return torch.optim.SGD([dict(params=decay, weight_decay=recipe.weight_decay),
-                            dict(params=no_decay, weight_decay=0.0, lr=recipe.lr * recipe.bias_lr_scale)],
-                           lr=recipe.lr, momentum=recipe.momentum_max, nesterov=recipe.nesterov)
+    groups = [dict(params=decay, weight_decay=recipe.weight_decay),
+              dict(params=no_decay, weight_decay=0.0, lr=recipe.lr * recipe.bias_lr_scale)]
+    if not filters:
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum_max, nesterov=recipe.nesterov)
+    # Muon's lr follows the schedule's shape at its own peak (set_rates scales it by lr_scale); its momentum
+    # is its own, constant, and Nesterov as in Muon
+    groups.append(dict(params=filters, muon=True, lr=recipe.muon_lr, lr_scale=recipe.muon_lr / recipe.lr,
+                       momentum=recipe.muon_momentum, nesterov=True, weight_decay=recipe.weight_decay,
+                       ns_steps=recipe.muon_ns_steps))
+    return SGDMuon(groups, lr=recipe.lr, momentum=recipe.momentum_max, nesterov=recipe.nesterov)
 
 
 def set_rates(optimizer, rates):
-    """One step's (lr, bias_lr, momentum) (helpers.schedule.Rates) into make_optimizer's two groups."""
+    """One step's (lr, bias_lr, momentum) (helpers.schedule.Rates) into make_optimizer's groups: the weights,
+    the rest, and the conv filters under Muon when the recipe uses it (the weights' lr x its lr_scale; its
+    momentum stays its own)."""
     lr, bias_lr, momentum = rates
-    weights, rest = optimizer.param_groups
+    weights, rest, *muon = optimizer.param_groups
     weights["lr"], rest["lr"] = lr, bias_lr
     weights["momentum"] = rest["momentum"] = momentum
+    for group in muon:
+        group["lr"] = lr * group["lr_scale"]
 
 
 class Lookahead:

@@ -40,6 +40,11 @@ class Recipe:
     nesterov: bool = False
     weight_decay: float = 5e-4
     bias_lr_scale: float = 1.0    # lr multiplier for the 1-d parameters (BatchNorm shifts/scales, biases)
+    # Muon for the conv filters (helpers/muon.py): their peak lr (0: off, SGD for every parameter), which the
+    # schedule shapes like the others'; its own constant momentum (Nesterov); Newton-Schulz iterations per step
+    muon_lr: float = 0.0
+    muon_momentum: float = 0.6
+    muon_ns_steps: int = 5
     schedule: str = "one_cycle"   # the shape of lr and momentum over the steps: one of SCHEDULES
     pct_start: float = 0.3        # the fraction of the steps that warms up to the peak lr
     # one_cycle's shape: "cos", or "linear" (warmup then linear decay); "cosine" ignores it (its warm-up
@@ -124,6 +129,13 @@ class Recipe:
         if not 0 <= self.momentum <= self.momentum_max < 1:
             problems.append(f"momentum must satisfy 0 <= momentum <= momentum_max < 1, "
                             f"got {self.momentum} and {self.momentum_max}")
+        if self.muon_lr < 0:
+            problems.append(f"muon_lr must be >= 0 (0: SGD for the conv filters too), got {self.muon_lr}")
+        if not 0 <= self.muon_momentum < 1:
+            problems.append(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.muon_ns_steps < 1:
+            problems.append(f"muon_ns_steps must be a number of Newton-Schulz iterations >= 1, "
+                            f"got {self.muon_ns_steps}")
         if not self.bias_lr_scale > 0:
             problems.append(f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
         if not 0 <= self.label_smoothing < 1:
