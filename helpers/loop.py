@@ -73,7 +73,7 @@ def make_optimizer(model, recipe: Recipe):
     params = [p for p in model.parameters() if p.requires_grad]
     # with Muon (recipe.muon_lr > 0) the conv filters take its step, in a third group (helpers/muon.py)
     filters = [p for p in params if p.ndim == 4] if recipe.muon_lr else []
-    decay = [p for p in params if p.ndim > 1 and not any(p is f for f in filters)]
+    decay = [p for p in params if p.ndim > 1 and (p.ndim != 4 or not filters)]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [dict(params=decay, weight_decay=recipe.weight_decay),
               dict(params=no_decay, weight_decay=0.0, lr=recipe.lr * recipe.bias_lr_scale)]

@@ -1,4 +1,4 @@
-"""Device and precision defaults (helpers/device.py), fp16 with a GradScaler, torch.compile.
+"""Device and precision defaults (helpers/device.py), fp16 with a GradScaler (torch.compile: test_loop.py).
 
 Everything here runs on a CPU: the CUDA and MPS rows of the precision table are checked by
 faking what torch reports, and fp16 runs through CPU autocast with GradScaler("cpu").
@@ -303,7 +303,6 @@ def test_cuda_resume_across_precisions_and_peak_memory(tmp_path, monkeypatch, ca
     assert "epochs 1-1 trained in fp16" in capsys.readouterr().out
     assert benchmark.main(["--data", "synthetic", "--limit", "200", "--epochs", "1", "--batch-size", "50",
                            "--recipe", "fast", "--device", "cuda"]) == 0
-    import json
     row = json.loads(capsys.readouterr().out)
     assert 0 < row["peak_device_mb"] < torch.cuda.get_device_properties(0).total_memory / 2 ** 20
 
