@@ -125,8 +125,9 @@ def explain_recipe(recipe: Recipe, settings: Settings, model, param_groups, step
         ("  the rest", f"BatchNorm and biases ({group(groups[1])}): peak lr {r.lr * r.bias_lr_scale:g} "
                        f"(x{r.bias_lr_scale:g}), no weight decay"),
         *([("  conv filters", f"Muon ({group(groups[2])}): orthogonalised Nesterov momentum {r.muon_momentum:g}, "
-                               f"{r.muon_ns_steps} Newton-Schulz steps, peak lr {r.muon_lr:g}, weight decay "
-                               f"{r.weight_decay:g}")] if len(groups) > 2 else []),
+                               f"{r.muon_ns_steps} Newton-Schulz steps, peak lr {r.muon_lr:g}, " +
+                               ("each filter rescaled to norm sqrt(out channels) before its step, no weight decay"
+                                if r.muon_normalize else f"weight decay {r.weight_decay:g}"))] if len(groups) > 2 else []),
         ("lr schedule", f"{describe(r)}, stepped every batch"),
         ("momentum", momentum),
         ("loss", f"cross-entropy of the network's {output} (logits and log-probabilities train alike)" +

@@ -83,7 +83,7 @@ def make_optimizer(model, recipe: Recipe):
     # is its own, constant, and Nesterov as in Muon
     groups.append(dict(params=filters, muon=True, lr=recipe.muon_lr, lr_scale=recipe.muon_lr / recipe.lr,
                        momentum=recipe.muon_momentum, nesterov=True, weight_decay=recipe.weight_decay,
-                       ns_steps=recipe.muon_ns_steps))
+                       ns_steps=recipe.muon_ns_steps, normalize=recipe.muon_normalize))
     return SGDMuon(groups, lr=recipe.lr, momentum=recipe.momentum_max, nesterov=recipe.nesterov)
 
 

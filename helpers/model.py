@@ -41,7 +41,7 @@ def _act(act_layer):
     return act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
 
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 def _same_padding(kernel_size: int, dilation: int) -> int:
@@ -285,7 +285,7 @@ def fast_net(num_classes=10, widths=(32, 64, 128), bn_after_pool=True, extra_con
     most of the time, so this is ~1.3x faster), a residual depthwise-separable pair at 3x3,
     and logits scaled down for a calm start. The rule-required layers go where they cost
     least: the dilated conv works at 15x15 -> 7x7 and the separable convs at 3x3.
-    `act` ("relu" | "gelu") is the activation everywhere; GELU pays off in very short runs.
+    `act` ("relu" | "gelu" | "silu") is the activation everywhere; GELU pays off in very short runs.
     `bn_momentum` is PyTorch's (weight of the newest batch in the running statistics; airbench's
     0.6 is 0.4 here). `separable=False` (plain 3x3 convs at 3x3) and `head_pool="max"` break the
     rules and exist only to measure what the rules cost. `last_conv` adds a plain 3x3 conv at 3x3

@@ -37,6 +37,12 @@ class SGDMuon(torch.optim.SGD):
     sqrt(max(1, rows / cols)) so that tall matrices move as much as wide ones (torch.optim.Muon's "original"
     adjustment); a group's `weight_decay` there is decoupled (the weights shrink by lr x weight_decay), and
     `ns_steps` sets the iterations. Its momentum buffer lives in the optimizer's state, so checkpoints keep it.
+
+    A group with `normalize=True` rescales each filter to the norm sqrt(out channels) before its step
+    (airbench94's Muon): a BatchNorm follows every conv here, so a filter's scale changes nothing the network
+    computes, only how far a step of a given size turns it; fixed, every step turns a filter by about lr
+    (the update's norm is about the filter's), so the schedule alone sets the pace, where weights that grow
+    under the orthogonal steps would slow it unasked. Weight decay then has nothing left to do and is skipped.
     """
 
     @torch.no_grad()
@@ -64,6 +70,8 @@ class SGDMuon(torch.optim.SGD):
             direction = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
             matrix = direction.flatten(1)
             update = orthogonalize(matrix, group["ns_steps"]) * max(1.0, matrix.shape[0] / matrix.shape[1]) ** 0.5
-            if group["weight_decay"]:
+            if group.get("normalize"):
+                p.mul_(p.shape[0] ** 0.5 / (p.norm() + 1e-12))
+            elif group["weight_decay"]:
                 p.mul_(1 - lr * group["weight_decay"])
             p.add_(update.view_as(p), alpha=-lr)

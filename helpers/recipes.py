@@ -41,10 +41,13 @@ class Recipe:
     weight_decay: float = 5e-4
     bias_lr_scale: float = 1.0    # lr multiplier for the 1-d parameters (BatchNorm shifts/scales, biases)
     # Muon for the conv filters (helpers/muon.py): their peak lr (0: off, SGD for every parameter), which the
-    # schedule shapes like the others'; its own constant momentum (Nesterov); Newton-Schulz iterations per step
+    # schedule shapes like the others'; its own constant momentum (Nesterov); Newton-Schulz iterations per step;
+    # muon_normalize: each filter rescaled to a fixed norm before its step (no weight decay then), so that a
+    # step turns it by about the lr whatever its size
     muon_lr: float = 0.0
     muon_momentum: float = 0.6
     muon_ns_steps: int = 5
+    muon_normalize: bool = False
     schedule: str = "one_cycle"   # the shape of lr and momentum over the steps: one of SCHEDULES
     pct_start: float = 0.3        # the fraction of the steps that warms up to the peak lr
     # one_cycle's shape: "cos", or "linear" (warmup then linear decay); "cosine" ignores it (its warm-up

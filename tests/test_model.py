@@ -114,6 +114,9 @@ def test_wide_model_activation_and_residual_depth():
     gelu = build_model("wide", act="gelu")
     assert any(isinstance(m, torch.nn.GELU) for m in gelu.modules())
     assert not any(isinstance(m, torch.nn.ReLU) for m in gelu.modules())
+    silu = build_model("fast", act="silu")
+    assert any(isinstance(m, torch.nn.SiLU) for m in silu.modules()) and check(silu).passed
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.GELU)) for m in silu.modules())
     deeper = build_model("wide", res_pairs=1)
     report = check(deeper)
     # one residual pair of 64-channel 3x3 convs (+ BatchNorm) at 15x15

@@ -106,3 +106,44 @@ def test_the_recipe_table_names_muons_group():
     lines = dict((line[:18].strip(), line[18:]) for line in table.splitlines())
     assert lines["optimizer"].endswith("3 parameter groups, Muon for the conv filters")
     assert lines["weights"].startswith("linear weights") and "peak lr 0.05" in lines["conv filters"]
+
+
+def test_normalize_holds_each_filter_at_its_norm_and_turns_it_by_about_the_lr():
+    """muon_normalize (airbench94's Muon): each filter is rescaled to norm sqrt(out channels) before its step, so
+    however large it has grown, one step turns it by about lr of its size; weight decay is skipped."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.mul_(50)                     # a filter grown far past sqrt(16)
+    optimizer = SGDMuon([dict(params=[conv.weight], muon=True, ns_steps=5, weight_decay=0.5, normalize=True)],
+                        lr=0.1, momentum=0.6, nesterov=True)
+    for _ in range(3):
+        before = conv.weight.detach().clone()
+        conv.weight.grad = torch.randn_like(conv.weight)
+        optimizer.step()
+        rescaled = before * 4 / before.norm()
+        assert 0.07 < ((conv.weight.detach() - rescaled).norm() / 4).item() < 0.13
+    # without it the same step hardly turns the grown filter (and weight decay shrinks it)
+    plain = torch.nn.Conv2d(8, 16, 3, bias=False)
+    with torch.no_grad():
+        plain.weight.mul_(50)
+    before = plain.weight.detach().clone()
+    plain.weight.grad = torch.randn_like(plain.weight)
+    opt = SGDMuon([dict(params=[plain.weight], muon=True, ns_steps=5, weight_decay=0.0)], lr=0.1, momentum=0.6,
+                  nesterov=True)
+    opt.step()
+    assert ((plain.weight.detach() - before).norm() / before.norm()).item() < 0.05
+
+
+def test_a_normalized_muon_recipe_names_it_in_the_table_and_trains(tmp_path):
+    from helpers.explain import explain_recipe
+    from helpers.recipes import Settings
+
+    model, recipe = build_model("fast"), get_recipe("fast", muon_lr=0.2, muon_normalize=True)
+    optimizer = make_optimizer(model, recipe)
+    assert optimizer.param_groups[2]["normalize"]
+    table = explain_recipe(recipe, Settings(device="cpu", precision="fp32", compile="off"), model,
+                           optimizer.param_groups, steps_per_epoch=195, image_size=32)
+    assert "rescaled to norm sqrt(out channels)" in table and "no weight decay" in table
+    run = train(out_dir=tmp_path, **dict(SMALL, recipe="fast", epochs=2, muon_lr=0.2, muon_normalize=True))
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
