@@ -81,15 +81,16 @@ def test_optimizer_groups_split_weights_from_the_rest():
 
 
 def test_each_step_trains_at_the_schedules_rates():
-    """What the optimizer holds at every step of a run (both groups' lr, the momentum) is lr_schedule's,
-    bias_lr_scale included, under either schedule."""
+    """What the optimizer holds at every step of a run (every group's lr, the momentum) is lr_schedule's,
+    bias_lr_scale and Muon's own peak (best's conv filters) included, under either schedule."""
     for schedule in ("one_cycle", "cosine"):
         trainer = Trial(**dict(SMALL, recipe="best", schedule=schedule)).setup()
-        seen, step = [], trainer.optimizer.step
+        seen, muon_lrs, step = [], [], trainer.optimizer.step
 
         def recording_step(*args, **kwargs):
-            weights, rest = trainer.optimizer.param_groups
+            weights, rest, filters = trainer.optimizer.param_groups
             seen.append((weights["lr"], rest["lr"], weights["momentum"], rest["momentum"]))
+            muon_lrs.append(filters["lr"])
             return step(*args, **kwargs)
 
         trainer.optimizer.step = recording_step
@@ -97,6 +98,8 @@ def test_each_step_trains_at_the_schedules_rates():
         want = lr_schedule(trainer.recipe, steps_per_epoch=len(trainer.train_loader))
         assert seen == list(zip(want["lr"], want["bias_lr"], want["momentum"], want["momentum"])), schedule
         assert want["bias_lr"][0] == pytest.approx(64 * want["lr"][0])
+        r = trainer.recipe
+        assert muon_lrs == pytest.approx([lr * r.muon_lr / r.lr for lr in want["lr"]]), schedule
 
 
 @pytest.mark.parametrize("schedule", ["one_cycle", "cosine"])
