@@ -308,8 +308,9 @@ AIR = FAST_BASE.override(model="air", model_kwargs={}, epochs=10, bias_lr_scale=
 # `best`: AIR with Muon for its conv filters (helpers/muon.py) at peak lr 0.3, the value chosen for `fast` on a
 # validation split. On `best`'s own validation split (seed 0, docs/experiments.md) it scored 86.96 / 88.10 %
 # (plain / TTA) against SGD's 86.62 / 87.82 % in the same time; Muon with weight normalisation lost on `fast`.
-# On the test split, seeds 0-2: 87.62 / 88.80 % (medians) in 0.83-0.89x airbench93's time (AIR, SGD, on
-# 2026-11-30: 87.50 / 88.56 %): less than the spread between seeds.
+# On the test split (JPEG CIFAR-10 dev split, this project's 2-core CPU, bf16, 2026-12-03), seeds 0-2:
+# 87.62 / 88.80 % (medians) in 0.77-0.89x the time of airbench93 runs of the same hours; AIR with SGD, seed 0,
+# same hours: 87.42 / 88.20 % against Muon's 87.22 / 88.28 %, in the same time: less than the seed spread.
 BEST = AIR.override(muon_lr=0.3)
 
 RECIPES = {
