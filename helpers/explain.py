@@ -120,8 +120,9 @@ def explain_recipe(recipe: Recipe, settings: Settings, model, param_groups, step
     rows = [
         ("optimizer", f"SGD with {'Nesterov ' if r.nesterov else ''}momentum, {len(groups)} parameter groups"
                       + (", Muon for the conv filters" if len(groups) > 2 else "")),
-        ("  weights", f"{'linear' if len(groups) > 2 else 'conv and linear'} weights ({group(groups[0])}): "
-                      f"peak lr {r.lr:g}, weight decay {r.weight_decay:g}"),
+        ("  weights", "none left for SGD: every weight is a conv filter, in Muon's group" if not groups[0]["params"]
+                      else f"{'linear' if len(groups) > 2 else 'conv and linear'} weights ({group(groups[0])}): "
+                           f"peak lr {r.lr:g}, weight decay {r.weight_decay:g}"),
         ("  the rest", f"BatchNorm and biases ({group(groups[1])}): peak lr {r.lr * r.bias_lr_scale:g} "
                        f"(x{r.bias_lr_scale:g}), no weight decay"),
         *([("  conv filters", f"Muon ({group(groups[2])}): orthogonalised Nesterov momentum {r.muon_momentum:g}, "

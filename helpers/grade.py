@@ -73,7 +73,7 @@ FORK_FILE = "mynet.py"  # the file the assignment asks students to write their n
 # reaches 3.9 GB (its resident peak: 0.9 GB; full CIFAR-10 runs peak at 1.5-1.9 GB resident). 8 GB leaves
 # about twice the run's own needs and still stops a submission that allocates without bound.
 DEFAULT_MEMORY_GB = 8.0
-# a whole `fast` grading (4 epochs, about 45 s on a 2-core CPU) fits three seeds many times over
+# a whole `fast` grading (3 epochs, about a minute on a 2-core CPU) fits three seeds many times over
 DEFAULT_TIMEOUT = 1800.0
 
 # the variables a submission's process gets from the grader's environment; nothing else (no tokens, no
@@ -102,7 +102,7 @@ def get_parser() -> argparse.ArgumentParser:
                 "trained seeds is "
                 f"marked borderline: grade it again with --seeds {SEEDS_TO_DECIDE} (or from its checkpoint). "
                 "Policy, outputs and their columns: docs/grading.md")
-    p.set_defaults(recipe="fast")  # the recipe a class is trained with: four epochs reach 80 % with `fast`
+    p.set_defaults(recipe="fast")  # the recipe a class is trained with: three epochs reach 80 % with `fast`
     # refused, so not offered: the networks are the SUBMISSIONs (--model), and every submission trains on the whole
     # training split and is scored on the test split, as the assignment says (--val)
     for action in p._actions:
@@ -783,7 +783,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def _how(row) -> str:
-    """"training (fast, 4 epochs, 3 seeds)", "checkpoint (fast, 4 epochs)", "rules only": what the accuracy
+    """"training (fast, 3 epochs, 3 seeds)", "checkpoint (fast, 3 epochs)", "rules only": what the accuracy
     is, as far as the grading got. A recipe changed by flags is its name and a star (grades.csv has it all)."""
     by = row.get("score_by")
     if by == "rules":

@@ -80,8 +80,9 @@ def test_recipe_table_reads_the_run():
     trainer = Trial(**dict(SMALL, recipe="best", batch_size=40)).setup()
     table = recipe_table(trainer)
     groups = trainer.optimizer.param_groups
-    assert f"{sum(p.numel() for p in groups[0]['params']):,} values): peak lr 1.5" in table
-    assert "(x64)" in table and "lookahead every 5 steps" in table and "label smoothing 0.2" in table
+    assert f"{sum(p.numel() for p in groups[1]['params']):,} values): peak lr 96 (x64)" in table
+    assert f"Muon ({len(groups[2]['params'])} tensors, {sum(p.numel() for p in groups[2]['params']):,} values)" in table
+    assert "lookahead every 5 steps" in table and "label smoothing 0.2" in table
     assert "first 3 epochs" in table and "+ mirror and 1 px shifts (6 views)" in table and "3 steps per epoch" in table
     for epochs, words in [(0, "bias frozen too"), (1, "bias trains in epoch 1 only"), (-1, "bias trains every epoch")]:
         trainer.recipe = trainer.recipe.override(whiten_bias_epochs=epochs)
@@ -101,7 +102,7 @@ def test_the_recipe_table_describes_the_recipes_schedule(schedule, row):
     lines = dict((line[:18].strip(), line[18:]) for line in table.splitlines())
     assert lines["lr schedule"] == row
     assert lines["momentum"] == "0.95 -> 0.85 at the lr peak -> 0.95 (against the lr)"
-    assert lines["batches"] == "256 images, 195 steps per epoch (the last partial batch dropped), 4 epochs = 780 steps"
+    assert lines["batches"] == "256 images, 195 steps per epoch (the last partial batch dropped), 3 epochs = 585 steps"
 
 
 @pytest.mark.parametrize("changes, row", [

@@ -74,7 +74,7 @@ def test_label_smoothing_matches_torch():
 # --------------------------------------------------------------------------- optimizer and schedule
 
 def test_optimizer_groups_split_weights_from_the_rest():
-    opt = make_optimizer(build_model("fast"), get_recipe("fast"))
+    opt = make_optimizer(build_model("fast"), get_recipe("fast", muon_lr=0))  # SGD alone (Muon: tests/test_muon.py)
     decay, no_decay = opt.param_groups
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0

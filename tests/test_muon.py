@@ -34,8 +34,8 @@ def test_muon_takes_the_conv_filters_and_sgd_the_rest():
     assert not any(p.ndim == 4 for p in weights["params"] + rest["params"])
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert sorted(id(p) for g in optimizer.param_groups for p in g["params"]) == sorted(trainable)
-    # without muon_lr, one SGD over two groups, as every shipped recipe has
-    assert type(make_optimizer(model, get_recipe("fast"))) is torch.optim.SGD
+    # muon_lr=0: one SGD over two groups, as `seed` and `long` have
+    assert type(make_optimizer(model, get_recipe("fast", muon_lr=0))) is torch.optim.SGD
 
 
 def test_the_schedule_shapes_muons_lr_at_its_own_peak():
@@ -105,7 +105,15 @@ def test_the_recipe_table_names_muons_group():
                            make_optimizer(model, recipe).param_groups, steps_per_epoch=195, image_size=32)
     lines = dict((line[:18].strip(), line[18:]) for line in table.splitlines())
     assert lines["optimizer"].endswith("3 parameter groups, Muon for the conv filters")
-    assert lines["weights"].startswith("linear weights") and "peak lr 0.05" in lines["conv filters"]
+    # the registered networks end in a 1x1 conv, so Muon takes every weight; a Linear head stays with SGD
+    assert lines["weights"] == "none left for SGD: every weight is a conv filter, in Muon's group"
+    assert "peak lr 0.05" in lines["conv filters"]
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    model(torch.zeros(1, 3, 32, 32))
+    table = explain_recipe(recipe, Settings(device="cpu", precision="fp32", compile="off"), model,
+                           make_optimizer(model, recipe).param_groups, steps_per_epoch=195, image_size=32)
+    lines = dict((line[:18].strip(), line[18:]) for line in table.splitlines())
+    assert lines["weights"].startswith("linear weights (1 tensors, 72,000 values): peak lr 0.89")
 
 
 def test_normalize_holds_each_filter_at_its_norm_and_turns_it_by_about_the_lr():

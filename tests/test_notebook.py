@@ -61,7 +61,7 @@ def test_check_params_takes_a_model_file(tmp_path, monkeypatch):
         N.check_params(data="synthetic", recipe="fast", model="mine.py:Net")
     (tmp_path / "mine.py").write_text("import helpers.registry as R\ndef Net():\n    return R.build_model('fast')\n")
     r = N.check_params(data="synthetic", recipe="fast", model="mine.py:Net")
-    assert r.model == "mine.py:Net" and r.model_kwargs == {} and r.epochs == 4
+    assert r.model == "mine.py:Net" and r.model_kwargs == {} and r.epochs == RECIPES["fast"].epochs
     (tmp_path / "mine.py").write_text("def Net(width):\n    pass\n")
     with pytest.raises(N.ParameterError, match="missing a required argument: 'width'"):
         N.check_params(data="synthetic", recipe="fast", model="mine.py:Net")
