@@ -106,7 +106,8 @@ def test_achieved_rate_counts_small_epochs_at_their_own_cost(capsys):
     full, small = gflop_per_image(net), gflop_per_image(net, (3, 16, 16))
     assert small < full / 3 and row["gflop_per_image"] == round(full, 4)
     images = row["img_per_s"] * row["train_seconds"] / row["epochs"]  # per epoch
-    assert row["gflop_per_s"] == pytest.approx((small + full) * images / row["train_seconds"], rel=0.02)
+    # gflop_per_s is rounded to 0.1: on 60 images a run does well under 1 GFLOP/s, so allow that rounding too
+    assert row["gflop_per_s"] == pytest.approx((small + full) * images / row["train_seconds"], rel=0.02, abs=0.051)
 
 
 def test_benchmark_set_overrides_recipe_fields(capsys, tmp_path):
