@@ -314,7 +314,7 @@ AIR = FAST_BASE.override(model="air", model_kwargs={}, epochs=10, bias_lr_scale=
 # 87.62 / 88.80 % (medians) in 0.77-0.89x the time of airbench93 runs of the same hours; AIR with SGD, seed 0,
 # same hours: 87.42 / 88.20 % against Muon's 87.22 / 88.28 %, in the same time: less than the seed spread.
 # Half the Muon lr (0.15) or an eleventh epoch, on the validation split (seeds 0-1, evening): within the
-# seed spread (86.39 / 88.20 and 86.98 / 88.39 % mean against 86.67 / 88.23 %), so neither was adopted.
+# seed spread (plain / TTA val means 86.39 / 88.20 and 86.98 / 88.39 % against 86.67 / 88.23 %): not adopted.
 BEST = AIR.override(muon_lr=0.3)
 
 RECIPES = {
